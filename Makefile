@@ -1,0 +1,36 @@
+# make setup : .venv from the lock file (idempotent)   make demo : the pipeline on the demo songs
+# make test  : set-up + the test suite                 make lock : re-pin requirements.lock
+PYTHON ?= python3.11
+VENV   := .venv
+UV_VERSION := 0.13.9
+UV     := $(VENV)/bin/uv
+BIN    := $(VENV)/bin
+
+.PHONY: setup demo test bench lock clean-data
+
+setup: $(VENV)/.synced
+
+$(UV):
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11'."; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.synced: requirements.lock | $(UV)
+	$(UV) pip sync --quiet --python $(BIN)/python requirements.lock
+	@touch $@
+
+demo: setup
+	$(BIN)/python -m stages.synth data/raw/demo
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	@echo "Done. Tensors are in data/processed/; summary: metrics/preprocess.json"
+
+test: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+
+bench: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/preprocess.py
+
+lock: | $(UV)
+	$(UV) pip compile pyproject.toml --group dev --universal --python-version 3.11 \
+		--generate-hashes --quiet -o requirements.lock
+	sed -i 's/^#    uv pip compile.*/#    make lock/' requirements.lock

@@ -1,0 +1,196 @@
+"""Shared plumbing for the stages: params, the product's error type, atomic writes, incremental
+per-song work on a process pool, and the command-line wrapper that turns user errors into one sentence.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import yaml
+from tqdm import tqdm
+
+log = logging.getLogger("rawtune")
+
+PARAMS_FILE = "params.yaml"
+TMP_SUFFIX = ".tmp"  # every half-written file ends with this and starts with "."
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad params, no usable audio); its message is one sentence."""
+
+
+# --- params -----------------------------------------------------------------------------------
+
+def load_params(path: str | Path = PARAMS_FILE) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"Parameter file {path} not found; run from the project root.")
+    try:
+        params = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"Parameter file {path} is not valid YAML ({err.__class__.__name__}).") from err
+    return params
+
+
+def param(params: dict, key: str, kind: type | tuple = object, choices: Iterable | None = None,
+          minimum: float | None = None) -> Any:
+    """Return `params[key]` for a dotted key ("fft_blocks.block_size"), checked against its type,
+    allowed values and lower bound, with one sentence naming the key when it is wrong."""
+    node: Any = params
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise UserError(f"params.yaml has no value for '{key}'.")
+        node = node[part]
+    if kind is int and isinstance(node, bool) or not isinstance(node, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise UserError(f"params.yaml '{key}' must be {names}, got {node!r}.")
+    if choices is not None and node not in choices:
+        raise UserError(f"params.yaml '{key}' is {node!r}; allowed values are "
+                        f"{', '.join(repr(c) for c in choices)}.")
+    if minimum is not None and node < minimum:
+        raise UserError(f"params.yaml '{key}' must be at least {minimum}, got {node!r}.")
+    return node
+
+
+# --- files ------------------------------------------------------------------------------------
+
+def tmp_path_for(path: Path) -> Path:
+    """A sibling name that never looks like a finished output: hidden and ending in .tmp."""
+    return path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it is renamed over `path`, on failure removed.
+    A run killed mid-write leaves only a hidden *.tmp file, which the next run deletes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path_for(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def remove_stale_tmp(folder: Path) -> None:
+    if folder.is_dir():
+        for leftover in folder.glob(f".*{TMP_SUFFIX}"):
+            leftover.unlink(missing_ok=True)
+
+
+def source_digest(*modules: str) -> str:
+    """Hash of the given modules' source, so a code change invalidates per-song outputs."""
+    h = hashlib.blake2b(digest_size=8)
+    for name in modules:
+        h.update(Path(importlib.util.find_spec(name).origin).read_bytes())
+    return h.hexdigest()
+
+
+# --- incremental per-song work ----------------------------------------------------------------
+
+STAMP = ".stamp.json"
+
+
+def prepare_out_dir(out_dir: Path, stamp: dict) -> bool:
+    """Make `out_dir` hold only outputs made with `stamp` (params + code digest): on a mismatch
+    every per-song output is removed, so nothing computed with old settings is ever reused.
+    Returns whether earlier outputs were kept."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(out_dir)
+    stamp_file = out_dir / STAMP
+    old = json.loads(stamp_file.read_text()) if stamp_file.is_file() else None
+    if old != stamp:
+        for f in out_dir.iterdir():
+            if f.is_file() and not f.name.startswith("."):
+                f.unlink()
+        write_json(stamp_file, stamp)
+        return False
+    return True
+
+
+def prune(out_dir: Path, keep: set[str], suffix: str) -> int:
+    """Remove per-song outputs whose song is gone; return how many were removed."""
+    removed = 0
+    for f in out_dir.glob(f"*{suffix}"):
+        if f.name.startswith("."):
+            continue
+        if f.name[: -len(suffix)] not in keep:
+            f.unlink()
+            removed += 1
+    return removed
+
+
+def map_songs(fn: Callable, jobs: list[tuple], workers: int, desc: str) -> list:
+    """Run the pure per-song function `fn(*job)` over `jobs` on a process pool, in order,
+    with a progress bar (quiet when stderr is not a terminal)."""
+    if not jobs:
+        return []
+    bar = dict(total=len(jobs), desc=desc, unit="song", disable=None, leave=False)
+    if workers <= 1 or len(jobs) == 1:
+        return [fn(*job) for job in tqdm(jobs, **bar)]
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+        return list(tqdm(pool.map(fn, *zip(*jobs)), **bar))
+
+
+def sync_songs(in_dir: Path, in_suffix: str, out_dir: Path, stamp: dict, fn, extra: tuple,
+               workers: int, desc: str) -> list[str]:
+    """The incremental per-song pattern shared by the array stages: one output per input song,
+    computed only when missing (or made with other params/code), orphans removed.
+    Returns the song ids present after the run."""
+    ids = sorted(p.name[: -len(in_suffix)] for p in in_dir.glob(f"*{in_suffix}")
+                 if not p.name.startswith("."))
+    if not ids:
+        raise UserError(f"No input songs in '{in_dir}'; run the earlier stages first.")
+    prepare_out_dir(out_dir, stamp)
+    removed = prune(out_dir, set(ids), ".npy")
+    todo = [i for i in ids if not (out_dir / f"{i}.npy").is_file()]
+    log.info("%s: %d songs, %d to compute, %d removed", desc, len(ids), len(todo), removed)
+    map_songs(fn, [(str(in_dir / f"{i}{in_suffix}"), str(out_dir / f"{i}.npy"), *extra)
+              for i in todo], workers, desc)
+    return ids
+
+
+def default_workers(value: int) -> int:
+    """`0` means one worker per core."""
+    return value if value > 0 else (os.cpu_count() or 1)
+
+
+# --- command line -----------------------------------------------------------------------------
+
+def cli(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser) -> None:
+    """Parse args, run `main`, and turn a UserError into its sentence and exit status 1."""
+    args = parser.parse_args()
+    logging.basicConfig(level=os.environ.get("RAWTUNE_LOG", "INFO"),
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        main(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("error: interrupted; finished outputs are kept and the next run continues.",
+              file=sys.stderr)
+        sys.exit(130)
+
+
+def stage_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default=PARAMS_FILE,
+                        help="parameter file to read (default: %(default)s)")
+    return parser

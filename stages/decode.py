@@ -1,0 +1,146 @@
+"""Stage `decode`: every audio file under the raw folder -> data/interim/wav/<id>.wav (mono, 16-bit,
+`decode.sample_rate`) and data/interim/manifest.parquet (one row per input file).
+
+Incremental: a song whose content id already has a WAV made with the same settings is not decoded
+again; a removed song's WAV is deleted; a bad file gets a `skipped` row and never stops the others.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from stages import audio, common
+from stages.common import UserError
+
+log = logging.getLogger("rawtune.decode")
+
+MANIFEST_COLUMNS = ["path", "id", "status", "reason", "seconds", "sample_rate_in", "channels_in",
+                    "size", "mtime_ns"]
+
+
+def list_audio_candidates(raw_dir: Path) -> list[Path]:
+    """Every regular, non-hidden file under `raw_dir` (audio is recognised later, by content)."""
+    if not raw_dir.is_dir():
+        raise UserError(f"Audio folder '{raw_dir}' does not exist; put your songs there or set "
+                        "data.raw_dir in params.yaml.")
+    files = sorted(p for p in raw_dir.rglob("*") if p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(raw_dir).parts))
+    if not files:
+        raise UserError(f"Audio folder '{raw_dir}' is empty; put MP3/FLAC/OGG/WAV files there.")
+    return files
+
+
+def decode_song(src: str, dst: str, sample_rate: int, min_frames: int, silence_dbfs: float) -> dict:
+    """Pure per-song work: decode `src` into the WAV `dst` (atomically) or explain why not.
+    Returns the manifest fields this song's decode determines."""
+    name = Path(src).name
+    row = dict(status="skipped", reason="", seconds=0.0, sample_rate_in=0, channels_in=0)
+    try:
+        with common.atomic_path(dst) as tmp:
+            info = audio.decode_to_wav(src, tmp, sample_rate)
+            row.update(seconds=info.seconds, sample_rate_in=info.sample_rate_in,
+                       channels_in=info.channels_in)
+            peak_dbfs = 20 * float(np.log10(max(info.peak, 1e-12)))
+            if info.frames_out < min_frames:
+                raise audio.AudioError(
+                    f"is shorter than one block ({info.frames_out / sample_rate:.2f} s < "
+                    f"{min_frames / sample_rate:.2f} s, fft_blocks.block_size = {min_frames})")
+            if peak_dbfs < silence_dbfs:
+                raise audio.AudioError(f"is silent (peak {peak_dbfs:.0f} dBFS, below "
+                                       f"decode.silence_dbfs = {silence_dbfs})")
+    except audio.AudioError as err:
+        row["reason"] = f"{name} {err}."
+        return row
+    row["status"] = "ok"
+    return row
+
+
+def plan(files: list[Path], raw_dir: Path, old: pd.DataFrame, wav_dir: Path) -> tuple[list, list]:
+    """Split files into rows known already (same file, or same content already decoded) and
+    songs to decode. Returns (rows, todo) where todo items are (row, src, dst)."""
+    old_by_file = {(r.path, r.size, r.mtime_ns): r for r in old.itertuples()} if len(old) else {}
+    old_by_id = {r.id: r for r in old.itertuples()} if len(old) else {}
+    rows, todo, first_path = [], [], {}
+    for f in files:
+        rel = f.relative_to(raw_dir).as_posix()
+        st = f.stat()
+        base = dict(path=rel, size=st.st_size, mtime_ns=st.st_mtime_ns, seconds=0.0,
+                    sample_rate_in=0, channels_in=0)
+        if st.st_size == 0:
+            rows.append(dict(base, id="", status="skipped", reason=f"{f.name} is empty."))
+            continue
+        known = old_by_file.get((rel, st.st_size, st.st_mtime_ns))
+        song_id = known.id if known is not None else audio.content_id(f)
+        base["id"] = song_id
+        if song_id in first_path:
+            rows.append(dict(base, status="skipped",
+                             reason=f"{f.name} has the same audio content as {first_path[song_id]}."))
+            continue
+        first_path[song_id] = rel
+        prev = old_by_id.get(song_id)
+        wav = wav_dir / f"{song_id}.wav"
+        if prev is not None and prev.status == "ok" and wav.is_file():
+            rows.append(dict(base, status="ok", reason="", seconds=prev.seconds,
+                             sample_rate_in=prev.sample_rate_in, channels_in=prev.channels_in))
+        elif prev is not None and prev.status == "skipped" and prev.id:
+            rows.append(dict(base, status="skipped", reason=prev.reason, seconds=prev.seconds,
+                             sample_rate_in=prev.sample_rate_in, channels_in=prev.channels_in))
+        else:
+            rows.append(base)
+            todo.append((base, str(f), str(wav)))
+    return rows, todo
+
+
+def main(args) -> None:
+    params = common.load_params(args.params)
+    raw_dir = Path(args.raw if args.raw is not None else common.param(params, "data.raw_dir", str))
+    sample_rate = common.param(params, "decode.sample_rate", int, minimum=1000)
+    silence_dbfs = common.param(params, "decode.silence_dbfs", (int, float))
+    workers = common.default_workers(common.param(params, "preprocess.workers", int, minimum=0))
+    block_size = common.param(params, "fft_blocks.block_size", int, minimum=2)
+    wav_dir, manifest_path = Path(args.out), Path(args.manifest)
+
+    files = list_audio_candidates(raw_dir)
+    stamp = dict(sample_rate=sample_rate, silence_dbfs=silence_dbfs, min_frames=block_size,
+                 code=common.source_digest("stages.audio", "stages.decode"))
+    kept = common.prepare_out_dir(wav_dir, stamp)
+    old = pd.read_parquet(manifest_path) if kept and manifest_path.is_file() else pd.DataFrame()
+
+    rows, todo = plan(files, raw_dir, old, wav_dir)
+    log.info("%d files in %s: %d to decode, %d already done", len(files), raw_dir, len(todo),
+             len(rows) - len(todo))
+    results = common.map_songs(decode_song, [(src, dst, sample_rate, block_size, silence_dbfs)
+                                             for _, src, dst in todo], workers, "decode")
+    for (row, _, _), result in zip(todo, results):
+        row.update(result)
+
+    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    ok_ids = set(manifest.loc[manifest.status == "ok", "id"])
+    removed = common.prune(wav_dir, ok_ids, ".wav")
+    with common.atomic_path(manifest_path) as tmp:
+        manifest.to_parquet(tmp, index=False)
+    for reason in manifest.loc[manifest.status == "skipped", "reason"]:
+        log.warning("skipped: %s", reason)
+    log.info("%d songs ready (%.1f min), %d skipped, %d removed; manifest: %s", len(ok_ids),
+             manifest.loc[manifest.status == "ok", "seconds"].sum() / 60,
+             int((manifest.status == "skipped").sum()), removed, manifest_path)
+    if not ok_ids:
+        raise UserError(f"No usable audio in '{raw_dir}': all {len(files)} files were skipped "
+                        f"(reasons in {manifest_path}).")
+
+
+def build_parser():
+    parser = common.stage_parser(__doc__)
+    parser.add_argument("--raw", default=None,
+                        help="folder of audio files (default: params.yaml data.raw_dir)")
+    parser.add_argument("--out", default="data/interim/wav", help="WAV folder (default: %(default)s)")
+    parser.add_argument("--manifest", default="data/interim/manifest.parquet",
+                        help="manifest file (default: %(default)s)")
+    return parser
+
+
+if __name__ == "__main__":
+    common.cli(main, build_parser())

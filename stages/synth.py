@@ -1,0 +1,157 @@
+"""Deterministic synthetic music for the demo and the tests: melody notes with harmonics and ADSR
+envelopes, a bass line over a chord progression, and drums (kick, snare, hi-hat), in stereo.
+
+    python -m stages.synth data/raw/demo          # the demo songs, in MP3, FLAC, OGG and WAV
+
+Every song is a pure function of its seed, so the demo is the same on every machine.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from stages import common
+
+log = logging.getLogger("rawtune.synth")
+
+SCALES = {"major": [0, 2, 4, 5, 7, 9, 11], "minor": [0, 2, 3, 5, 7, 8, 10]}
+PROGRESSIONS = [[0, 4, 5, 3], [0, 5, 3, 4], [0, 3, 4, 4], [5, 3, 0, 4]]  # scale degrees of chords
+
+# (container, subtype, sample rate): the demo exercises decoding and resampling of each format.
+FORMATS = [("MP3", None, 44100, "mp3"), ("FLAC", "PCM_24", 48000, "flac"),
+           ("OGG", "VORBIS", 48000, "ogg"), ("WAV", "PCM_24", 48000, "wav"),
+           ("MP3", None, 48000, "mp3")]
+
+
+WRITE_FRAMES = 1 << 14
+
+
+def midi_hz(note: float) -> float:
+    return 440.0 * 2 ** ((note - 69) / 12)
+
+
+def envelope(n: int, rate: int, attack: float, decay: float, sustain: float, release: float):
+    """ADSR envelope of n samples (release inside the note, so notes never click)."""
+    t = np.arange(n) / rate
+    dur = n / rate
+    env = np.where(t < attack, t / max(attack, 1e-4),
+                   np.maximum(sustain, 1 - (1 - sustain) * (t - attack) / max(decay, 1e-4)))
+    return (env * np.clip((dur - t) / max(release, 1e-4), 0, 1)).astype(np.float32)
+
+
+def tone(freq: float, n: int, rate: int, harmonics: list[float]) -> np.ndarray:
+    t = np.arange(n) / rate
+    return sum(a * np.sin(2 * np.pi * freq * (k + 1) * t) for k, a in enumerate(harmonics)
+               if freq * (k + 1) < rate / 2).astype(np.float32)
+
+
+def make_song(seed: int, seconds: float, rate: int = 44100) -> np.ndarray:
+    """One song: (n_frames, 2) float32 stereo in [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    n_total = int(seconds * rate)
+    left = np.zeros(n_total, np.float32)
+    right = np.zeros(n_total, np.float32)
+    beat = 60.0 / rng.uniform(88, 140)
+    root = int(rng.integers(45, 57))
+    scale = SCALES[rng.choice(list(SCALES))]
+    progression = PROGRESSIONS[int(rng.integers(len(PROGRESSIONS)))]
+    lead = rng.dirichlet(np.ones(6)) * np.array([1, .6, .4, .3, .2, .1])  # the song's timbre
+    pan = rng.uniform(0.3, 0.7)
+
+    def add(signal: np.ndarray, start: float, gain_l: float, gain_r: float) -> None:
+        i = int(start * rate)
+        if i >= n_total:
+            return
+        part = signal[: n_total - i]
+        left[i:i + len(part)] += gain_l * part
+        right[i:i + len(part)] += gain_r * part
+
+    degree, t, bar = 0, 0.0, 0
+    while t < seconds:
+        chord = progression[bar % len(progression)]
+        bass_note = root - 12 + scale[chord % 7]
+        for b in range(4):  # bass: one note per beat, drums on the beat grid
+            start = t + b * beat
+            n = int(beat * rate * 0.9)
+            add(tone(midi_hz(bass_note + (12 if b == 2 else 0)), n, rate, [1, .5, .25])
+                * envelope(n, rate, .01, .1, .6, .05), start, .35, .35)
+            kick_n = int(0.25 * rate)
+            if b in (0, 2):
+                kt = np.arange(kick_n) / rate
+                kick = np.sin(2 * np.pi * (50 * kt + 100 * (1 - np.exp(-kt * 30)) / 30))
+                add((kick * np.exp(-kt * 18)).astype(np.float32), start, .5, .5)
+            else:
+                snare = rng.standard_normal(kick_n).astype(np.float32)
+                add(snare * envelope(kick_n, rate, .001, .08, 0, .15) * .25, start, .3, .3)
+            for half in (0, 0.5):
+                hat_n = int(0.05 * rate)
+                hat = np.diff(rng.standard_normal(hat_n + 1)).astype(np.float32)  # high-passed
+                add(hat * envelope(hat_n, rate, .001, .03, 0, .02) * .06, start + half * beat,
+                    .4, .6)
+        step = 0.0
+        while step < 4:  # melody: a random walk on the scale, notes of 1/2, 1 or 2 beats
+            length = float(rng.choice([0.5, 0.5, 1, 1, 2]))
+            degree = int(np.clip(degree + rng.integers(-2, 3), -3, 9))
+            note = root + 12 + 12 * (degree // 7) + scale[degree % 7]
+            n = int(length * beat * rate)
+            if rng.random() > 0.15:  # some rests
+                add(tone(midi_hz(note), n, rate, list(lead)) * envelope(n, rate, .02, .2, .5, .08),
+                    t + step * beat, .45 * (1 - pan), .45 * pan)
+            step += length
+        t += 4 * beat
+        bar += 1
+    song = np.stack([left, right], axis=1)
+    return (song * (0.8 / max(float(np.abs(song).max()), 1e-9))).astype(np.float32)
+
+
+def resample_for_file(song: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    if rate_in == rate_out:
+        return song
+    import soxr
+    return soxr.resample(song, rate_in, rate_out).astype(np.float32)
+
+
+def write_demo(folder: str | Path, n_songs: int, min_seconds: float, max_seconds: float,
+               seed: int) -> list[Path]:
+    """Write `n_songs` demo songs, cycling through the formats; existing files are left alone."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    common.remove_stale_tmp(folder)
+    rng = np.random.default_rng(seed)
+    written = []
+    for i in range(n_songs):
+        container, subtype, rate, ext = FORMATS[i % len(FORMATS)]
+        seconds = float(rng.uniform(min_seconds, max_seconds))
+        path = folder / f"demo song {i + 1:02d}.{ext}"
+        written.append(path)
+        if path.exists():
+            continue
+        song = resample_for_file(make_song(seed * 1000 + i, seconds), 44100, rate)
+        with common.atomic_path(path) as tmp, sf.SoundFile(
+                str(tmp), "w", rate, song.shape[1], format=container, subtype=subtype) as f:
+            for start in range(0, len(song), WRITE_FRAMES):  # libsndfile's Vorbis encoder
+                f.write(song[start:start + WRITE_FRAMES])     # crashes on very large writes
+        log.info("wrote %s (%.0f s, %s, %d Hz, stereo)", path, seconds, container, rate)
+    return written
+
+
+def main(args) -> None:
+    params = common.load_params(args.params)
+    n = common.param(params, "demo.songs", int, minimum=1)
+    lo = common.param(params, "demo.min_seconds", (int, float), minimum=0.1)
+    hi = common.param(params, "demo.max_seconds", (int, float), minimum=lo)
+    write_demo(args.folder, n, lo, hi, common.param(params, "demo.seed", int))
+
+
+def build_parser():
+    parser = common.stage_parser(__doc__)
+    parser.add_argument("folder", nargs="?", default="data/raw/demo",
+                        help="where to write the demo songs (default: %(default)s)")
+    return parser
+
+
+if __name__ == "__main__":
+    common.cli(main, build_parser())

@@ -1,0 +1,176 @@
+"""Stage `tensors`: data/interim/fft/<id>.npy -> the training tensors in data/processed/:
+
+  <name>_x.npy, <name>_y.npy          float32 (n_seq, max_seq_len, n_features), training songs
+  <name>_val_x.npy, <name>_val_y.npy  the same for validation songs (a song is in one split only)
+  <name>_mean.npy, <name>_var.npy     float32 (n_features,) mean and variance of the training x
+  <name>_index.parquet                one row per sequence: split, seq, song_id, start_block
+
+Each song's blocks are cut into sequences of `max_seq_len`; y is x shifted by one block, with a zero
+block after the song's last one. Unlike the seed, the tail of a song is kept: its last sequence is
+aligned to the song's end (overlapping the one before), and a song shorter than `max_seq_len` blocks is
+zero-padded after its end. Songs go to validation by a hash of their content id, so the split of a song
+never changes when others are added. Arrays are written slice by slice through memory maps and the
+statistics are merged song by song (Chan et al.), so memory does not grow with the dataset.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from stages import arrays, common
+from stages.common import UserError
+
+log = logging.getLogger("rawtune.tensors")
+
+
+def sequence_starts(n_blocks: int, max_seq_len: int) -> list[int]:
+    """First block of each sequence: back to back, plus one aligned to the song's end."""
+    if n_blocks <= max_seq_len:
+        return [0]
+    starts = list(range(0, n_blocks - max_seq_len + 1, max_seq_len))
+    if starts[-1] + max_seq_len < n_blocks:
+        starts.append(n_blocks - max_seq_len)
+    return starts
+
+
+def song_sequences(blocks: np.ndarray, max_seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n_blocks, n_features) -> x, y of shape (n_seq, max_seq_len, n_features); y[t] = x[t + 1]."""
+    n_blocks, n_feat = blocks.shape
+    padded = np.zeros((max(n_blocks, max_seq_len) + 1, n_feat), dtype=np.float32)
+    padded[:n_blocks] = blocks                                    # zero block(s) after the end
+    starts = sequence_starts(n_blocks, max_seq_len)
+    x = np.stack([padded[s:s + max_seq_len] for s in starts])
+    y = np.stack([padded[s + 1:s + 1 + max_seq_len] for s in starts])
+    return x, y
+
+
+def is_validation(song_id: str, val_fraction: float, salt: int) -> bool:
+    """A song's split from its id alone: stable whatever other songs come and go."""
+    digest = hashlib.blake2b(f"{salt}:{song_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < val_fraction
+
+
+def split_songs(song_ids: list[str], val_fraction: float, salt: int) -> tuple[list[str], list[str]]:
+    """(train ids, val ids). With two or more songs and val_fraction > 0, at least one song is held
+    out (the one whose hash is lowest, so this choice is stable too) and at least one trains."""
+    val = [s for s in song_ids if is_validation(s, val_fraction, salt)]
+    if val_fraction > 0 and len(song_ids) >= 2 and not val:
+        val = [min(song_ids, key=lambda s: hashlib.blake2b(f"{salt}:{s}".encode()).digest())]
+    if len(val) == len(song_ids) and len(val) > 1:
+        val = val[:-1]
+    train = [s for s in song_ids if s not in set(val)]
+    return train, val
+
+
+class RunningStats:
+    """Per-feature mean and variance merged batch by batch (Chan et al.), in float64."""
+
+    def __init__(self, n_features: int):
+        self.count = 0
+        self.mean = np.zeros(n_features)
+        self.m2 = np.zeros(n_features)
+
+    def update(self, batch: np.ndarray) -> None:
+        batch = batch.reshape(-1, batch.shape[-1]).astype(np.float64)   # (n_rows, n_features)
+        n = len(batch)
+        if n == 0:
+            return
+        mean = batch.mean(axis=0)
+        m2 = ((batch - mean) ** 2).sum(axis=0)
+        delta = mean - self.mean
+        total = self.count + n
+        self.mean += delta * n / total
+        self.m2 += m2 + delta**2 * self.count * n / total
+        self.count = total
+
+    @property
+    def var(self) -> np.ndarray:
+        return self.m2 / max(self.count, 1)
+
+
+def write_split(fft_dir: Path, song_ids: list[str], max_seq_len: int, n_feat: int,
+                x_path: Path, y_path: Path, stats: RunningStats | None) -> list[dict]:
+    """Stream the sequences of `song_ids` into x/y files; returns the index rows."""
+    counts = [len(sequence_starts(arrays.shape_of(fft_dir / f"{s}.npy")[0], max_seq_len))
+              for s in song_ids]
+    shape = (sum(counts), max_seq_len, n_feat)
+    index, seq = [], 0
+    with arrays.NpyWriter(x_path, shape) as xw, arrays.NpyWriter(y_path, shape) as yw:
+        for song_id in song_ids:
+            blocks = arrays.read(fft_dir / f"{song_id}.npy")
+            x, y = song_sequences(np.asarray(blocks), max_seq_len)
+            xw.write(seq, x)
+            yw.write(seq, y)
+            if stats is not None:
+                stats.update(x)
+            for start in sequence_starts(len(blocks), max_seq_len):
+                index.append(dict(seq=seq, song_id=song_id, start_block=start))
+                seq += 1
+    return index
+
+
+def main(args) -> None:
+    params = common.load_params(args.params)
+    max_seq_len = common.param(params, "tensors.max_seq_len", int, minimum=1)
+    val_fraction = common.param(params, "tensors.val_fraction", (int, float), minimum=0)
+    if val_fraction >= 1:
+        raise UserError(f"params.yaml 'tensors.val_fraction' must be below 1, got {val_fraction}.")
+    salt = common.param(params, "tensors.split_seed", int)
+    var_floor = common.param(params, "tensors.var_floor", (int, float), minimum=0)
+    name = common.param(params, "tensors.name", str)
+    fft_dir, out_dir = Path(args.fft), Path(args.out)
+
+    manifest = pd.read_parquet(args.manifest)
+    ok = set(manifest.loc[manifest.status == "ok", "id"])
+    song_ids = sorted(p.stem for p in fft_dir.glob("*.npy") if p.stem in ok)
+    if not song_ids:
+        raise UserError(f"No songs in '{fft_dir}'; run `dvc repro fft_blocks` first.")
+    n_feat = arrays.shape_of(fft_dir / f"{song_ids[0]}.npy")[1]
+    train, val = split_songs(song_ids, val_fraction, salt)
+    if not val:
+        log.warning("only %d usable song(s): no validation set (add songs, or tensors.val_fraction "
+                    "is 0)", len(song_ids))
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    common.remove_stale_tmp(out_dir)
+    stats = RunningStats(n_feat)
+    index = [dict(r, split="train") for r in write_split(
+        fft_dir, train, max_seq_len, n_feat, out_dir / f"{name}_x.npy", out_dir / f"{name}_y.npy",
+        stats)]
+    index += [dict(r, split="val") for r in write_split(
+        fft_dir, val, max_seq_len, n_feat, out_dir / f"{name}_val_x.npy",
+        out_dir / f"{name}_val_y.npy", None)]
+    for suffix, values in (("mean", stats.mean), ("var", np.maximum(stats.var, var_floor))):
+        with common.atomic_path(out_dir / f"{name}_{suffix}.npy") as tmp, open(tmp, "wb") as f:
+            np.save(f, values.astype(np.float32))
+    with common.atomic_path(out_dir / f"{name}_index.parquet") as tmp:
+        pd.DataFrame(index, columns=["split", "seq", "song_id", "start_block"]).to_parquet(tmp)
+
+    n_train = sum(r["split"] == "train" for r in index)
+    summary = dict(songs_ok=len(song_ids), songs_skipped=int((manifest.status == "skipped").sum()),
+                   songs_train=len(train), songs_val=len(val), sequences_train=n_train,
+                   sequences_val=len(index) - n_train, max_seq_len=max_seq_len, n_features=n_feat,
+                   minutes=round(float(manifest.loc[manifest.status == "ok", "seconds"].sum()) / 60, 2))
+    common.write_json(args.metrics, summary)
+    log.info("tensors: %d train sequences from %d songs, %d validation sequences from %d songs, "
+             "%d features -> %s", n_train, len(train), summary["sequences_val"], len(val), n_feat,
+             out_dir)
+
+
+def build_parser():
+    parser = common.stage_parser(__doc__)
+    parser.add_argument("--fft", default="data/interim/fft", help="FFT folder (default: %(default)s)")
+    parser.add_argument("--manifest", default="data/interim/manifest.parquet",
+                        help="decode's manifest (default: %(default)s)")
+    parser.add_argument("--out", default="data/processed", help="output folder (default: %(default)s)")
+    parser.add_argument("--metrics", default="metrics/preprocess.json",
+                        help="summary metrics file (default: %(default)s)")
+    return parser
+
+
+if __name__ == "__main__":
+    common.cli(main, build_parser())
