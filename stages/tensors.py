@@ -60,7 +60,7 @@ def split_songs(song_ids: list[str], val_fraction: float, salt: int) -> tuple[li
     val = [s for s in song_ids if is_validation(s, val_fraction, salt)]
     if val_fraction > 0 and len(song_ids) >= 2 and not val:
         val = [min(song_ids, key=lambda s: hashlib.blake2b(f"{salt}:{s}".encode()).digest())]
-    if len(val) == len(song_ids) and len(val) > 1:
+    if len(val) == len(song_ids):  # at least one song always trains
         val = val[:-1]
     train = [s for s in song_ids if s not in set(val)]
     return train, val

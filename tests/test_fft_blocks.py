@@ -1,0 +1,111 @@
+"""fft_blocks: blocks with zero padding, the rfft/full layouts, their inverse, the stage's files."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays as np_arrays
+
+from stages import arrays, fft_blocks
+from tests.conftest import run_stage, set_params
+
+
+@settings(max_examples=60, deadline=None)
+@given(block_size=st.integers(2, 700), n_blocks=st.integers(1, 4), layout=st.sampled_from(["rfft", "full"]),
+       seed=st.integers(0, 2**32 - 1))
+def test_pack_unpack_round_trip(block_size, n_blocks, layout, seed):
+    blocks = np.random.default_rng(seed).uniform(-1, 1, (n_blocks, block_size)).astype(np.float32)
+    features = fft_blocks.pack(blocks, layout)
+    assert features.shape == (n_blocks, fft_blocks.n_features(block_size, layout))
+    assert features.dtype == np.float32
+    np.testing.assert_allclose(fft_blocks.unpack(features, layout, block_size), blocks, atol=2e-5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(samples=np_arrays(np.float32, st.integers(1, 3000), elements=st.floats(-1, 1, width=32)),
+       block_size=st.integers(2, 500))
+def test_blocks_zero_pad_only_the_last_block(samples, block_size):
+    blocks = fft_blocks.to_blocks(samples, block_size)
+    assert blocks.shape == (-(-len(samples) // block_size), block_size)
+    flat = blocks.reshape(-1)
+    np.testing.assert_array_equal(flat[: len(samples)], samples)
+    assert not flat[len(samples):].any()
+    assert len(flat) - len(samples) < block_size
+
+
+@pytest.mark.parametrize("block_size", [2048, 11025, 7])
+def test_rfft_drops_exactly_the_always_zero_imaginary_parts(block_size):
+    blocks = np.random.default_rng(1).standard_normal((3, block_size)).astype(np.float32)
+    features = fft_blocks.pack(blocks, "rfft")
+    assert features.shape[1] == block_size                       # lossless with no redundancy
+    spectrum = np.fft.rfft(blocks.astype(np.float64), axis=-1)
+    n_bins = block_size // 2 + 1
+    np.testing.assert_allclose(features[:, :n_bins], spectrum.real, rtol=1e-4, atol=1e-3)
+    last = n_bins - 1 if block_size % 2 == 0 else n_bins
+    np.testing.assert_allclose(features[:, n_bins:], spectrum.imag[:, 1:last], rtol=1e-4, atol=1e-3)
+
+
+def seed_fft_blocks(song: np.ndarray, block_size: int) -> np.ndarray:
+    """The seed's own code: a Python loop of zero-padded blocks, np.fft.fft each, real ++ imag."""
+    out, done = [], 0
+    while done < len(song):
+        block = song[done:done + block_size]
+        if len(block) < block_size:
+            block = np.concatenate((block, np.zeros(block_size - len(block))))
+        spectrum = np.fft.fft(block)
+        out.append(np.concatenate((np.real(spectrum), np.imag(spectrum))))
+        done += block_size
+    return np.array(out)
+
+
+def test_full_layout_is_the_seeds_fft_concatenation():
+    song = np.random.default_rng(2).uniform(-1, 1, 5000).astype(np.float32)
+    ours = fft_blocks.pack(fft_blocks.to_blocks(song, 2048), "full")
+    seed = seed_fft_blocks(song.astype(np.float64), 2048)
+    assert ours.shape == seed.shape == (3, 4096)
+    np.testing.assert_allclose(ours, seed, rtol=1e-4, atol=2e-3)
+
+
+@pytest.mark.parametrize("layout", ["rfft", "full"])
+def test_fft_song_streams_chunks_into_the_same_result(tmp_path, layout):
+    block_size = 16
+    n = block_size * (fft_blocks.CHUNK_BLOCKS + 40) + 5          # crosses a chunk edge, padded tail
+    song = np.random.default_rng(3).uniform(-1, 1, n).astype(np.float32)
+    np.save(tmp_path / "song.npy", song)
+    n_blocks = fft_blocks.fft_song(str(tmp_path / "song.npy"), str(tmp_path / "out.npy"),
+                                   block_size, layout)
+    got = np.load(tmp_path / "out.npy")
+    assert n_blocks == got.shape[0] == fft_blocks.CHUNK_BLOCKS + 41
+    np.testing.assert_array_equal(got, fft_blocks.pack(fft_blocks.to_blocks(song, block_size), layout))
+    back = fft_blocks.unpack(got, layout, block_size).reshape(-1)
+    np.testing.assert_allclose(back[:n], song, atol=1e-5)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
+
+
+def test_stage_writes_one_array_per_song_and_prunes(project, tmp_path):
+    npy, out = project / "npy", project / "fft"
+    npy.mkdir()
+    for name, n in (("a", 5000), ("b", 2048)):
+        np.save(npy / f"{name}.npy", np.random.default_rng(len(name)).uniform(-1, 1, n).astype(np.float32))
+    run_stage("fft_blocks", ["--npy", str(npy), "--out", str(out)], project)
+    assert arrays.shape_of(out / "a.npy") == (3, 2048) and arrays.shape_of(out / "b.npy") == (1, 2048)
+    (npy / "b.npy").unlink()
+    mtime = (out / "a.npy").stat().st_mtime_ns
+    proc = run_stage("fft_blocks", ["--npy", str(npy), "--out", str(out)], project)
+    assert "0 to compute, 1 removed" in proc.stderr
+    assert not (out / "b.npy").exists() and (out / "a.npy").stat().st_mtime_ns == mtime
+    set_params(project / "params.yaml", {"fft_blocks.fft": "full"})      # new params: recompute
+    run_stage("fft_blocks", ["--npy", str(npy), "--out", str(out)], project)
+    assert arrays.shape_of(out / "a.npy") == (3, 4096)
+
+
+def test_unknown_fft_layout_is_one_sentence(project):
+    set_params(project / "params.yaml", {"fft_blocks.fft": "dct"})
+    (project / "npy").mkdir()
+    np.save(project / "npy" / "a.npy", np.zeros(3000, np.float32))
+    proc = run_stage("fft_blocks", ["--npy", "npy", "--out", "fft"], project, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "error: params.yaml 'fft_blocks.fft' is 'dct'; allowed values are 'rfft', 'full'."]
+    assert not (project / "fft").exists()
