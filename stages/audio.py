@@ -15,6 +15,7 @@ import soundfile as sf
 import soxr
 
 CHUNK_FRAMES = 1 << 16
+MIN_RATE_IN, MAX_RATE_IN = 1000, 1_000_000  # Hz; outside this a header is corrupt, not music
 INT16_SCALE = 32768.0  # float x in [-1, 1) <-> int16 round(x * 32768); the exact inverse of /32768
 
 
@@ -56,8 +57,10 @@ def decode_to_wav(src: str | Path, dst: str | Path, sample_rate: int) -> Decoded
         raise AudioError("is not a readable audio file") from err
     with f:
         rate_in, channels = f.samplerate, f.channels
-        if rate_in <= 0 or channels <= 0:
+        if channels <= 0:
             raise AudioError("has no audio channels")
+        if not MIN_RATE_IN <= rate_in <= MAX_RATE_IN:  # a corrupt header; soxr would need GBs
+            raise AudioError(f"has an implausible sample rate ({rate_in} Hz)")
         resampler = None
         if rate_in != sample_rate:
             resampler = soxr.ResampleStream(rate_in, sample_rate, 1, dtype="float32", quality="HQ")

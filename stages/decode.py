@@ -7,6 +7,7 @@ again; a removed song's WAV is deleted; a bad file gets a `skipped` row and neve
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -58,22 +59,48 @@ def decode_song(src: str, dst: str, sample_rate: int, min_frames: int, silence_d
     return row
 
 
+def is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes, kept by Python as lone surrogates
+        return False
+    return True
+
+
+def renamed_reason(reason: str, old_name: str, new_name: str) -> str:
+    """A stored skip reason ("<old_name> is ...") told again about the file's current name."""
+    return new_name + reason[len(old_name):] if reason.startswith(old_name) else reason
+
+
 def plan(files: list[Path], raw_dir: Path, old: pd.DataFrame, wav_dir: Path) -> tuple[list, list]:
     """Split files into rows known already (same file, or same content already decoded) and
     songs to decode. Returns (rows, todo) where todo items are (row, src, dst)."""
     old_by_file = {(r.path, r.size, r.mtime_ns): r for r in old.itertuples()} if len(old) else {}
-    old_by_id = {r.id: r for r in old.itertuples()} if len(old) else {}
+    old_by_id = {}
+    for r in old.itertuples():  # first row per id: a later one is a duplicate ("same content as")
+        old_by_id.setdefault(r.id, r)
     rows, todo, first_path = [], [], {}
     for f in files:
         rel = f.relative_to(raw_dir).as_posix()
         st = f.stat()
         base = dict(path=rel, size=st.st_size, mtime_ns=st.st_mtime_ns, seconds=0.0,
                     sample_rate_in=0, channels_in=0)
+        if not is_utf8(rel):  # the manifest (and libsndfile) need a UTF-8 name
+            shown = os.fsencode(rel).decode("utf-8", "replace")
+            rows.append(dict(base, path=shown, id="", status="skipped",
+                             reason=f"{Path(shown).name} has a file name that is not valid "
+                                    "UTF-8; rename it."))
+            continue
         if st.st_size == 0:
             rows.append(dict(base, id="", status="skipped", reason=f"{f.name} is empty."))
             continue
         known = old_by_file.get((rel, st.st_size, st.st_mtime_ns))
-        song_id = known.id if known is not None else audio.content_id(f)
+        try:
+            song_id = known.id if known is not None else audio.content_id(f)
+        except OSError as err:
+            rows.append(dict(base, id="", status="skipped",
+                             reason=f"{f.name} could not be read ({err.strerror or err})."))
+            continue
         base["id"] = song_id
         if song_id in first_path:
             rows.append(dict(base, status="skipped",
@@ -86,7 +113,8 @@ def plan(files: list[Path], raw_dir: Path, old: pd.DataFrame, wav_dir: Path) -> 
             rows.append(dict(base, status="ok", reason="", seconds=prev.seconds,
                              sample_rate_in=prev.sample_rate_in, channels_in=prev.channels_in))
         elif prev is not None and prev.status == "skipped" and prev.id:
-            rows.append(dict(base, status="skipped", reason=prev.reason, seconds=prev.seconds,
+            reason = renamed_reason(prev.reason, Path(prev.path).name, f.name)
+            rows.append(dict(base, status="skipped", reason=reason, seconds=prev.seconds,
                              sample_rate_in=prev.sample_rate_in, channels_in=prev.channels_in))
         else:
             rows.append(base)
@@ -119,17 +147,18 @@ def main(args) -> None:
 
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     ok_ids = set(manifest.loc[manifest.status == "ok", "id"])
-    removed = common.prune(wav_dir, ok_ids, ".wav")
+    common.remove_stale_tmp(manifest_path.parent)
     with common.atomic_path(manifest_path) as tmp:
         manifest.to_parquet(tmp, index=False)
     for reason in manifest.loc[manifest.status == "skipped", "reason"]:
         log.warning("skipped: %s", reason)
+    if not ok_ids:  # fail before pruning: the WAVs of an earlier good run are kept
+        raise UserError(f"No usable audio in '{raw_dir}': all {len(files)} files were skipped "
+                        f"(reasons in {manifest_path}).")
+    removed = common.prune(wav_dir, ok_ids, ".wav")
     log.info("%d songs ready (%.1f min), %d skipped, %d removed; manifest: %s", len(ok_ids),
              manifest.loc[manifest.status == "ok", "seconds"].sum() / 60,
              int((manifest.status == "skipped").sum()), removed, manifest_path)
-    if not ok_ids:
-        raise UserError(f"No usable audio in '{raw_dir}': all {len(files)} files were skipped "
-                        f"(reasons in {manifest_path}).")
 
 
 def build_parser():
