@@ -44,6 +44,15 @@ def read(path: str | Path) -> np.ndarray:
     return np.load(path, mmap_mode="r")
 
 
+def read_rows(path: str | Path, start: int, stop: int) -> np.ndarray:
+    """Copy rows [start, stop) of a .npy into memory through a mapping dropped right after, so
+    reading a long file slice by slice never keeps the whole file resident."""
+    mm = read(path)
+    rows = np.array(mm[start:stop])
+    del mm
+    return rows
+
+
 def shape_of(path: str | Path) -> tuple[int, ...]:
     """A .npy's shape (maps the file; reads only its header)."""
     return read(path).shape

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 from tqdm import tqdm
 
@@ -99,6 +101,23 @@ def source_digest(*modules: str) -> str:
     for name in modules:
         h.update(Path(importlib.util.find_spec(name).origin).read_bytes())
     return h.hexdigest()
+
+
+# --- the manifest: decode's account of every input file, read by later stages ----------------
+
+MANIFEST_SCHEMA = pa.schema([
+    ("path", pa.string()), ("id", pa.string()), ("status", pa.string()), ("reason", pa.string()),
+    ("seconds", pa.float64()), ("sample_rate_in", pa.int64()), ("channels_in", pa.int64()),
+    ("size", pa.int64()), ("mtime_ns", pa.int64())])
+
+
+def read_manifest(path: str | Path) -> list[dict]:
+    return pq.read_table(path).to_pylist()
+
+
+def write_manifest(path: str | Path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), tmp)
 
 
 # --- incremental per-song work ----------------------------------------------------------------

@@ -11,16 +11,11 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from stages import audio, common
 from stages.common import UserError
 
 log = logging.getLogger("rawtune.decode")
-
-MANIFEST_COLUMNS = ["path", "id", "status", "reason", "seconds", "sample_rate_in", "channels_in",
-                    "size", "mtime_ns"]
-
 
 def list_audio_candidates(raw_dir: Path) -> list[Path]:
     """Every regular, non-hidden file under `raw_dir` (audio is recognised later, by content)."""
@@ -72,13 +67,13 @@ def renamed_reason(reason: str, old_name: str, new_name: str) -> str:
     return new_name + reason[len(old_name):] if reason.startswith(old_name) else reason
 
 
-def plan(files: list[Path], raw_dir: Path, old: pd.DataFrame, wav_dir: Path) -> tuple[list, list]:
+def plan(files: list[Path], raw_dir: Path, old: list[dict], wav_dir: Path) -> tuple[list, list]:
     """Split files into rows known already (same file, or same content already decoded) and
     songs to decode. Returns (rows, todo) where todo items are (row, src, dst)."""
-    old_by_file = {(r.path, r.size, r.mtime_ns): r for r in old.itertuples()} if len(old) else {}
-    old_by_id = {}
-    for r in old.itertuples():  # first row per id: a later one is a duplicate ("same content as")
-        old_by_id.setdefault(r.id, r)
+    old_by_file = {(r["path"], r["size"], r["mtime_ns"]): r for r in old}
+    old_by_id: dict[str, dict] = {}
+    for r in old:  # first row per id: a later one is a duplicate ("same content as")
+        old_by_id.setdefault(r["id"], r)
     rows, todo, first_path = [], [], {}
     for f in files:
         rel = f.relative_to(raw_dir).as_posix()
@@ -96,7 +91,7 @@ def plan(files: list[Path], raw_dir: Path, old: pd.DataFrame, wav_dir: Path) -> 
             continue
         known = old_by_file.get((rel, st.st_size, st.st_mtime_ns))
         try:
-            song_id = known.id if known is not None else audio.content_id(f)
+            song_id = known["id"] if known is not None else audio.content_id(f)
         except OSError as err:
             rows.append(dict(base, id="", status="skipped",
                              reason=f"{f.name} could not be read ({err.strerror or err})."))
@@ -109,13 +104,12 @@ def plan(files: list[Path], raw_dir: Path, old: pd.DataFrame, wav_dir: Path) -> 
         first_path[song_id] = rel
         prev = old_by_id.get(song_id)
         wav = wav_dir / f"{song_id}.wav"
-        if prev is not None and prev.status == "ok" and wav.is_file():
-            rows.append(dict(base, status="ok", reason="", seconds=prev.seconds,
-                             sample_rate_in=prev.sample_rate_in, channels_in=prev.channels_in))
-        elif prev is not None and prev.status == "skipped" and prev.id:
-            reason = renamed_reason(prev.reason, Path(prev.path).name, f.name)
-            rows.append(dict(base, status="skipped", reason=reason, seconds=prev.seconds,
-                             sample_rate_in=prev.sample_rate_in, channels_in=prev.channels_in))
+        known_fields = {k: prev[k] for k in ("seconds", "sample_rate_in", "channels_in")} if prev else {}
+        if prev is not None and prev["status"] == "ok" and wav.is_file():
+            rows.append(dict(base, status="ok", reason="", **known_fields))
+        elif prev is not None and prev["status"] == "skipped" and prev["id"]:
+            reason = renamed_reason(prev["reason"], Path(prev["path"]).name, f.name)
+            rows.append(dict(base, status="skipped", reason=reason, **known_fields))
         else:
             rows.append(base)
             todo.append((base, str(f), str(wav)))
@@ -135,7 +129,7 @@ def main(args) -> None:
     stamp = dict(sample_rate=sample_rate, silence_dbfs=silence_dbfs, min_frames=block_size,
                  code=common.source_digest("stages.audio", "stages.decode"))
     kept = common.prepare_out_dir(wav_dir, stamp)
-    old = pd.read_parquet(manifest_path) if kept and manifest_path.is_file() else pd.DataFrame()
+    old = common.read_manifest(manifest_path) if kept and manifest_path.is_file() else []
 
     rows, todo = plan(files, raw_dir, old, wav_dir)
     log.info("%d files in %s: %d to decode, %d already done", len(files), raw_dir, len(todo),
@@ -145,20 +139,19 @@ def main(args) -> None:
     for (row, _, _), result in zip(todo, results):
         row.update(result)
 
-    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-    ok_ids = set(manifest.loc[manifest.status == "ok", "id"])
+    ok = [r for r in rows if r["status"] == "ok"]
+    ok_ids = {r["id"] for r in ok}
     common.remove_stale_tmp(manifest_path.parent)
-    with common.atomic_path(manifest_path) as tmp:
-        manifest.to_parquet(tmp, index=False)
-    for reason in manifest.loc[manifest.status == "skipped", "reason"]:
-        log.warning("skipped: %s", reason)
+    common.write_manifest(manifest_path, rows)
+    for r in rows:
+        if r["status"] == "skipped":
+            log.warning("skipped: %s", r["reason"])
     if not ok_ids:  # fail before pruning: the WAVs of an earlier good run are kept
         raise UserError(f"No usable audio in '{raw_dir}': all {len(files)} files were skipped "
                         f"(reasons in {manifest_path}).")
     removed = common.prune(wav_dir, ok_ids, ".wav")
     log.info("%d songs ready (%.1f min), %d skipped, %d removed; manifest: %s", len(ok_ids),
-             manifest.loc[manifest.status == "ok", "seconds"].sum() / 60,
-             int((manifest.status == "skipped").sum()), removed, manifest_path)
+             sum(r["seconds"] for r in ok) / 60, len(rows) - len(ok), removed, manifest_path)
 
 
 def build_parser():

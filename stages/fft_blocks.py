@@ -63,12 +63,12 @@ def unpack(features: np.ndarray, layout: str, block_size: int) -> np.ndarray:
 
 def fft_song(src: str, dst: str, block_size: int, layout: str) -> int:
     """Pure per-song work: a song's samples -> its blocks' spectra, streamed in chunks of blocks."""
-    samples = arrays.read(src)
-    n_blocks = -(-len(samples) // block_size)
+    (n_samples,) = arrays.shape_of(src)
+    n_blocks = -(-n_samples // block_size)
     step = CHUNK_BLOCKS * block_size
     with arrays.NpyWriter(dst, (n_blocks, n_features(block_size, layout))) as out:
-        for start in range(0, len(samples), step):
-            chunk = to_blocks(np.asarray(samples[start:start + step]), block_size)
+        for start in range(0, n_samples, step):
+            chunk = to_blocks(arrays.read_rows(src, start, start + step), block_size)
             out.write(start // block_size, pack(chunk, layout))
     return n_blocks
 

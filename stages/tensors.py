@@ -19,12 +19,17 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from stages import arrays, common
 from stages.common import UserError
 
 log = logging.getLogger("rawtune.tensors")
+WINDOW_SEQS = 16  # sequences cut, written and counted at a time
+INDEX_SCHEMA = pa.schema([("split", pa.string()), ("seq", pa.int64()), ("song_id", pa.string()),
+                          ("start_block", pa.int64())])
 
 
 def sequence_starts(n_blocks: int, max_seq_len: int) -> list[int]:
@@ -37,15 +42,23 @@ def sequence_starts(n_blocks: int, max_seq_len: int) -> list[int]:
     return starts
 
 
+def cut_sequences(part: np.ndarray, first: int, n_blocks: int, starts: list[int],
+                  max_seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """x, y (len(starts), max_seq_len, n_features) for the sequences beginning at `starts`, from
+    `part` = the song's blocks[first:first + len(part)]; blocks past the song's end are zero."""
+    stop = starts[-1] + max_seq_len + 1
+    padded = np.zeros((stop - first, part.shape[-1]), dtype=np.float32)
+    kept = min(len(part), n_blocks - first, stop - first)
+    padded[:kept] = part[:kept]                                   # zero block(s) after the end
+    x = np.stack([padded[s - first:s - first + max_seq_len] for s in starts])
+    y = np.stack([padded[s - first + 1:s - first + 1 + max_seq_len] for s in starts])
+    return x, y
+
+
 def song_sequences(blocks: np.ndarray, max_seq_len: int) -> tuple[np.ndarray, np.ndarray]:
     """(n_blocks, n_features) -> x, y of shape (n_seq, max_seq_len, n_features); y[t] = x[t + 1]."""
-    n_blocks, n_feat = blocks.shape
-    padded = np.zeros((max(n_blocks, max_seq_len) + 1, n_feat), dtype=np.float32)
-    padded[:n_blocks] = blocks                                    # zero block(s) after the end
-    starts = sequence_starts(n_blocks, max_seq_len)
-    x = np.stack([padded[s:s + max_seq_len] for s in starts])
-    y = np.stack([padded[s + 1:s + 1 + max_seq_len] for s in starts])
-    return x, y
+    return cut_sequences(blocks, 0, len(blocks), sequence_starts(len(blocks), max_seq_len),
+                         max_seq_len)
 
 
 def is_validation(song_id: str, val_fraction: float, salt: int) -> bool:
@@ -94,22 +107,26 @@ class RunningStats:
 
 def write_split(fft_dir: Path, song_ids: list[str], max_seq_len: int, n_feat: int,
                 x_path: Path, y_path: Path, stats: RunningStats | None) -> list[dict]:
-    """Stream the sequences of `song_ids` into x/y files; returns the index rows."""
-    counts = [len(sequence_starts(arrays.shape_of(fft_dir / f"{s}.npy")[0], max_seq_len))
-              for s in song_ids]
-    shape = (sum(counts), max_seq_len, n_feat)
+    """Stream the sequences of `song_ids` into x/y files, `WINDOW_SEQS` sequences at a time (so a
+    song of any length costs a few MB); returns the index rows."""
+    songs = [(s, arrays.shape_of(fft_dir / f"{s}.npy")[0]) for s in song_ids]
+    starts = {s: sequence_starts(n, max_seq_len) for s, n in songs}
+    shape = (sum(len(v) for v in starts.values()), max_seq_len, n_feat)
     index, seq = [], 0
     with arrays.NpyWriter(x_path, shape) as xw, arrays.NpyWriter(y_path, shape) as yw:
-        for song_id in song_ids:
-            blocks = arrays.read(fft_dir / f"{song_id}.npy")
-            x, y = song_sequences(np.asarray(blocks), max_seq_len)
-            xw.write(seq, x)
-            yw.write(seq, y)
-            if stats is not None:
-                stats.update(x)
-            for start in sequence_starts(len(blocks), max_seq_len):
-                index.append(dict(seq=seq, song_id=song_id, start_block=start))
-                seq += 1
+        for song_id, n_blocks in tqdm(songs, desc="tensors", unit="song", disable=None, leave=False):
+            path = fft_dir / f"{song_id}.npy"
+            for i in range(0, len(starts[song_id]), WINDOW_SEQS):
+                group = starts[song_id][i:i + WINDOW_SEQS]
+                part = arrays.read_rows(path, group[0], group[-1] + max_seq_len + 1)
+                x, y = cut_sequences(part, group[0], n_blocks, group, max_seq_len)
+                xw.write(seq, x)
+                yw.write(seq, y)
+                if stats is not None:
+                    stats.update(x)
+                index += [dict(seq=seq + k, song_id=song_id, start_block=start)
+                          for k, start in enumerate(group)]
+                seq += len(group)
     return index
 
 
@@ -124,8 +141,9 @@ def main(args) -> None:
     name = common.param(params, "tensors.name", str)
     fft_dir, out_dir = Path(args.fft), Path(args.out)
 
-    manifest = pd.read_parquet(args.manifest)
-    ok = set(manifest.loc[manifest.status == "ok", "id"])
+    manifest = common.read_manifest(args.manifest)
+    ok_rows = [r for r in manifest if r["status"] == "ok"]
+    ok = {r["id"] for r in ok_rows}
     song_ids = sorted(p.stem for p in fft_dir.glob("*.npy") if p.stem in ok)
     if not song_ids:
         raise UserError(f"No songs in '{fft_dir}'; run `dvc repro fft_blocks` first.")
@@ -148,13 +166,13 @@ def main(args) -> None:
         with common.atomic_path(out_dir / f"{name}_{suffix}.npy") as tmp, open(tmp, "wb") as f:
             np.save(f, values.astype(np.float32))
     with common.atomic_path(out_dir / f"{name}_index.parquet") as tmp:
-        pd.DataFrame(index, columns=["split", "seq", "song_id", "start_block"]).to_parquet(tmp)
+        pq.write_table(pa.Table.from_pylist(index, schema=INDEX_SCHEMA), tmp)
 
     n_train = sum(r["split"] == "train" for r in index)
-    summary = dict(songs_ok=len(song_ids), songs_skipped=int((manifest.status == "skipped").sum()),
+    summary = dict(songs_ok=len(song_ids), songs_skipped=len(manifest) - len(ok_rows),
                    songs_train=len(train), songs_val=len(val), sequences_train=n_train,
                    sequences_val=len(index) - n_train, max_seq_len=max_seq_len, n_features=n_feat,
-                   minutes=round(float(manifest.loc[manifest.status == "ok", "seconds"].sum()) / 60, 2))
+                   minutes=round(sum(r["seconds"] for r in ok_rows) / 60, 2))
     common.write_json(args.metrics, summary)
     log.info("tensors: %d train sequences from %d songs, %d validation sequences from %d songs, "
              "%d features -> %s", n_train, len(train), summary["sequences_val"], len(val), n_feat,
