@@ -112,7 +112,7 @@ MANIFEST_SCHEMA = pa.schema([
 
 
 def read_manifest(path: str | Path) -> list[dict]:
-    return pq.read_table(path).to_pylist()
+    return pq.ParquetFile(path).read().to_pylist()  # (read_table would import pandas)
 
 
 def write_manifest(path: str | Path, rows: list[dict]) -> None:

@@ -114,6 +114,33 @@ def resample_for_file(song: np.ndarray, rate_in: int, rate_out: int) -> np.ndarr
     return soxr.resample(song, rate_in, rate_out).astype(np.float32)
 
 
+def _ogg_crc_table() -> list[int]:
+    table = []
+    for i in range(256):
+        r = i << 24
+        for _ in range(8):
+            r = ((r << 1) ^ 0x04C11DB7) if r & 0x80000000 else r << 1
+        table.append(r & 0xFFFFFFFF)
+    return table
+
+
+def fix_ogg_serial(path: Path, serial: int) -> None:
+    """libsndfile gives each Ogg stream a random serial number, so the same song would get new
+    bytes (and a new content id) on every machine: set it, and each page's checksum, to fixed ones."""
+    data, table, pos = bytearray(path.read_bytes()), _ogg_crc_table(), 0
+    while pos < len(data) and data[pos:pos + 4] == b"OggS":
+        n_segments = data[pos + 26]
+        end = pos + 27 + n_segments + sum(data[pos + 27:pos + 27 + n_segments])
+        data[pos + 14:pos + 18] = serial.to_bytes(4, "little")
+        data[pos + 22:pos + 26] = bytes(4)
+        crc = 0
+        for byte in data[pos:end]:
+            crc = ((crc << 8) & 0xFFFFFFFF) ^ table[(crc >> 24) ^ byte]
+        data[pos + 22:pos + 26] = crc.to_bytes(4, "little")
+        pos = end
+    path.write_bytes(data)
+
+
 def write_demo(folder: str | Path, n_songs: int, min_seconds: float, max_seconds: float,
                seed: int) -> list[Path]:
     """Write `n_songs` demo songs, cycling through the formats; existing files are left alone."""
@@ -130,10 +157,13 @@ def write_demo(folder: str | Path, n_songs: int, min_seconds: float, max_seconds
         if path.exists():
             continue
         song = resample_for_file(make_song(seed * 1000 + i, seconds), 44100, rate)
-        with common.atomic_path(path) as tmp, sf.SoundFile(
-                str(tmp), "w", rate, song.shape[1], format=container, subtype=subtype) as f:
-            for start in range(0, len(song), WRITE_FRAMES):  # libsndfile's Vorbis encoder
-                f.write(song[start:start + WRITE_FRAMES])     # crashes on very large writes
+        with common.atomic_path(path) as tmp:
+            with sf.SoundFile(str(tmp), "w", rate, song.shape[1], format=container,
+                              subtype=subtype) as f:
+                for start in range(0, len(song), WRITE_FRAMES):  # libsndfile's Vorbis encoder
+                    f.write(song[start:start + WRITE_FRAMES])     # crashes on very large writes
+            if container == "OGG":
+                fix_ogg_serial(tmp, seed * 1000 + i)
         log.info("wrote %s (%.0f s, %s, %d Hz, stereo)", path, seconds, container, rate)
     return written
 

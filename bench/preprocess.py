@@ -1,0 +1,351 @@
+"""Benchmark of preprocessing, three ways over the same corpus, each in its own process tree:
+
+  seed   the original seed's code, ported from Python 2 as its authors wrote it (mono MP3 round
+         trip, 16-bit WAV, Python loops, float64, all in memory; it read at most 20 .mp3, here all)
+  ours   `dvc repro tensors` from scratch in a fresh git + DVC copy of this project
+  floor  decode + mono + resample to 44.1 kHz + rfft of the blocks; nothing written, one process
+
+Peak memory is the largest sum of RSS over the process tree (dvc, stages, pool workers), sampled
+every 25 ms. Each way runs on the corpus and on one `--scale` times larger; then come a no-change
+repro and adding one song to a `--songs`-song demo corpus. The last line printed is a JSON object
+of the headline figures.
+
+    .venv/bin/python bench/preprocess.py                 # the demo songs of params.yaml `demo:`
+    .venv/bin/python bench/preprocess.py --corpus ~/music --skip-seed
+"""
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+import soundfile as sf  # noqa: E402
+import soxr  # noqa: E402
+import yaml  # noqa: E402
+
+from stages import common, synth  # noqa: E402
+from stages.fft_blocks import to_blocks  # noqa: E402
+
+PROJECT_FILES = ["stages", "dvc.yaml", "params.yaml", ".gitignore", "data/.gitignore",
+                 "data/interim/.gitignore"]
+RATE = 44100
+WAYS = ("seed", "ours", "floor")
+ENV = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           DVC_NO_ANALYTICS="1")                   # dvc from this venv, as after `make setup`
+TARGETS = dict(speedup_vs_seed=">= 5", ours_vs_floor="<= 2", ours_peak_rss_mb="<= 1024",
+               ours_rss_growth_4x="<= 1.2", noop_repro_s="<= 3", add_one_song_fraction="<= 0.15")
+
+
+def seconds(path: Path) -> float:
+    try:
+        return sf.info(str(path)).duration
+    except (sf.LibsndfileError, RuntimeError):
+        return 0.0
+
+
+def audio_files(corpus: Path) -> list[Path]:
+    """The files under `corpus` that libsndfile can read (what the seed and the floor take)."""
+    return [p for p in sorted(corpus.rglob("*")) if p.is_file() and not p.name.startswith(".")
+            and seconds(p) > 0]
+
+
+# --- the seed's way: its functions as its authors wrote them, file discovery aside ---------------
+
+def seed_mono_wav(src: Path, tmp_dir: Path, wav_dir: Path) -> Path:
+    """`lame -a -m m` then `lame --decode --resample 44.1`, done with libsndfile's LAME/mpg123."""
+    from scipy.io import wavfile
+    data, rate = sf.read(str(src))
+    mono = data.mean(axis=1) if data.ndim == 2 else data
+    if rate > 48000:                                   # lame resamples what MP3 cannot hold
+        mono, rate = soxr.resample(mono, rate, RATE), RATE
+    sf.write(str(tmp_dir / (src.stem + ".mp3")), mono, rate, format="MP3")
+    mono, rate = sf.read(str(tmp_dir / (src.stem + ".mp3")))
+    if rate != RATE:
+        mono = soxr.resample(mono, rate, RATE)
+    wav = wav_dir / (src.stem + ".wav")
+    wavfile.write(str(wav), RATE, np.clip(np.round(mono * 32767), -32768, 32767).astype(np.int16))
+    return wav
+
+
+def read_wav_as_np(filename):
+    from scipy.io import wavfile
+    data = wavfile.read(filename)
+    np_arr = data[1].astype('float32') / 32767.0
+    return np_arr, data[0]
+
+
+def convert_np_audio_to_sample_blocks(song_np, block_size):
+    block_lists, total_samples, num_samples_so_far = [], song_np.shape[0], 0
+    while num_samples_so_far < total_samples:
+        block = song_np[num_samples_so_far:num_samples_so_far + block_size]
+        if block.shape[0] < block_size:
+            padding = np.zeros((block_size - block.shape[0],))
+            block = np.concatenate((block, padding))
+        block_lists.append(block)
+        num_samples_so_far += block_size
+    return block_lists
+
+
+def time_blocks_to_fft_blocks(blocks_time_domain):
+    fft_blocks = []
+    for block in blocks_time_domain:
+        fft_block = np.fft.fft(block.astype(np.float64))  # numpy < 2 always computed in double
+        fft_blocks.append(np.concatenate((np.real(fft_block), np.imag(fft_block))))
+    return fft_blocks
+
+
+def load_training_example(filename, block_size=2048):
+    data, bitrate = read_wav_as_np(filename)
+    x_t = convert_np_audio_to_sample_blocks(data, block_size)
+    y_t = x_t[1:]
+    y_t.append(np.zeros(block_size))  # Add special end block composed of all zeros
+    return time_blocks_to_fft_blocks(x_t), time_blocks_to_fft_blocks(y_t)
+
+
+def convert_wav_files_to_nptensor(files, block_size, max_seq_len, out_file):
+    chunks_X, chunks_Y = [], []
+    for file in files:
+        X, Y = load_training_example(str(file), block_size)
+        cur_seq, total_seq = 0, len(X)
+        while cur_seq + max_seq_len < total_seq:
+            chunks_X.append(X[cur_seq:cur_seq + max_seq_len])
+            chunks_Y.append(Y[cur_seq:cur_seq + max_seq_len])
+            cur_seq += max_seq_len
+    out_shape = (len(chunks_X), max_seq_len, block_size * 2)
+    x_data, y_data = np.zeros(out_shape), np.zeros(out_shape)
+    for n in range(len(chunks_X)):
+        for i in range(max_seq_len):
+            x_data[n][i] = chunks_X[n][i]
+            y_data[n][i] = chunks_Y[n][i]
+    mean_x = np.mean(np.mean(x_data, axis=0), axis=0)
+    std_x = np.sqrt(np.mean(np.mean(np.abs(x_data - mean_x) ** 2, axis=0), axis=0))
+    std_x = np.maximum(1.0e-8, std_x)
+    x_data[:][:] -= mean_x
+    x_data[:][:] /= std_x
+    y_data[:][:] -= mean_x
+    y_data[:][:] /= std_x
+    for suffix, arr in (("_mean", mean_x), ("_var", std_x), ("_x", x_data), ("_y", y_data)):
+        np.save(out_file + suffix, arr)
+
+
+def seed_way(corpus: Path, out: Path, block_size: int, max_seq_len: int) -> None:
+    (out / "tmp").mkdir(parents=True)
+    (out / "wave").mkdir()
+    wavs = [seed_mono_wav(f, out / "tmp", out / "wave") for f in audio_files(corpus)]
+    convert_wav_files_to_nptensor(wavs, block_size, max_seq_len, str(out / "music"))
+
+
+def floor_way(corpus: Path, block_size: int) -> None:
+    for f in audio_files(corpus):
+        data, rate = sf.read(str(f), dtype="float32", always_2d=True)
+        mono = data.mean(axis=1, dtype=np.float32)
+        if rate != RATE:
+            mono = soxr.resample(mono, rate, RATE, quality="HQ")
+        np.fft.rfft(to_blocks(mono, block_size), axis=-1)
+
+
+# --- measuring ---------------------------------------------------------------------------------
+
+def measure(cmd: list[str], log: Path, cwd: Path | None = None, interval: float = 0.025) -> dict:
+    """Run `cmd`, sampling the RSS of its whole process tree; time each `stages.<name>` process."""
+    os.sync()                                          # no earlier run's writeback in this one
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=out, stderr=subprocess.STDOUT)
+    root, peak, names, spans = psutil.Process(proc.pid), 0, {}, {}
+    while not (done := os.wait4(proc.pid, os.WNOHANG))[0]:
+        total, now = 0, time.perf_counter()
+        try:
+            tree = [root] + root.children(recursive=True)
+        except psutil.Error:                           # it has just exited
+            continue
+        for p in tree:
+            try:
+                total += p.memory_info().rss
+                if not names.get(p.pid):                   # again until it has exec'ed
+                    found = re.findall(r"-m stages\.(\w+)", " ".join(p.cmdline()))
+                    names[p.pid] = found[0] if found else ""
+            except psutil.Error:
+                continue
+            if names[p.pid]:
+                spans[names[p.pid]] = (spans.get(names[p.pid], (now,))[0], now)
+        peak = max(peak, total)
+        time.sleep(interval)
+    if os.waitstatus_to_exitcode(done[1]) != 0:
+        sys.exit(f"error: {' '.join(cmd)} failed; its output:\n{log.read_text()[-3000:]}")
+    return dict(s=time.perf_counter() - start, rss_mb=peak / 2**20,
+                maxrss_mb=done[2].ru_maxrss / 1024,
+                stages={k: b - a for k, (a, b) in spans.items()})
+
+
+def make_project(dst: Path, corpus: Path) -> Path:
+    """A fresh git + DVC copy of the project whose `data.raw_dir` is the corpus."""
+    for name in PROJECT_FILES:
+        (dst / name).parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, dst / name)
+    params = yaml.safe_load((dst / "params.yaml").read_text())
+    params["data"]["raw_dir"] = str(corpus)
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in ("git init -q", "dvc init -q", "dvc config core.analytics false",
+                f"dvc config --local core.site_cache_dir {dst / '.dvc' / 'site'}", "git add -A",
+                "git -c user.name=bench -c user.email=bench@localhost commit -qm bench"):
+        subprocess.run(cmd.split(), cwd=dst, env=ENV, check=True, capture_output=True)
+    return dst
+
+
+def repro(project: Path, log: Path) -> dict:
+    return measure(["dvc", "repro", "tensors"], log, cwd=project)
+
+
+def worker(way: str, corpus: Path, out: Path) -> dict:
+    result = measure([sys.executable, __file__, "--worker", way, "--corpus", str(corpus), "--out",
+                      str(out)], out.with_suffix(".log"))
+    shutil.rmtree(out, ignore_errors=True)            # the seed's tensors: GBs at 4x
+    return result
+
+
+# --- the benchmark -----------------------------------------------------------------------------
+
+def demo_corpus(folder: Path, n_songs: int, demo: dict) -> Path:
+    synth.write_demo(folder, n_songs, demo["min_seconds"], demo["max_seconds"], demo["seed"])
+    return folder
+
+
+def scaled_copy(src: Path, dst: Path, scale: int) -> Path:
+    """`scale` times the songs of `src`: each song, plus copies re-encoded at a slightly lower gain
+    (same format and rate, distinct content, so no way can skip them as duplicates)."""
+    shutil.copytree(src, dst)
+    for f in audio_files(src):
+        info, (data, rate) = sf.info(str(f)), sf.read(str(f), dtype="float32")
+        for k in range(1, scale):
+            sf.write(str(dst / f.relative_to(src).with_name(f"{f.stem} x{k}{f.suffix}")),
+                     data * (1 - 0.01 * k), rate, format=info.format, subtype=info.subtype)
+    return dst
+
+
+def run_size(label: str, corpus: Path, tmp: Path, params: dict, skip_seed: bool) -> dict:
+    files = audio_files(corpus)
+    row = dict(label=label, corpus=corpus, songs=len(files), minutes=sum(map(seconds, files)) / 60)
+    block_size = params["fft_blocks"]["block_size"]    # the seed holds, all in float64: blocks of
+    need = 6 * 2 * block_size * 8 * sum(                # x and y, x_data, y_data, std's temporaries
+        math.ceil(seconds(f) * RATE / block_size) for f in files)
+    if not skip_seed and need > 0.7 * psutil.virtual_memory().available:
+        print(f"[{label}] The seed's way is skipped: it would need about {need / 2**30:.1f} GB, "
+              "more than 70% of the available memory.", flush=True)
+    elif not skip_seed:
+        row["seed"] = worker("seed", corpus, tmp / f"seed-{label}")
+    row["project"] = make_project(tmp / f"ours-{label}", corpus)
+    row["ours"] = repro(row["project"], tmp / f"ours-{label}.log")
+    row["noop"] = repro(row["project"], tmp / f"noop-{label}.log")
+    row["floor"] = worker("floor", corpus, tmp / f"floor-{label}")
+    print(f"[{label}] " + ", ".join(f"{w} {row[w]['s']:.1f} s" for w in WAYS if w in row)
+          + f" (seed estimated at {need / 2**20:.0f} MB)", flush=True)
+    return row
+
+
+def add_one_song(rows: list[dict], n_songs: int, demo: dict, tmp: Path) -> dict:
+    """Time the re-run after one more demo song lands in an `n_songs`-song project (the larger
+    corpus's project, when that is the same demo corpus)."""
+    same = [r for r in rows if r["songs"] == n_songs and r["corpus"].parent == tmp]
+    if same:
+        project, corpus, full = same[0]["project"], same[0]["corpus"], same[0]["ours"]
+    else:
+        corpus = demo_corpus(tmp / f"corpus-{n_songs}", n_songs, demo)
+        project = make_project(tmp / "ours-add-one", corpus)
+        full = repro(project, tmp / "full.log")
+    demo_corpus(corpus, n_songs + 1, demo)             # writes only the new song
+    again = repro(project, tmp / "add-one.log")
+    return dict(full_s=full["s"], s=again["s"], fraction=again["s"] / full["s"], run=again)
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b else None
+
+
+def report(rows: list[dict], inc: dict, scale: int) -> dict:
+    """Print the table and the findings; return the headline figures."""
+    print(f"\n{'corpus':<7}{'songs':>6}{'min':>7}" + "".join(
+        f" | {w + ' s':>8} {w + ' MB':>8}" for w in WAYS) + f" | {'noop s':>6}")
+    for r in rows:
+        print(f"{r['label']:<7}{r['songs']:>6}{r['minutes']:>7.2f}" + "".join(
+            f" | {r[w]['s']:8.1f} {r[w]['rss_mb']:8.0f}" if w in r else f" | {'-':>8} {'-':>8}"
+            for w in WAYS) + f" | {r['noop']['s']:>6.2f}")
+    print("\nlargest single process, MB: " + "; ".join(r["label"] + " " + ", ".join(
+        f"{w} {r[w]['maxrss_mb']:.0f}" for w in WAYS if w in r) for r in rows))
+    for label, run in [(r["label"], r["ours"]) for r in rows] + [("add-one", inc["run"])]:
+        st = run["stages"]
+        print(f"ours {label}: stage processes " + ", ".join(f"{k} {v:.1f} s" for k, v in st.items())
+              + f"; DVC itself {run['s'] - sum(st.values()):.1f} s of {run['s']:.1f} s")
+    (one, big), seed = rows, [r.get("seed", {}) for r in rows]
+    head = dict(speedup_vs_seed=ratio(seed[0].get("s"), one["ours"]["s"]),
+                speedup_vs_seed_4x=ratio(seed[1].get("s"), big["ours"]["s"]),
+                ours_vs_floor=ratio(one["ours"]["s"], one["floor"]["s"]),
+                ours_vs_floor_4x=ratio(big["ours"]["s"], big["floor"]["s"]),
+                ours_peak_rss_mb=round(max(r["ours"]["rss_mb"] for r in rows)),
+                ours_rss_growth_4x=ratio(big["ours"]["rss_mb"], one["ours"]["rss_mb"]),
+                seed_peak_rss_mb_1x=seed[0].get("rss_mb") and round(seed[0]["rss_mb"]),
+                seed_peak_rss_mb_4x=seed[1].get("rss_mb") and round(seed[1]["rss_mb"]),
+                seed_rss_growth_4x=ratio(seed[1].get("rss_mb"), seed[0].get("rss_mb")),
+                noop_repro_s=round(max(r["noop"]["s"] for r in rows), 2),
+                add_one_song_fraction=round(inc["fraction"], 3))
+    print("\n" + "\n".join(f"{k:<24}{v!s:<10}{'target ' + TARGETS[k] if k in TARGETS else ''}"
+                           for k, v in head.items()))
+    return head
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", type=Path, help="folder of audio files (default: the demo "
+                        "songs of params.yaml `demo:`, written to a temp folder)")
+    parser.add_argument("--scale", type=int, default=4, help="size of the larger corpus, in "
+                        "corpora (default: %(default)s)")
+    parser.add_argument("--songs", type=int, default=20, help="songs in the add-one test "
+                        "(default: %(default)s)")
+    parser.add_argument("--skip-seed", action="store_true", help="do not run the seed's way")
+    parser.add_argument("--keep", action="store_true", help="keep the temp folders and logs")
+    parser.add_argument("--worker", choices=("seed", "floor"), help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
+    params = common.load_params(ROOT / "params.yaml")
+    block_size, max_seq_len = params["fft_blocks"]["block_size"], params["tensors"]["max_seq_len"]
+    if args.worker:
+        return (seed_way(args.corpus, args.out, block_size, max_seq_len) if args.worker == "seed"
+                else floor_way(args.corpus, block_size))
+    demo, tmp = params["demo"], Path(tempfile.mkdtemp(prefix="rawtune-bench-"))
+    print(f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}, block_size {block_size}, "
+          f"max_seq_len {max_seq_len}, workers {params['preprocess']['workers']}", flush=True)
+    try:
+        if args.corpus:
+            small = args.corpus.resolve()
+            big = scaled_copy(small, tmp / f"corpus-{args.scale}x", args.scale)
+        else:
+            small = demo_corpus(tmp / "corpus-1x", demo["songs"], demo)
+            big = demo_corpus(tmp / f"corpus-{args.scale}x", demo["songs"] * args.scale, demo)
+        rows = [run_size(label, corpus, tmp, params, args.skip_seed)
+                for label, corpus in (("1x", small), (f"{args.scale}x", big))]
+        head = report(rows, add_one_song(rows, args.songs, demo, tmp), args.scale)
+    finally:
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(head))
+
+
+if __name__ == "__main__":
+    main(build_parser().parse_args())
