@@ -50,6 +50,9 @@ def decode_song(src: str, dst: str, sample_rate: int, min_frames: int, silence_d
     except audio.AudioError as err:
         row["reason"] = f"{name} {err}."
         return row
+    except Exception as err:  # noqa: BLE001 - an odd file (a codec bug) must not stop the others
+        row["reason"] = f"{name} could not be decoded ({type(err).__name__}: {err})."
+        return row
     row["status"] = "ok"
     return row
 
