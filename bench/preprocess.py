@@ -70,7 +70,9 @@ def seed_mono_wav(src: Path, tmp_dir: Path, wav_dir: Path) -> Path:
     mono = data.mean(axis=1) if data.ndim == 2 else data
     if rate > 48000:                                   # lame resamples what MP3 cannot hold
         mono, rate = soxr.resample(mono, rate, RATE), RATE
-    sf.write(str(tmp_dir / (src.stem + ".mp3")), mono, rate, format="MP3")
+    with sf.SoundFile(str(tmp_dir / (src.stem + ".mp3")), "w", rate, 1, format="MP3",
+                      bitrate_mode="CONSTANT", compression_level=0.667) as f:
+        f.write(mono)                                  # lame's default: 128 kbit/s CBR
     mono, rate = sf.read(str(tmp_dir / (src.stem + ".mp3")))
     if rate != RATE:
         mono = soxr.resample(mono, rate, RATE)

@@ -108,7 +108,8 @@ def source_digest(*modules: str) -> str:
 MANIFEST_SCHEMA = pa.schema([
     ("path", pa.string()), ("id", pa.string()), ("status", pa.string()), ("reason", pa.string()),
     ("seconds", pa.float64()), ("sample_rate_in", pa.int64()), ("channels_in", pa.int64()),
-    ("size", pa.int64()), ("mtime_ns", pa.int64())])
+    ("frames", pa.int64()), ("peak_dbfs", pa.float64()), ("size", pa.int64()),
+    ("mtime_ns", pa.int64())])
 
 
 def read_manifest(path: str | Path) -> list[dict]:

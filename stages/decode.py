@@ -29,31 +29,42 @@ def list_audio_candidates(raw_dir: Path) -> list[Path]:
     return files
 
 
+def unusable(name: str, frames: int, peak_dbfs: float, sample_rate: int, min_frames: int,
+             silence_dbfs: float) -> str | None:
+    """Why decoded audio cannot train the model (too short for one block, or silent), or None.
+    Judged from the manifest alone, so new thresholds never need a song decoded again."""
+    if frames < min_frames:
+        return (f"{name} is shorter than one block ({frames / sample_rate:.2f} s < "
+                f"{min_frames / sample_rate:.2f} s, fft_blocks.block_size = {min_frames}).")
+    if peak_dbfs < silence_dbfs:
+        return (f"{name} is silent (peak {peak_dbfs:.0f} dBFS, below decode.silence_dbfs = "
+                f"{silence_dbfs}).")
+    return None
+
+
 def decode_song(src: str, dst: str, sample_rate: int, min_frames: int, silence_dbfs: float) -> dict:
     """Pure per-song work: decode `src` into the WAV `dst` (atomically) or explain why not.
     Returns the manifest fields this song's decode determines."""
     name = Path(src).name
-    row = dict(status="skipped", reason="", seconds=0.0, sample_rate_in=0, channels_in=0)
+    row = dict(status="skipped", reason="", seconds=0.0, sample_rate_in=0, channels_in=0,
+               frames=0, peak_dbfs=-np.inf)
     try:
         with common.atomic_path(dst) as tmp:
             info = audio.decode_to_wav(src, tmp, sample_rate)
             row.update(seconds=info.seconds, sample_rate_in=info.sample_rate_in,
-                       channels_in=info.channels_in)
-            peak_dbfs = 20 * float(np.log10(max(info.peak, 1e-12)))
-            if info.frames_out < min_frames:
-                raise audio.AudioError(
-                    f"is shorter than one block ({info.frames_out / sample_rate:.2f} s < "
-                    f"{min_frames / sample_rate:.2f} s, fft_blocks.block_size = {min_frames})")
-            if peak_dbfs < silence_dbfs:
-                raise audio.AudioError(f"is silent (peak {peak_dbfs:.0f} dBFS, below "
-                                       f"decode.silence_dbfs = {silence_dbfs})")
+                       channels_in=info.channels_in, frames=info.frames_out,
+                       peak_dbfs=round(20 * float(np.log10(max(info.peak, 1e-12))), 2))
+            row["reason"] = unusable(name, row["frames"], row["peak_dbfs"], sample_rate,
+                                     min_frames, silence_dbfs)
+            if row["reason"]:
+                raise audio.AudioError(row["reason"])     # no WAV for it
     except audio.AudioError as err:
-        row["reason"] = f"{name} {err}."
+        row["reason"] = row["reason"] or f"{name} {err}."
         return row
     except Exception as err:  # noqa: BLE001 - an odd file (a codec bug) must not stop the others
         row["reason"] = f"{name} could not be decoded ({type(err).__name__}: {err})."
         return row
-    row["status"] = "ok"
+    row.update(status="ok", reason="")
     return row
 
 
@@ -70,9 +81,11 @@ def renamed_reason(reason: str, old_name: str, new_name: str) -> str:
     return new_name + reason[len(old_name):] if reason.startswith(old_name) else reason
 
 
-def plan(files: list[Path], raw_dir: Path, old: list[dict], wav_dir: Path) -> tuple[list, list]:
+def plan(files: list[Path], raw_dir: Path, old: list[dict], wav_dir: Path, sample_rate: int,
+         min_frames: int, silence_dbfs: float) -> tuple[list, list]:
     """Split files into rows known already (same file, or same content already decoded) and
-    songs to decode. Returns (rows, todo) where todo items are (row, src, dst)."""
+    songs to decode. Returns (rows, todo) where todo items are (row, src, dst). A new block size
+    or silence threshold only re-judges the songs: none is decoded again for it."""
     old_by_file = {(r["path"], r["size"], r["mtime_ns"]): r for r in old}
     old_by_id: dict[str, dict] = {}
     for r in old:  # first row per id: a later one is a duplicate ("same content as")
@@ -82,7 +95,7 @@ def plan(files: list[Path], raw_dir: Path, old: list[dict], wav_dir: Path) -> tu
         rel = f.relative_to(raw_dir).as_posix()
         st = f.stat()
         base = dict(path=rel, size=st.st_size, mtime_ns=st.st_mtime_ns, seconds=0.0,
-                    sample_rate_in=0, channels_in=0)
+                    sample_rate_in=0, channels_in=0, frames=0, peak_dbfs=-np.inf)
         if not is_utf8(rel):  # the manifest (and libsndfile) need a UTF-8 name
             shown = os.fsencode(rel).decode("utf-8", "replace")
             rows.append(dict(base, path=shown, id="", status="skipped",
@@ -107,15 +120,21 @@ def plan(files: list[Path], raw_dir: Path, old: list[dict], wav_dir: Path) -> tu
         first_path[song_id] = rel
         prev = old_by_id.get(song_id)
         wav = wav_dir / f"{song_id}.wav"
-        known_fields = {k: prev[k] for k in ("seconds", "sample_rate_in", "channels_in")} if prev else {}
-        if prev is not None and prev["status"] == "ok" and wav.is_file():
-            rows.append(dict(base, status="ok", reason="", **known_fields))
-        elif prev is not None and prev["status"] == "skipped" and prev["id"]:
-            reason = renamed_reason(prev["reason"], Path(prev["path"]).name, f.name)
-            rows.append(dict(base, status="skipped", reason=reason, **known_fields))
-        else:
-            rows.append(base)
-            todo.append((base, str(f), str(wav)))
+        if prev is not None and prev["frames"] > 0:               # decoded before
+            fields = {k: prev[k] for k in ("seconds", "sample_rate_in", "channels_in", "frames",
+                                           "peak_dbfs")}
+            reason = unusable(f.name, prev["frames"], prev["peak_dbfs"], sample_rate, min_frames,
+                              silence_dbfs)
+            if reason or wav.is_file():
+                rows.append(dict(base, **fields, status="skipped" if reason else "ok",
+                                 reason=reason or ""))
+                continue
+        elif prev is not None and prev["status"] == "skipped" and prev["id"]:   # not decodable
+            rows.append(dict(base, status="skipped",
+                             reason=renamed_reason(prev["reason"], Path(prev["path"]).name, f.name)))
+            continue
+        rows.append(base)
+        todo.append((base, str(f), str(wav)))
     return rows, todo
 
 
@@ -129,12 +148,12 @@ def main(args) -> None:
     wav_dir, manifest_path = Path(args.out), Path(args.manifest)
 
     files = list_audio_candidates(raw_dir)
-    stamp = dict(sample_rate=sample_rate, silence_dbfs=silence_dbfs, min_frames=block_size,
+    stamp = dict(sample_rate=sample_rate,
                  code=common.source_digest("stages.audio", "stages.decode"))
     kept = common.prepare_out_dir(wav_dir, stamp)
     old = common.read_manifest(manifest_path) if kept and manifest_path.is_file() else []
 
-    rows, todo = plan(files, raw_dir, old, wav_dir)
+    rows, todo = plan(files, raw_dir, old, wav_dir, sample_rate, block_size, silence_dbfs)
     log.info("%d files in %s: %d to decode, %d already done", len(files), raw_dir, len(todo),
              len(rows) - len(todo))
     results = common.map_songs(decode_song, [(src, dst, sample_rate, block_size, silence_dbfs)

@@ -40,11 +40,11 @@ def pack(blocks: np.ndarray, layout: str) -> np.ndarray:
     block_size = blocks.shape[-1]
     if layout == "full":
         spectrum = np.fft.fft(blocks, axis=-1)
-        return np.concatenate([spectrum.real, spectrum.imag], axis=-1).astype(np.float32)
+        return np.concatenate([spectrum.real, spectrum.imag], axis=-1).astype(np.float32, copy=False)
     spectrum = np.fft.rfft(blocks, axis=-1)                    # (n_blocks, block_size // 2 + 1)
     last_imag = spectrum.shape[-1] - (1 if block_size % 2 == 0 else 0)
     return np.concatenate([spectrum.real, spectrum.imag[..., 1:last_imag]],
-                          axis=-1).astype(np.float32)
+                          axis=-1).astype(np.float32, copy=False)
 
 
 def unpack(features: np.ndarray, layout: str, block_size: int) -> np.ndarray:

@@ -88,12 +88,13 @@ class RunningStats:
         self.m2 = np.zeros(n_features)
 
     def update(self, batch: np.ndarray) -> None:
-        batch = batch.reshape(-1, batch.shape[-1]).astype(np.float64)   # (n_rows, n_features)
+        batch = batch.reshape(-1, batch.shape[-1])                     # (n_rows, n_features)
         n = len(batch)
         if n == 0:
             return
-        mean = batch.mean(axis=0)
-        m2 = ((batch - mean) ** 2).sum(axis=0)
+        mean = batch.mean(axis=0, dtype=np.float64)     # float64 sums of float32 rows: no
+        centred = batch - mean.astype(batch.dtype)      # float64 copy of the whole batch
+        m2 = np.einsum("ij,ij->j", centred, centred, dtype=np.float64)
         delta = mean - self.mean
         total = self.count + n
         self.mean += delta * n / total

@@ -86,15 +86,23 @@ def test_adding_renaming_and_removing_a_song_touches_only_that_song(project, raw
     assert set(index.song_id) == old_ids
 
 
-def test_changing_block_size_reruns_from_decode_with_new_shapes(project, raw):
+def test_changing_block_size_gives_new_shapes_without_decoding_again(project, raw):
     three_songs(raw)
     repro(project)
     set_params(project / "params.yaml", {"fft_blocks.block_size": 1024})
     out = repro(project)
-    assert "Running stage 'fft_blocks'" in out.stdout
+    assert "0 to decode" in out.stderr and "Running stage 'fft_blocks'" in out.stdout
     assert np.load(project / "data/processed/music_x.npy", mmap_mode="r").shape[1:] == (8, 1024)
     for f in (project / "data/interim/fft").glob("*.npy"):
         assert np.load(f, mmap_mode="r").shape[1] == 1024
+
+    set_params(project / "params.yaml", {"fft_blocks.block_size": 80000})   # 1.8 s: too long
+    out = repro(project)                                                     # for the 1.5 s song
+    assert "0 to decode" in out.stderr and "three.wav is shorter than one block" in out.stderr
+    assert len(song_ids(project)) == 2
+    set_params(project / "params.yaml", {"fft_blocks.block_size": 2048})    # back: decoded again
+    out = repro(project)
+    assert "1 to decode" in out.stderr and len(song_ids(project)) == 3
 
 
 def started(folder: str, n: int = 1):

@@ -59,7 +59,7 @@ def test_running_stats_match_numpy_over_the_concatenation():
         stats.update(b)
     every = np.concatenate([b.reshape(-1, 6) for b in batches]).astype(np.float64)
     np.testing.assert_allclose(stats.mean, every.mean(axis=0), rtol=1e-10)
-    np.testing.assert_allclose(stats.var, every.var(axis=0), rtol=1e-10)
+    np.testing.assert_allclose(stats.var, every.var(axis=0), rtol=1e-6)  # centred in float32
 
 
 def make_fft_dir(project, lengths: dict[str, int], n_feat: int = 5):
