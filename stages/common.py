@@ -209,7 +209,9 @@ def cli(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentPar
 
 
 def stage_parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description,
+    spec = getattr(sys.modules["__main__"], "__spec__", None)   # run as `python -m stages.x`
+    parser = argparse.ArgumentParser(prog=f"python -m {spec.name}" if spec else None,
+                                     description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default=PARAMS_FILE,
                         help="parameter file to read (default: %(default)s)")
