@@ -192,13 +192,14 @@ def measure(cmd: list[str], log: Path, cwd: Path | None = None, interval: float 
                 stages={k: b - a for k, (a, b) in spans.items()})
 
 
-def make_project(dst: Path, corpus: Path) -> Path:
+def make_project(dst: Path, corpus: Path, block_size: int) -> Path:
     """A fresh git + DVC copy of the project whose `data.raw_dir` is the corpus."""
     for name in PROJECT_FILES:
         (dst / name).parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, dst / name)
     params = yaml.safe_load((dst / "params.yaml").read_text())
     params["data"]["raw_dir"] = str(corpus)
+    params["fft_blocks"]["block_size"] = block_size
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for cmd in ("git init -q", "dvc init -q", "dvc config core.analytics false",
                 f"dvc config --local core.site_cache_dir {dst / '.dvc' / 'site'}", "git add -A",
@@ -211,9 +212,9 @@ def repro(project: Path, log: Path) -> dict:
     return measure(["dvc", "repro", "tensors"], log, cwd=project)
 
 
-def worker(way: str, corpus: Path, out: Path) -> dict:
+def worker(way: str, corpus: Path, out: Path, block_size: int) -> dict:
     result = measure([sys.executable, __file__, "--worker", way, "--corpus", str(corpus), "--out",
-                      str(out)], out.with_suffix(".log"))
+                      str(out), "--block-size", str(block_size)], out.with_suffix(".log"))
     shutil.rmtree(out, ignore_errors=True)            # the seed's tensors: GBs at 4x
     return result
 
@@ -247,17 +248,17 @@ def run_size(label: str, corpus: Path, tmp: Path, params: dict, skip_seed: bool)
         print(f"[{label}] The seed's way is skipped: it would need about {need / 2**30:.1f} GB, "
               "more than 70% of the available memory.", flush=True)
     elif not skip_seed:
-        row["seed"] = worker("seed", corpus, tmp / f"seed-{label}")
-    row["project"] = make_project(tmp / f"ours-{label}", corpus)
+        row["seed"] = worker("seed", corpus, tmp / f"seed-{label}", block_size)
+    row["project"] = make_project(tmp / f"ours-{label}", corpus, block_size)
     row["ours"] = repro(row["project"], tmp / f"ours-{label}.log")
     row["noop"] = repro(row["project"], tmp / f"noop-{label}.log")
-    row["floor"] = worker("floor", corpus, tmp / f"floor-{label}")
+    row["floor"] = worker("floor", corpus, tmp / f"floor-{label}", block_size)
     print(f"[{label}] " + ", ".join(f"{w} {row[w]['s']:.1f} s" for w in WAYS if w in row)
           + f" (seed estimated at {need / 2**20:.0f} MB)", flush=True)
     return row
 
 
-def add_one_song(rows: list[dict], n_songs: int, demo: dict, tmp: Path) -> dict:
+def add_one_song(rows: list[dict], n_songs: int, demo: dict, tmp: Path, block_size: int) -> dict:
     """Time the re-run after one more demo song lands in an `n_songs`-song project (the larger
     corpus's project, when that is the same demo corpus)."""
     same = [r for r in rows if r["songs"] == n_songs and r["corpus"].parent == tmp]
@@ -265,7 +266,7 @@ def add_one_song(rows: list[dict], n_songs: int, demo: dict, tmp: Path) -> dict:
         project, corpus, full = same[0]["project"], same[0]["corpus"], same[0]["ours"]
     else:
         corpus = demo_corpus(tmp / f"corpus-{n_songs}", n_songs, demo)
-        project = make_project(tmp / "ours-add-one", corpus)
+        project = make_project(tmp / "ours-add-one", corpus, block_size)
         full = repro(project, tmp / "full.log")
     demo_corpus(corpus, n_songs + 1, demo)             # writes only the new song
     again = repro(project, tmp / "add-one.log")
@@ -319,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "corpora (default: %(default)s)")
     parser.add_argument("--songs", type=int, default=20, help="songs in the add-one test "
                         "(default: %(default)s)")
+    parser.add_argument("--block-size", type=int, help="samples per block for every way "
+                        "(default: params.yaml fft_blocks.block_size; the seed's code used 2048)")
     parser.add_argument("--skip-seed", action="store_true", help="do not run the seed's way")
     parser.add_argument("--keep", action="store_true", help="keep the temp folders and logs")
     parser.add_argument("--worker", choices=("seed", "floor"), help=argparse.SUPPRESS)
@@ -328,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> None:
     params = common.load_params(ROOT / "params.yaml")
+    if args.block_size:                                # both ways, e.g. the seed's own 2048
+        params["fft_blocks"]["block_size"] = args.block_size
     block_size, max_seq_len = params["fft_blocks"]["block_size"], params["tensors"]["max_seq_len"]
     if args.worker:
         return (seed_way(args.corpus, args.out, block_size, max_seq_len) if args.worker == "seed"
@@ -344,7 +349,7 @@ def main(args: argparse.Namespace) -> None:
             big = demo_corpus(tmp / f"corpus-{args.scale}x", demo["songs"] * args.scale, demo)
         rows = [run_size(label, corpus, tmp, params, args.skip_seed)
                 for label, corpus in (("1x", small), (f"{args.scale}x", big))]
-        head = report(rows, add_one_song(rows, args.songs, demo, tmp), args.scale)
+        head = report(rows, add_one_song(rows, args.songs, demo, tmp, block_size), args.scale)
     finally:
         if args.keep:
             print(f"kept {tmp}")

@@ -1,5 +1,5 @@
 """The one module that reads and writes audio: content ids, streaming decode to mono 16-bit WAV at
-the pipeline's rate (any format libsndfile reads, recognised by content), and WAV writing.
+the pipeline's rate (any format libsndfile reads, recognised by content).
 
 Decoding streams in chunks (read -> mean of channels -> soxr resample -> int16 -> write), so memory
 stays flat however long a song is.
@@ -90,16 +90,3 @@ def decode_to_wav(src: str | Path, dst: str | Path, sample_rate: int) -> Decoded
         raise AudioError("contains no audio samples")
     return Decoded(seconds=frames_in / rate_in, sample_rate_in=rate_in, channels_in=channels,
                    frames_out=frames_out, peak=peak)
-
-
-def read_wav_int16(path: str | Path) -> tuple[np.ndarray, int]:
-    """A 16-bit WAV as int16 samples (mono: (frames,)) and its rate."""
-    data, rate = sf.read(str(path), dtype="int16")
-    return data, rate
-
-
-def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int) -> int:
-    """Write float samples in [-1, 1] as a mono 16-bit WAV; returns how many samples were clipped."""
-    pcm, clipped = to_int16(np.asarray(samples, dtype=np.float32))
-    sf.write(str(path), pcm, sample_rate, subtype="PCM_16", format="WAV")
-    return clipped

@@ -6,7 +6,6 @@ up-to-date .npy are converted; a removed song's .npy is deleted.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,6 @@ import soundfile as sf
 
 from stages import arrays, common
 
-log = logging.getLogger("rawtune.wav_to_npy")
 CHUNK = 1 << 20
 
 
