@@ -15,8 +15,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 from tqdm import tqdm
 
@@ -105,20 +103,23 @@ def source_digest(*modules: str) -> str:
 
 # --- the manifest: decode's account of every input file, read by later stages ----------------
 
-MANIFEST_SCHEMA = pa.schema([
-    ("path", pa.string()), ("id", pa.string()), ("status", pa.string()), ("reason", pa.string()),
-    ("seconds", pa.float64()), ("sample_rate_in", pa.int64()), ("channels_in", pa.int64()),
-    ("frames", pa.int64()), ("peak_dbfs", pa.float64()), ("size", pa.int64()),
-    ("mtime_ns", pa.int64())])
+MANIFEST_COLUMNS = [("path", "string"), ("id", "string"), ("status", "string"),
+                    ("reason", "string"), ("seconds", "float64"), ("sample_rate_in", "int64"),
+                    ("channels_in", "int64"), ("frames", "int64"), ("peak_dbfs", "float64"),
+                    ("size", "int64"), ("mtime_ns", "int64")]
 
 
 def read_manifest(path: str | Path) -> list[dict]:
+    import pyarrow.parquet as pq  # here, not at the top: the array stages start faster without it
     return pq.ParquetFile(path).read().to_pylist()  # (read_table would import pandas)
 
 
 def write_manifest(path: str | Path, rows: list[dict]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in MANIFEST_COLUMNS])
     with atomic_path(path) as tmp:
-        pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), tmp)
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
 
 
 # --- incremental per-song work ----------------------------------------------------------------
