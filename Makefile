@@ -22,7 +22,8 @@ $(VENV)/.synced: requirements.lock | $(UV)
 demo: setup
 	$(BIN)/python -m stages.synth data/raw/demo
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
-	@echo "Done. Tensors are in data/processed/; summary: metrics/preprocess.json"
+	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc metrics show
+	@echo "Done: training tensors in data/processed/, one row per input file in data/interim/manifest.parquet."
 
 test: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
