@@ -1,6 +1,6 @@
 # make setup : .venv from the lock file (idempotent)   make demo : the pipeline on the demo songs
 # make test  : set-up + the test suite                 make lock : re-pin requirements.lock
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 UV_VERSION := 0.13.9
 UV     := $(VENV)/bin/uv
@@ -11,7 +11,7 @@ BIN    := $(VENV)/bin
 setup: $(VENV)/.synced
 
 $(UV):
-	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11'."; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { echo "error: Python 3.11 is needed ('$(PYTHON)' is not it); install it or run 'make PYTHON=/path/to/python3.11'."; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
