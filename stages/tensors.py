@@ -142,6 +142,8 @@ def main(args) -> None:
     name = common.param(params, "tensors.name", str)
     fft_dir, out_dir = Path(args.fft), Path(args.out)
 
+    if not Path(args.manifest).is_file():
+        raise UserError(f"Manifest '{args.manifest}' not found; run `dvc repro decode` first.")
     manifest = common.read_manifest(args.manifest)
     ok_rows = [r for r in manifest if r["status"] == "ok"]
     ok = {r["id"] for r in ok_rows}

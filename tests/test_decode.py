@@ -93,6 +93,15 @@ def assert_clean_output(proc) -> None:
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
 
 
+def assert_succeeded_with_wavs_for_ok_rows(project: Path, proc) -> pd.DataFrame:
+    """Exit 0, no traceback, and exactly the `ok` songs have a finished WAV; returns the manifest."""
+    assert proc.returncode == 0, proc.stderr
+    assert_clean_output(proc)
+    m = manifest(project)
+    assert set(wav_files(project)) == {f"{i}.wav" for i in m.loc[m.status == "ok", "id"]}
+    return m
+
+
 def assert_one_line_error(proc, *names: str) -> str:
     assert proc.returncode == 1, (proc.returncode, proc.stderr)
     assert_clean_output(proc)
@@ -161,13 +170,9 @@ def matrix(tmp_path_factory):
 
 def test_matrix_run_succeeds_with_one_row_per_file(matrix):
     project, raw, proc = matrix
-    assert proc.returncode == 0, proc.stderr
-    assert_clean_output(proc)
-    m = manifest(project)
+    m = assert_succeeded_with_wavs_for_ok_rows(project, proc)
     assert sorted(m.path) == sorted(p.name for p in raw.iterdir())
     assert n_to_decode(proc) == len(FORMATS) + 2
-    # exactly the ok songs have WAVs, and nothing half-written is left
-    assert set(wav_files(project)) == {f"{i}.wav" for i in m.loc[m.status == "ok", "id"]}
     assert not list((project / WAV_DIR).glob(".*.tmp"))
     assert m.id.is_unique and m.id.str.fullmatch(r"[0-9a-f]{16}").all()
 
@@ -290,13 +295,10 @@ def bad(tmp_path_factory):
 
 def test_bad_inputs_never_stop_the_run(bad):
     project, raw, proc = bad
-    assert proc.returncode == 0, proc.stderr
-    assert_clean_output(proc)
-    m = manifest(project)
+    m = assert_succeeded_with_wavs_for_ok_rows(project, proc)
     expected = set(GOOD) | set(BAD) | {NOT_UTF8_SHOWN, "truncated.mp3", "bit flipped.mp3"}
     assert set(m.path) == expected and len(m) == len(expected)  # one row each, hidden ones none
     assert not any(".hidden" in p or "DS_Store" in p for p in m.path)
-    assert set(wav_files(project)) == {f"{i}.wav" for i in m.loc[m.status == "ok", "id"]}
     for reason in m.loc[m.status == "skipped", "reason"]:
         assert f"skipped: {reason}" in proc.stderr  # each reason is also logged, on its own line
 

@@ -130,3 +130,16 @@ def test_npy_writer_leaves_nothing_that_looks_valid_when_interrupted(tmp_path):
         w.write(5, np.full((5, 4), 2, np.float32))
         assert not target.exists()                 # only the finished file gets the real name
     np.testing.assert_array_equal(np.load(target)[:, 0], [1] * 5 + [2] * 5)
+
+
+def test_missing_inputs_are_one_sentence(project):
+    proc = run_stage("tensors", ["--fft", "fft", "--manifest", "nowhere.parquet"], project, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: Manifest 'nowhere.parquet' not found; run `dvc repro decode` first."]
+    make_fft_dir(project, {"00000000000000aa": 12})
+    for f in (project / "fft").iterdir():
+        f.unlink()
+    proc = run_stage("tensors", ["--fft", "fft", "--manifest", "manifest.parquet"], project, check=False)
+    assert proc.stderr.strip().splitlines() == [
+        "error: No songs in 'fft'; run `dvc repro fft_blocks` first."]
