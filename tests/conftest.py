@@ -20,12 +20,15 @@ BIN = Path(sys.executable).parent
 
 # Small but real settings: a few blocks per second, short sequences.
 SMALL_PARAMS = {"fft_blocks.block_size": 2048, "tensors.max_seq_len": 8, "preprocess.workers": 2}
+# A tiny network that still learns something in a few seconds.
+TINY_TRAIN = {"train.hidden": 16, "train.batch_size": 4, "train.epochs": 4, "train.patience": 0}
 
 
 def env() -> dict:
     """The environment a user's shell would have after `make setup`: the venv first on PATH."""
     e = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", PYTHONPATH=str(ROOT))
     e.pop("RAWTUNE_LOG", None)
+    e.pop("MLFLOW_TRACKING_URI", None)   # each project uses its own store unless a test says so
     e["DVC_NO_ANALYTICS"] = "1"
     return e
 
@@ -69,11 +72,9 @@ def write_song(path: Path, seed: int, seconds: float = 2.0, rate: int = 44100, c
     return path
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
+def make_project(repo: Path, updates: dict | None = None) -> Path:
     """A fresh copy of the project in a real git + DVC repo, with small params and no songs yet."""
-    repo = tmp_path / "project"
-    repo.mkdir()
+    repo.mkdir(parents=True)
     for name in ("stages", "dvc.yaml", "params.yaml", ".gitignore", "data"):
         src = ROOT / name
         if src.is_dir():
@@ -83,7 +84,7 @@ def project(tmp_path: Path) -> Path:
             shutil.copy(src, repo / name)
     (repo / "data" / "interim").mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "data" / "interim" / ".gitignore", repo / "data" / "interim" / ".gitignore")
-    set_params(repo / "params.yaml", SMALL_PARAMS)
+    set_params(repo / "params.yaml", {**SMALL_PARAMS, **(updates or {})})
     run(["git", "init", "-q"], repo)
     run(["git", "config", "user.email", "test@localhost"], repo)
     run(["git", "config", "user.name", "test"], repo)
@@ -92,6 +93,11 @@ def project(tmp_path: Path) -> Path:
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "project"], repo)
     return repo
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return make_project(tmp_path / "project")
 
 
 @pytest.fixture

@@ -1,0 +1,135 @@
+"""Training data as tf.data pipelines over the memory-mapped tensors, and the trivial baselines.
+
+Nothing here loads a tensor file whole: batches are copied out of `np.load(mmap_mode="r")` maps
+row by row, normalised on the fly with the training `_mean`/`_var`, and prefetched. The order of
+each epoch is a permutation drawn from (shuffle seed, epoch), so a resumed run sees exactly the
+batches an uninterrupted one would have seen.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from stages import arrays
+from stages.common import UserError
+
+
+@dataclass(frozen=True)
+class Tensors:
+    """The paths of the `tensors` stage's outputs for one dataset name."""
+    folder: Path
+    name: str
+
+    def path(self, suffix: str) -> Path:
+        return self.folder / f"{self.name}_{suffix}.npy"
+
+    def check(self) -> None:
+        for suffix in ("x", "y", "mean", "var"):
+            if not self.path(suffix).is_file():
+                raise UserError(f"Training tensor '{self.path(suffix)}' not found; "
+                                "run `dvc repro tensors` first.")
+
+    def n_sequences(self, split: str = "") -> int:
+        path = self.path(f"{split}x" if split else "x")
+        return arrays.shape_of(path)[0] if path.is_file() else 0
+
+    def shape(self) -> tuple[int, int]:
+        """(max_seq_len, n_features)."""
+        return tuple(arrays.shape_of(self.path("x"))[1:])
+
+
+class Normaliser:
+    """(block - mean) / sqrt(var) per feature, and back; identity when disabled."""
+
+    def __init__(self, mean: np.ndarray, var: np.ndarray, enabled: bool = True):
+        n = mean.shape[-1]
+        self.enabled = enabled
+        self.train_mean = mean.astype(np.float32)
+        self.mean = mean.astype(np.float32) if enabled else np.zeros(n, np.float32)
+        self.std = np.sqrt(var).astype(np.float32) if enabled else np.ones(n, np.float32)
+
+    @classmethod
+    def load(cls, tensors: Tensors, enabled: bool = True) -> "Normaliser":
+        return cls(np.load(tensors.path("mean")), np.load(tensors.path("var")), enabled)
+
+    def forward(self, blocks: np.ndarray) -> np.ndarray:
+        return ((blocks - self.mean) / self.std).astype(np.float32)
+
+    def inverse(self, blocks: np.ndarray) -> np.ndarray:
+        return (blocks * self.std + self.mean).astype(np.float32)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The sequence order of one epoch: a permutation that depends only on (seed, epoch)."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+class EpochClock:
+    """Which epoch the training loop is in; a Keras callback sets it, the batch source reads it."""
+
+    def __init__(self, epoch: int = 0):
+        self.epoch = epoch
+
+
+def _rows(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.sort(idx)                      # ascending reads from the map; the order in a batch
+    return np.asarray(x[idx]), np.asarray(y[idx])   # does not matter to the loss
+
+
+def dataset(tensors: Tensors, split: str, batch_size: int, norm: Normaliser,
+            clock: EpochClock | None = None, seed: int = 0):
+    """A tf.data pipeline of normalised (x, y) batches from the `split` ("" train, "val_") tensors.
+    With a `clock`, each pass is shuffled by `epoch_order(n, seed, clock.epoch)`; without one the
+    order is the file's (validation)."""
+    from stages.model import import_keras
+    import_keras()
+    import tensorflow as tf
+    x = arrays.read(tensors.path(f"{split}x"))
+    y = arrays.read(tensors.path(f"{split}y"))
+    n, seq_len, n_feat = x.shape
+
+    def batches():
+        order = epoch_order(n, seed, clock.epoch) if clock is not None else np.arange(n)
+        for start in range(0, n, batch_size):
+            yield _rows(x, y, order[start:start + batch_size])
+
+    spec = tf.TensorSpec((None, seq_len, n_feat), tf.float32)
+    ds = tf.data.Dataset.from_generator(batches, output_signature=(spec, spec))
+    ds = ds.apply(tf.data.experimental.assert_cardinality(-(-n // batch_size)))
+    if norm.enabled:
+        mean, inv_std = tf.constant(norm.mean), tf.constant(1.0 / norm.std)
+        ds = ds.map(lambda a, b: ((a - mean) * inv_std, (b - mean) * inv_std),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(2)
+
+
+# --- trivial predictors -----------------------------------------------------------------------
+
+BASELINES = ("zero_block", "repeat_last", "train_mean")
+
+
+def baseline_losses(tensors: Tensors, norm: Normaliser, loss: str = "mse", split: str = "val_",
+                    chunk: int = 16) -> dict[str, float]:
+    """The loss, in the space the model is trained in, of three predictors that learn nothing:
+    the zero block (silence), the last block repeated (y_t = x_t) and the training mean.
+    Averaged over every element of the split, like Keras averages the model's loss; streamed in
+    chunks of sequences."""
+    x = arrays.read(tensors.path(f"{split}x"))
+    y = arrays.read(tensors.path(f"{split}y"))
+    err = (lambda d: d * d) if loss == "mse" else np.abs
+    zero_pred = norm.forward(np.zeros_like(norm.mean))
+    mean_pred = norm.forward(norm.train_mean)
+    sums = dict.fromkeys(BASELINES, 0.0)
+    count = 0
+    for start in range(0, x.shape[0], chunk):
+        xs, ys = norm.forward(np.asarray(x[start:start + chunk])), norm.forward(
+            np.asarray(y[start:start + chunk]))
+        sums["zero_block"] += float(err(ys - zero_pred).sum(dtype=np.float64))
+        sums["repeat_last"] += float(err(ys - xs).sum(dtype=np.float64))
+        sums["train_mean"] += float(err(ys - mean_pred).sum(dtype=np.float64))
+        count += ys.size
+    if count == 0:
+        return {}
+    return {k: v / count for k, v in sums.items()}

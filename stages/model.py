@@ -1,0 +1,100 @@
+"""The network of the seed, in Keras 3: time-distributed Dense -> LSTM/GRU x layers -> Dense.
+
+It maps a sequence of (normalised) FFT blocks to the sequence of next blocks. `train` builds and
+compiles it from params.yaml `train:`; `generate` rebuilds the same layers as a one-step model
+that carries the recurrent state.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import asdict, dataclass
+
+from stages import common
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # TensorFlow's start-up chatter, not errors
+
+CELLS = ("lstm", "gru")
+LOSSES = ("mse", "mae")
+OPTIMIZERS = ("rmsprop", "adam", "sgd")
+PRECISIONS = ("float32", "mixed_bfloat16")
+
+
+def import_keras():
+    """Import TensorFlow and Keras with the C++ start-up notices (absl, oneDNN) kept off the
+    terminal: TensorFlow 2.21 prints them regardless of TF_CPP_MIN_LOG_LEVEL. An import that
+    fails still raises as usual."""
+    if "keras" not in sys.modules:
+        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+        sys.stderr.flush()
+        os.dup2(devnull, 2)
+        try:
+            import tensorflow  # noqa: F401
+            import keras  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
+    return sys.modules["keras"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    cell: str = "lstm"
+    hidden: int = 1024
+    layers: int = 1
+    dropout: float = 0.0
+    loss: str = "mse"
+    optimizer: str = "rmsprop"
+    learning_rate: float = 0.001
+    precision: str = "float32"
+    jit_compile: bool = False
+
+    @classmethod
+    def from_params(cls, params: dict) -> "ModelConfig":
+        p = lambda key, *a, **k: common.param(params, f"train.{key}", *a, **k)  # noqa: E731
+        dropout = p("dropout", (int, float), minimum=0)
+        if dropout >= 1:
+            raise common.UserError(f"params.yaml 'train.dropout' must be below 1, got {dropout}.")
+        lr = p("learning_rate", (int, float))
+        if lr <= 0:
+            raise common.UserError(f"params.yaml 'train.learning_rate' must be above 0, got {lr}.")
+        return cls(cell=p("cell", str, CELLS), hidden=p("hidden", int, minimum=1),
+                   layers=p("layers", int, minimum=1), dropout=float(dropout),
+                   loss=p("loss", str, LOSSES), optimizer=p("optimizer", str, OPTIMIZERS),
+                   learning_rate=float(lr), precision=p("precision", str, PRECISIONS),
+                   jit_compile=p("jit_compile", bool))
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_model(cfg: ModelConfig, seq_len: int | None, n_features: int):
+    """The training model: (batch, seq_len, n_features) -> (batch, seq_len, n_features)."""
+    keras = import_keras()
+    keras.mixed_precision.set_global_policy(cfg.precision)
+    rnn = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}[cfg.cell]
+    inputs = keras.Input((seq_len, n_features), name="blocks")
+    h = keras.layers.TimeDistributed(keras.layers.Dense(cfg.hidden), name="encode")(inputs)
+    for i in range(cfg.layers):
+        h = rnn(cfg.hidden, return_sequences=True, dropout=cfg.dropout, name=f"{cfg.cell}_{i}")(h)
+    # the output stays float32 under mixed precision: the loss and the saved blocks need it
+    outputs = keras.layers.TimeDistributed(keras.layers.Dense(n_features, dtype="float32"),
+                                           name="decode")(h)
+    return keras.Model(inputs, outputs, name=f"rawtune_{cfg.cell}")
+
+
+def compile_model(model, cfg: ModelConfig) -> None:
+    keras = import_keras()
+    opt = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam,
+           "sgd": keras.optimizers.SGD}[cfg.optimizer](learning_rate=cfg.learning_rate)
+    model.compile(optimizer=opt, loss=cfg.loss, jit_compile=cfg.jit_compile)
+
+
+def flops_per_sequence(cfg: ModelConfig, seq_len: int, n_features: int) -> float:
+    """Multiply-add FLOPs of one training step on one sequence (forward + backward ~ 3x forward),
+    counting the matrix products only."""
+    gates = {"lstm": 4, "gru": 3}[cfg.cell]
+    per_block = 2 * n_features * cfg.hidden * 2                        # encode + decode
+    per_block += cfg.layers * 2 * gates * 2 * cfg.hidden * cfg.hidden  # input + recurrent kernels
+    return 3.0 * seq_len * per_block

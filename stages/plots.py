@@ -1,0 +1,37 @@
+"""Pictures that work offline: matplotlib PNGs (no chart library fetched from the web)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from stages import common
+
+
+def training_curve(history: list[dict], baselines: dict[str, float], path: str | Path,
+                   title: str = "training") -> None:
+    """loss and val_loss per epoch, with the trivial predictors' validation loss as dashed lines,
+    on a log scale; written atomically."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    epochs = [row["epoch"] for row in history]
+    for key, style in (("loss", "-"), ("val_loss", "-")):
+        values = [row.get(key) for row in history]
+        if any(v is not None for v in values):
+            ax.plot(epochs, values, style, marker="." if len(epochs) < 30 else None, label=key)
+    for (name, value), colour in zip(sorted(baselines.items()), ("C2", "C3", "C4")):
+        ax.axhline(value, linestyle="--", linewidth=1, color=colour, label=f"val, {name}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    positive = [v for row in history for v in (row.get("loss"), row.get("val_loss"))
+                if v is not None and v > 0] + [v for v in baselines.values() if v > 0]
+    if positive and max(positive) / min(positive) > 20:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with common.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

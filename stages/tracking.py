@@ -1,0 +1,203 @@
+"""MLflow for the stages: where the store is, one run shared by train -> generate -> evaluate, and
+a tracker that never costs the user a trained model when the tracking server is away.
+
+The store is `MLFLOW_TRACKING_URI` when set, else params.yaml `tracking.uri` (default
+`sqlite:///mlflow.db`, the store `mlflow ui` opens when started in the project folder).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stages import common
+
+log = logging.getLogger("rawtune")
+
+
+def tracking_uri(params: dict) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or common.param(params, "tracking.uri", str)
+
+
+def flatten(params: dict, prefix: str = "") -> dict[str, Any]:
+    """{"train": {"hidden": 1024}} -> {"train.hidden": 1024}, the names MLflow shows."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def unreachable(uri: str, timeout_s: float) -> str | None:
+    """Why an http(s) tracking server cannot be used, in a few words; None when it answers (or
+    the store is a local database or folder)."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as reply:
+            return None if reply.status == 200 else f"it answered HTTP {reply.status}"
+    except urllib.error.HTTPError as err:
+        return f"it answered HTTP {err.code}"
+    except (urllib.error.URLError, OSError) as err:
+        return str(getattr(err, "reason", err))
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def dataset_identity(data_dir: str | Path, lock_file: str | Path = "dvc.lock",
+                     summary_file: str | Path = "metrics/preprocess.json") -> dict[str, Any]:
+    """What the model was trained on: the tensor folder's hash as DVC recorded it, and the
+    preprocessing summary (songs, minutes, sequences)."""
+    ident: dict[str, Any] = {}
+    lock = Path(lock_file)
+    if lock.is_file():
+        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+        for out in stages.get("tensors", {}).get("outs", []):
+            if Path(out.get("path", "")) == Path(data_dir):
+                ident["dataset.md5"] = out.get("md5")
+                ident["dataset.files"] = out.get("nfiles")
+    summary = Path(summary_file)
+    if summary.is_file():
+        s = json.loads(summary.read_text())
+        for key in ("songs_train", "songs_val", "sequences_train", "sequences_val", "minutes",
+                    "n_features", "max_seq_len"):
+            if key in s:
+                ident[f"dataset.{key}"] = s[key]
+    return ident
+
+
+class Tracker:
+    """A thin wrapper over one MLflow run. The first failure to reach the store is reported in
+    one sentence and tracking is switched off for the rest of the stage; the stage's own files
+    are written regardless."""
+
+    def __init__(self, uri: str, experiment: str, timeout_s: float = 10):
+        self.uri, self.experiment = uri, experiment
+        self.run_id: str | None = None
+        self.active = False
+        # bound every HTTP call instead of mlflow's default minutes of retries
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(1, timeout_s))))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        why = unreachable(uri, timeout_s)
+        if why:
+            self._off(f"the MLflow tracking server {uri} cannot be reached ({why})")
+            return
+        self.active = True
+
+    def _off(self, what: str) -> None:
+        if self.active or self.run_id is None:
+            log.warning("%s; carrying on without tracking, the stage's files are still written.",
+                        what)
+        self.active = False
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        if not self.active:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # any store failure: report once, keep the stage's work
+            self._off(f"MLflow could not {what} at {self.uri} ({type(err).__name__}: "
+                      f"{str(err).splitlines()[0][:200] if str(err) else ''})")
+            return None
+
+    def start(self, resume_run_id: str | None = None, tags: dict | None = None) -> str | None:
+        """Start a run, or continue `resume_run_id`; when that run is gone, start a new one
+        tagged with the id it resumes."""
+        import mlflow
+
+        def _start():
+            mlflow.set_tracking_uri(self.uri)
+            mlflow.set_experiment(self.experiment)
+            if resume_run_id:
+                try:
+                    return mlflow.start_run(run_id=resume_run_id)
+                except mlflow.exceptions.MlflowException:
+                    log.warning("MLflow run %s is gone; a new run is tagged with it.",
+                                resume_run_id)
+                    return mlflow.start_run(tags={"rawtune.resumes": resume_run_id})
+            return mlflow.start_run()
+
+        run = self._call("start a run", _start)
+        if run is not None:
+            self.run_id = run.info.run_id
+            if tags:
+                self.set_tags(tags)
+        return self.run_id
+
+    def log_params(self, params: dict) -> None:
+        import mlflow
+        flat = {k: v for k, v in flatten(params).items()}
+        self._call("log parameters", mlflow.log_params, flat)
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        import mlflow
+        clean = {k: float(v) for k, v in metrics.items() if v is not None}
+        self._call("log metrics", mlflow.log_metrics, clean, step=step)
+
+    def set_tags(self, tags: dict) -> None:
+        import mlflow
+        self._call("set tags", mlflow.set_tags, {k: str(v) for k, v in tags.items()
+                                                 if v is not None})
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        import mlflow
+        self._call(f"store {Path(path).name}", mlflow.log_artifact, str(path), folder)
+
+    def log_dataset(self, folder: str | Path, name: str, digest: str | None,
+                    context: str = "training") -> None:
+        """Record the tensor folder as the run's input dataset (the UI's "Datasets" column)."""
+        import mlflow
+
+        def _log():
+            import warnings
+            from mlflow.data.dataset_source_registry import resolve_dataset_source
+            from mlflow.data.meta_dataset import MetaDataset
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                source = resolve_dataset_source(str(Path(folder).resolve()))
+            mlflow.log_input(MetaDataset(source, name=name, digest=(digest or "")[:36] or None),
+                             context=context)
+        self._call("record the dataset", _log)
+
+    def log_keras_model(self, model, registered_name: str | None, seq_len: int | None,
+                        n_features: int) -> str | None:
+        """Log the model (keras flavour, with a tensor signature) and register a new version;
+        returns the version number."""
+        import keras
+        import mlflow
+        import numpy as np
+        import tensorflow as tf
+        from mlflow.models import ModelSignature
+        from mlflow.types import Schema, TensorSpec
+
+        spec = TensorSpec(np.dtype(np.float32), (-1, seq_len or -1, n_features), "blocks")
+        signature = ModelSignature(inputs=Schema([spec]), outputs=Schema([spec]))
+        reqs = [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}",
+                f"mlflow=={mlflow.__version__}"]
+        info = self._call("store the model", mlflow.keras.log_model, model, name="model",
+                          signature=signature, pip_requirements=reqs,
+                          registered_model_name=registered_name)
+        version = getattr(info, "registered_model_version", None) if info else None
+        return str(version) if version is not None else None
+
+    def end(self, status: str = "FINISHED") -> None:
+        import mlflow
+        if self.run_id is not None:
+            self._call("close the run", mlflow.end_run, status)

@@ -1,0 +1,370 @@
+"""The train stage: the model, the tf.data feed over memory maps, the trivial baselines, and real
+runs through DVC with a real sqlite MLflow store: learning, tracking, the registry, resume after
+kill -9, `dvc exp run -S`, an unreachable tracking server and bad params."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stages import model as netlib
+from stages.batches import (EpochClock, Normaliser, Tensors, baseline_losses, dataset,
+                            epoch_order)
+from stages.common import UserError
+from tests.conftest import (ROOT, TINY_TRAIN, env, make_project, run, run_stage, set_params,
+                            write_song)
+
+
+# --- tensors made by hand -------------------------------------------------------------------------
+
+def write_tensors(folder: Path, x: np.ndarray, y: np.ndarray, vx: np.ndarray, vy: np.ndarray,
+                  mean: np.ndarray, var: np.ndarray, name: str = "music") -> Tensors:
+    folder.mkdir(parents=True, exist_ok=True)
+    for suffix, arr in (("x", x), ("y", y), ("val_x", vx), ("val_y", vy), ("mean", mean),
+                        ("var", var)):
+        np.save(folder / f"{name}_{suffix}.npy", arr.astype(np.float32))
+    return Tensors(folder, name)
+
+
+def random_tensors(folder: Path, n=10, n_val=3, seq=4, feat=6, seed=0) -> Tensors:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(1.0, 2.0, (n, seq, feat))
+    vx = rng.normal(1.0, 2.0, (n_val, seq, feat))
+    shift = lambda a: np.concatenate([a[:, 1:], np.zeros_like(a[:, :1])], axis=1)  # noqa: E731
+    return write_tensors(folder, x, shift(x), vx, shift(vx), x.reshape(-1, feat).mean(0),
+                         x.reshape(-1, feat).var(0))
+
+
+def test_baselines_match_hand_computed_values(tmp_path):
+    # one validation sequence of 2 blocks, 2 features
+    vx = np.array([[[1.0, 2.0], [3.0, 4.0]]])
+    vy = np.array([[[3.0, 4.0], [0.0, 0.0]]])
+    mean, var = np.array([1.0, 1.0]), np.array([4.0, 1.0])
+    t = write_tensors(tmp_path, vx, vy, vx, vy, mean, var)
+
+    raw = baseline_losses(t, Normaliser.load(t, enabled=False), "mse")
+    assert raw["zero_block"] == pytest.approx((9 + 16 + 0 + 0) / 4)
+    assert raw["repeat_last"] == pytest.approx((4 + 4 + 9 + 16) / 4)
+    assert raw["train_mean"] == pytest.approx((4 + 9 + 1 + 1) / 4)
+
+    # normalised: (v - mean) / std with std = (2, 1); the mean predicts 0
+    ny = (vy - mean) / np.sqrt(var)
+    nx = (vx - mean) / np.sqrt(var)
+    normed = baseline_losses(t, Normaliser.load(t, enabled=True), "mse")
+    assert normed["train_mean"] == pytest.approx(float((ny ** 2).mean()))
+    assert normed["repeat_last"] == pytest.approx(float(((ny - nx) ** 2).mean()))
+    zero = (0 - mean) / np.sqrt(var)
+    assert normed["zero_block"] == pytest.approx(float(((ny - zero) ** 2).mean()))
+
+    mae = baseline_losses(t, Normaliser.load(t, enabled=False), "mae")
+    assert mae["repeat_last"] == pytest.approx((2 + 2 + 3 + 4) / 4)
+
+
+def test_baselines_stream_in_chunks_with_the_same_result(tmp_path):
+    t = random_tensors(tmp_path, n_val=7)
+    norm = Normaliser.load(t)
+    whole = baseline_losses(t, norm, chunk=100)
+    assert baseline_losses(t, norm, chunk=2) == pytest.approx(whole)
+
+
+def test_normaliser_round_trip_and_identity_when_disabled():
+    rng = np.random.default_rng(1)
+    mean, var = rng.normal(size=5), rng.uniform(0.1, 4, 5)
+    blocks = rng.normal(size=(3, 5)).astype(np.float32)
+    on = Normaliser(mean, var)
+    np.testing.assert_allclose(on.inverse(on.forward(blocks)), blocks, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(on.forward(blocks), (blocks - mean) / np.sqrt(var), rtol=1e-5)
+    off = Normaliser(mean, var, enabled=False)
+    np.testing.assert_array_equal(off.forward(blocks), blocks)
+
+
+def test_epoch_order_is_a_permutation_fixed_by_seed_and_epoch():
+    a = epoch_order(50, seed=3, epoch=4)
+    assert sorted(a) == list(range(50))
+    np.testing.assert_array_equal(a, epoch_order(50, seed=3, epoch=4))
+    assert not np.array_equal(a, epoch_order(50, seed=3, epoch=5))
+    assert not np.array_equal(a, epoch_order(50, seed=4, epoch=4))
+
+
+def test_dataset_feeds_every_sequence_once_per_epoch_normalised_in_epoch_order(tmp_path):
+    t = random_tensors(tmp_path, n=10, feat=6)
+    norm = Normaliser.load(t)
+    x, y = np.load(t.path("x")), np.load(t.path("y"))
+    clock = EpochClock(0)
+    ds = dataset(t, "", batch_size=4, norm=norm, clock=clock, seed=9)
+    assert int(ds.cardinality()) == 3
+
+    def one_epoch(epoch):
+        clock.epoch = epoch
+        xs, ys = zip(*[(a.numpy(), b.numpy()) for a, b in ds])
+        return np.concatenate(xs), np.concatenate(ys)
+
+    for epoch in (0, 1):
+        got_x, got_y = one_epoch(epoch)
+        assert got_x.shape == (10, 4, 6)
+        order = epoch_order(10, 9, epoch)
+        batches = [np.sort(order[i:i + 4]) for i in range(0, 10, 4)]   # sorted inside a batch
+        idx = np.concatenate(batches)
+        np.testing.assert_allclose(got_x, norm.forward(x[idx]), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got_y, norm.forward(y[idx]), rtol=1e-5, atol=1e-5)
+    assert not np.array_equal(one_epoch(0)[0], one_epoch(1)[0])
+    np.testing.assert_array_equal(one_epoch(1)[0], one_epoch(1)[0])   # a resumed epoch is the same
+
+
+def test_model_shapes_cells_and_layers():
+    for cell, layers in (("lstm", 1), ("gru", 2)):
+        cfg = netlib.ModelConfig(cell=cell, hidden=8, layers=layers, dropout=0.1)
+        m = netlib.build_model(cfg, 5, 12)
+        out = m(np.zeros((3, 5, 12), np.float32))
+        assert tuple(out.shape) == (3, 5, 12)
+        kinds = [type(layer.layer).__name__ if hasattr(layer, "layer") else type(layer).__name__
+                 for layer in m.layers]
+        assert kinds == ["InputLayer", "Dense"] + [cell.upper()] * layers + ["Dense"]
+
+
+def test_model_config_names_the_bad_key_and_allowed_values():
+    params = {"train": {"cell": "transformer", "hidden": 8, "layers": 1, "dropout": 0.0,
+                        "loss": "mse", "optimizer": "rmsprop", "learning_rate": 0.001,
+                        "precision": "float32", "jit_compile": False}}
+    with pytest.raises(UserError, match=r"'train.cell' is 'transformer'; allowed values are "
+                                        r"'lstm', 'gru'"):
+        netlib.ModelConfig.from_params(params)
+    params["train"].update(cell="gru", loss="huber")
+    with pytest.raises(UserError, match=r"'train.loss'.*'mse', 'mae'"):
+        netlib.ModelConfig.from_params(params)
+    params["train"].update(loss="mae", dropout=1.5)
+    with pytest.raises(UserError, match=r"'train.dropout' must be below 1"):
+        netlib.ModelConfig.from_params(params)
+
+
+def test_nan_epoch_stops_without_checkpoint_and_keeps_the_state(tmp_path):
+    from stages import train, tracking
+    cfg = netlib.ModelConfig(hidden=4)
+    m = netlib.build_model(cfg, 3, 4)
+    netlib.compile_model(m, cfg)
+    state = {"history": [], "best_loss": 0.5, "best_epoch": 0, "epoch": 0}
+    tracker = tracking.Tracker.__new__(tracking.Tracker)
+    tracker.active, tracker.run_id = False, None
+    cb = train.epoch_end_callback(state, tmp_path, tmp_path / "model.keras", tmp_path / "h.csv",
+                                  tracker, EpochClock(), patience=0, has_val=True)
+    cb.set_model(m)
+    cb.on_epoch_begin(1)
+    cb.on_epoch_end(1, {"loss": float("nan"), "val_loss": 1.0})
+    assert m.stop_training and state["stopped"] == "nan" and state["nan_epoch"] == 1
+    assert list(tmp_path.iterdir()) == []            # nothing saved from the broken weights
+
+
+# --- real runs ------------------------------------------------------------------------------------
+
+def three_songs(project: Path) -> None:
+    raw = project / "data" / "raw"
+    write_song(raw / "one.mp3", 1, 3.0)
+    write_song(raw / "two.flac", 2, 3.0, rate=48000, subtype="PCM_24")
+    write_song(raw / "three.ogg", 3, 3.0)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """One project trained through `dvc repro train` with tiny params, shared by the checks."""
+    project = make_project(tmp_path_factory.mktemp("trained") / "project", TINY_TRAIN)
+    three_songs(project)
+    proc = run(["dvc", "repro", "train"], project)
+    (project / "repro.log").write_text(proc.stdout + proc.stderr)
+    return project
+
+
+def metrics(project: Path) -> dict:
+    return json.loads((project / "metrics/train.json").read_text())
+
+
+def history(project: Path) -> list[dict]:
+    with open(project / "metrics/train_history.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def client(project: Path):
+    from mlflow import MlflowClient
+    return MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+
+
+@pytest.mark.slow
+def test_repro_train_learns_and_leaves_model_metrics_and_curves(trained):
+    m = metrics(trained)
+    rows = history(trained)
+    assert [int(r["epoch"]) for r in rows] == list(range(TINY_TRAIN["train.epochs"]))
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])            # the loss goes down
+    assert m["epochs_run"] == 4 and m["stopped"] == "completed"
+    assert m["val_loss"] == pytest.approx(min(float(r["val_loss"]) for r in rows))
+    assert set(m["baselines"]) == {"zero_block", "repeat_last", "train_mean"}
+    best = min(m["baselines"].values())
+    assert m["ratio_to_best_baseline"] == pytest.approx(m["val_loss"] / best)
+    assert (trained / "models/model.keras").stat().st_size > 0
+    assert not (trained / "models/checkpoints").exists()               # finished: nothing to resume
+    png = (trained / "metrics/train_curve.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+    log = (trained / "repro.log").read_text()
+    assert "Traceback" not in log and "trivial predictors" in log
+
+
+@pytest.mark.slow
+def test_validation_is_by_song(trained):
+    import pandas as pd
+    index = pd.read_parquet(trained / "data/processed/music_index.parquet")
+    train_songs = set(index.loc[index.split == "train", "song_id"])
+    val_songs = set(index.loc[index.split == "val", "song_id"])
+    assert train_songs and val_songs and not train_songs & val_songs
+    m = metrics(trained)
+    assert m["sequences_val"] == (index.split == "val").sum()
+
+
+@pytest.mark.slow
+def test_mlflow_run_holds_params_epoch_metrics_dataset_and_model(trained):
+    m, c = metrics(trained), client(trained)
+    run_ = c.get_run(m["mlflow_run_id"])
+    p = run_.data.params
+    assert p["train.hidden"] == "16" and p["train.cell"] == "lstm"
+    assert p["fft_blocks.block_size"] == "2048" and p["tensors.max_seq_len"] == "8"
+    summary = json.loads((trained / "metrics/preprocess.json").read_text())
+    assert p["dataset.songs_train"] == str(summary["songs_train"])
+    assert p["dataset.sequences_train"] == str(m["sequences_train"])
+    assert p["dataset.md5"].endswith(".dir")                          # DVC's hash of the tensors
+    for key in ("loss", "val_loss"):
+        steps = [h.step for h in c.get_metric_history(run_.info.run_id, key)]
+        assert steps == list(range(4))
+    assert run_.data.metrics["baseline_repeat_last"] == pytest.approx(m["baselines"]["repeat_last"])
+    assert run_.data.tags["git_commit"] == run(["git", "rev-parse", "HEAD"], trained).stdout.strip()
+    assert [d.dataset.name for d in run_.inputs.dataset_inputs] == ["music"]
+    artifacts = {a.path for a in c.list_artifacts(run_.info.run_id, "plots")}
+    assert artifacts == {"plots/train_curve.png", "plots/train_history.csv"}
+    version = c.get_model_version("rawtune", m["model_version"])
+    assert version.run_id == run_.info.run_id
+    assert run_.info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_registered_model_predicts_like_the_model_file(trained, monkeypatch):
+    import keras
+    import mlflow
+    m = metrics(trained)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{trained / 'mlflow.db'}")
+    registered = mlflow.keras.load_model(f"models:/rawtune/{m['model_version']}")
+    local = keras.saving.load_model(trained / "models/model.keras", safe_mode=True)
+    x = np.load(trained / "data/processed/music_val_x.npy")[:2]
+    np.testing.assert_allclose(registered.predict(x, verbose=0), local.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_second_repro_retrains_nothing(trained):
+    proc = run(["dvc", "repro", "train"], trained)
+    assert "Stage 'train' didn't change, skipping" in proc.stdout
+
+
+@pytest.mark.slow
+def test_dvc_exp_run_changes_the_runs_params(trained):
+    proc = run(["dvc", "exp", "run", "-S", "train.hidden=8", "-S", "train.cell=gru"], trained)
+    m = metrics(trained)
+    run_ = client(trained).get_run(m["mlflow_run_id"])
+    assert run_.data.params["train.hidden"] == "8" and run_.data.params["train.cell"] == "gru"
+    name = run_.data.tags["dvc_experiment"]
+    assert name and name in proc.stdout
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], trained).stdout)
+    exp_names = json.dumps(shown)
+    assert name in exp_names
+    assert m["model_version"] != "1"                 # a new registered version
+
+
+# --- resume, server down, bad input ------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_resume_after_sigkill_continues_at_the_next_epoch_in_the_same_run(tmp_path):
+    epochs = 12
+    project = make_project(tmp_path / "project", {**TINY_TRAIN, "train.epochs": epochs,
+                                                   "train.batch_size": 2})
+    three_songs(project)
+    run(["dvc", "repro", "tensors"], project)
+    state_file = project / "models/checkpoints/state.json"
+    proc = subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=project, env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    state = None
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, ValueError):
+            state = None
+        if state and state["epoch"] >= 2:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "training ended before it could be killed"
+    killed = json.loads(state_file.read_text())       # the last committed epoch
+    assert killed["epoch"] < epochs - 1
+
+    again = run(["dvc", "repro", "train"], project)
+    assert f"resuming from the checkpoint of epoch {killed['epoch'] + 1} of {epochs}" in again.stderr
+    rows = history(project)
+    assert [int(r["epoch"]) for r in rows] == list(range(epochs))
+    m = metrics(project)
+    assert m["mlflow_run_id"] == killed["run_id"]
+    c = client(project)
+    steps = [h.step for h in c.get_metric_history(m["mlflow_run_id"], "loss")]
+    assert sorted(steps) == list(range(epochs)) and len(set(steps)) == epochs
+    assert c.get_run(m["mlflow_run_id"]).info.status == "FINISHED"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_unreachable_tracking_server_is_one_sentence_and_the_model_is_kept(trained, tmp_path):
+    out = tmp_path / "out"
+    e = dict(env(), MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}")
+    proc = subprocess.run([sys.executable, "-m", "stages.train", "--models", str(out / "models"),
+                           "--metrics", str(out / "train.json"), "--history", str(out / "h.csv"),
+                           "--plot", str(out / "c.png")], cwd=trained, env=e, capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "cannot be reached" in line]
+    assert len(warnings) == 1 and "Traceback" not in proc.stderr
+    assert (out / "models/model.keras").is_file()
+    assert json.loads((out / "train.json").read_text())["mlflow_run_id"] is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key, value, sentence", [
+    ("train.cell", "transformer", "'train.cell' is 'transformer'; allowed values are 'lstm', 'gru'"),
+    ("train.optimizer", "adamw", "'train.optimizer' is 'adamw'; allowed values are"),
+    ("train.batch_size", 0, "'train.batch_size' must be at least 1"),
+    ("train.normalise", "yes", "'train.normalise' must be bool"),
+])
+def test_bad_train_params_are_one_sentence(trained, tmp_path, key, value, sentence):
+    params = tmp_path / "params.yaml"
+    params.write_text((trained / "params.yaml").read_text())
+    set_params(params, {key: value})
+    proc = run_stage("train", ["--params", str(params), "--models", str(tmp_path / "m")], trained,
+                     check=False)
+    assert proc.returncode == 1
+    assert sentence in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_missing_tensors_is_one_sentence(tmp_path):
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    proc = run_stage("train", ["--data", str(tmp_path / "nowhere")], tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "run `dvc repro tensors` first" in proc.stderr
