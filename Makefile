@@ -23,13 +23,15 @@ demo: setup
 	$(BIN)/python -m stages.synth data/raw/demo
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc metrics show
-	@echo "Done: training tensors in data/processed/, one row per input file in data/interim/manifest.parquet."
+	@echo "Done: model in models/model.keras, curves in metrics/train_curve.png, one row per input file in data/interim/manifest.parquet."
+	@echo "Browse the runs, parameters, curves and registered model:  $(BIN)/mlflow ui   (then open http://127.0.0.1:5000)"
 
 test: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
 bench: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/preprocess.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/train.py
 
 lock: | $(UV)
 	$(UV) pip compile pyproject.toml --group dev --universal --python-version 3.11 \

@@ -27,6 +27,7 @@ FORMATS = [("MP3", None, 44100, "mp3"), ("FLAC", "PCM_24", 48000, "flac"),
 
 
 WRITE_FRAMES = 1 << 14
+KIT_SEED = 808
 
 
 def midi_hz(note: float) -> float:
@@ -48,13 +49,29 @@ def tone(freq: float, n: int, rate: int, harmonics: list[float]) -> np.ndarray:
                if freq * (k + 1) < rate / 2).astype(np.float32)
 
 
-def make_song(seed: int, seconds: float, rate: int = 44100) -> np.ndarray:
-    """One song: (n_frames, 2) float32 stereo in [-1, 1]."""
+def drum_kit(rate: int) -> tuple[np.ndarray, np.ndarray]:
+    """The snare and hi-hat samples: one kit for every song, like an album made on one drum
+    machine (noise drawn once from a fixed seed)."""
+    rng = np.random.default_rng(KIT_SEED)
+    kick_n, hat_n = int(0.25 * rate), int(0.05 * rate)
+    snare = (rng.standard_normal(kick_n).astype(np.float32)
+             * envelope(kick_n, rate, .001, .08, 0, .15) * .25)
+    hat = (np.diff(rng.standard_normal(hat_n + 1)).astype(np.float32)   # high-passed noise
+           * envelope(hat_n, rate, .001, .03, 0, .02) * .06)
+    return snare, hat
+
+
+def make_song(seed: int, seconds: float, rate: int = 44100, bpm: float | None = None) -> np.ndarray:
+    """One song: (n_frames, 2) float32 stereo in [-1, 1], at `bpm` beats per minute (drawn from
+    88-140 when not given), on the drum kit shared by all songs."""
     rng = np.random.default_rng(seed)
     n_total = int(seconds * rate)
     left = np.zeros(n_total, np.float32)
     right = np.zeros(n_total, np.float32)
-    beat = 60.0 / rng.uniform(88, 140)
+    drawn_bpm = rng.uniform(88, 140)
+    beat = 60.0 / (bpm or drawn_bpm)
+    kick_n = int(0.25 * rate)
+    snare, hat = drum_kit(rate)
     root = int(rng.integers(45, 57))
     scale = SCALES[rng.choice(list(SCALES))]
     progression = PROGRESSIONS[int(rng.integers(len(PROGRESSIONS)))]
@@ -78,19 +95,14 @@ def make_song(seed: int, seconds: float, rate: int = 44100) -> np.ndarray:
             n = int(beat * rate * 0.9)
             add(tone(midi_hz(bass_note + (12 if b == 2 else 0)), n, rate, [1, .5, .25])
                 * envelope(n, rate, .01, .1, .6, .05), start, .35, .35)
-            kick_n = int(0.25 * rate)
             if b in (0, 2):
                 kt = np.arange(kick_n) / rate
                 kick = np.sin(2 * np.pi * (50 * kt + 100 * (1 - np.exp(-kt * 30)) / 30))
                 add((kick * np.exp(-kt * 18)).astype(np.float32), start, .5, .5)
             else:
-                snare = rng.standard_normal(kick_n).astype(np.float32)
-                add(snare * envelope(kick_n, rate, .001, .08, 0, .15) * .25, start, .3, .3)
+                add(snare, start, .3, .3)
             for half in (0, 0.5):
-                hat_n = int(0.05 * rate)
-                hat = np.diff(rng.standard_normal(hat_n + 1)).astype(np.float32)  # high-passed
-                add(hat * envelope(hat_n, rate, .001, .03, 0, .02) * .06, start + half * beat,
-                    .4, .6)
+                add(hat, start + half * beat, .4, .6)
         step = 0.0
         while step < 4:  # melody: a random walk on the scale, notes of 1/2, 1 or 2 beats
             length = float(rng.choice([0.5, 0.5, 1, 1, 2]))
@@ -142,7 +154,7 @@ def fix_ogg_serial(path: Path, serial: int) -> None:
 
 
 def write_demo(folder: str | Path, n_songs: int, min_seconds: float, max_seconds: float,
-               seed: int) -> list[Path]:
+               seed: int, bpm: float | None = None) -> list[Path]:
     """Write `n_songs` demo songs, cycling through the formats; existing files are left alone."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -156,7 +168,7 @@ def write_demo(folder: str | Path, n_songs: int, min_seconds: float, max_seconds
         written.append(path)
         if path.exists():
             continue
-        song = resample_for_file(make_song(seed * 1000 + i, seconds), 44100, rate)
+        song = resample_for_file(make_song(seed * 1000 + i, seconds, bpm=bpm), 44100, rate)
         with common.atomic_path(path) as tmp:
             with sf.SoundFile(str(tmp), "w", rate, song.shape[1], format=container,
                               subtype=subtype) as f:
@@ -173,7 +185,8 @@ def main(args) -> None:
     n = common.param(params, "demo.songs", int, minimum=1)
     lo = common.param(params, "demo.min_seconds", (int, float), minimum=0.1)
     hi = common.param(params, "demo.max_seconds", (int, float), minimum=lo)
-    write_demo(args.folder, n, lo, hi, common.param(params, "demo.seed", int))
+    bpm = common.param(params, "demo.bpm", (int, float), minimum=0)
+    write_demo(args.folder, n, lo, hi, common.param(params, "demo.seed", int), bpm or None)
 
 
 def build_parser():

@@ -106,6 +106,13 @@ class RunningStats:
         return self.m2 / max(self.count, 1)
 
 
+def floored_variance(var: np.ndarray, fraction: float) -> np.ndarray:
+    """Bins nearly silent in training (above an MP3's low-pass, say) would be blown up by
+    normalising; their variance is raised to `fraction` of the average bin's."""
+    floor = max(fraction * float(var.mean()), float(np.finfo(np.float32).tiny))
+    return np.maximum(var, floor)
+
+
 def write_split(fft_dir: Path, song_ids: list[str], max_seq_len: int, n_feat: int,
                 x_path: Path, y_path: Path, stats: RunningStats | None) -> list[dict]:
     """Stream the sequences of `song_ids` into x/y files, `WINDOW_SEQS` sequences at a time (so a
@@ -165,7 +172,7 @@ def main(args) -> None:
     index += [dict(r, split="val") for r in write_split(
         fft_dir, val, max_seq_len, n_feat, out_dir / f"{name}_val_x.npy",
         out_dir / f"{name}_val_y.npy", None)]
-    for suffix, values in (("mean", stats.mean), ("var", np.maximum(stats.var, var_floor))):
+    for suffix, values in (("mean", stats.mean), ("var", floored_variance(stats.var, var_floor))):
         with common.atomic_path(out_dir / f"{name}_{suffix}.npy") as tmp, open(tmp, "wb") as f:
             np.save(f, values.astype(np.float32))
     with common.atomic_path(out_dir / f"{name}_index.parquet") as tmp:

@@ -97,7 +97,9 @@ def test_stage_writes_split_tensors_and_training_statistics(project):
         assert np.isfinite(x).all() and np.isfinite(y).all()
     train_x = np.load(out / "music_x.npy").reshape(-1, 5).astype(np.float64)
     np.testing.assert_allclose(np.load(out / "music_mean.npy"), train_x.mean(axis=0), rtol=1e-5)
-    np.testing.assert_allclose(np.load(out / "music_var.npy"), train_x.var(axis=0), rtol=1e-5)
+    var = train_x.var(axis=0)
+    np.testing.assert_allclose(np.load(out / "music_var.npy"), np.maximum(var, 0.01 * var.mean()),
+                               rtol=1e-5)
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
@@ -143,3 +145,11 @@ def test_missing_inputs_are_one_sentence(project):
     proc = run_stage("tensors", ["--fft", "fft", "--manifest", "manifest.parquet"], project, check=False)
     assert proc.stderr.strip().splitlines() == [
         "error: No songs in 'fft'; run `dvc repro fft_blocks` first."]
+
+
+def test_quiet_bins_are_floored_relative_to_the_mean_variance():
+    # a bin that is silent in training (above an MP3's low-pass) must not be blown up later
+    var = np.array([100.0, 1.0, 0.0])
+    np.testing.assert_allclose(tensors.floored_variance(var, 0.01), [100.0, 1.0, 1.01 / 3])
+    np.testing.assert_array_equal(tensors.floored_variance(var, 0.0)[:2], var[:2])
+    assert tensors.floored_variance(np.zeros(3), 0.01).min() > 0     # never a division by zero

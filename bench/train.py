@@ -1,0 +1,150 @@
+"""How close the training step comes to this CPU's matrix-multiply peak.
+
+Measured side by side in one run:
+  floor   dense float32 matmul (n x n, n=4096): the most FLOP/s this CPU gives TensorFlow
+  ours    the train stage's step for the model shape in params.yaml, fed by the stage's own
+          tf.data pipeline over memory-mapped tensors, for a few settings (batch size, XLA,
+          mixed bfloat16)
+and printed as FLOP/s, the ratio to the floor, and seconds per epoch per minute of audio.
+
+    python bench/train.py                  # params.yaml's model shape (slow: ~31M weights)
+    python bench/train.py --batches 8 16 32 --steps 6
+
+The last line is one JSON object of the headline figures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from stages import common, model as netlib  # noqa: E402
+from stages.batches import EpochClock, Normaliser, Tensors, dataset  # noqa: E402
+
+
+def matmul_peak(dtype: str, n: int = 4096, reps: int = 5) -> float:
+    import tensorflow as tf
+    a = tf.cast(tf.random.normal((n, n)), dtype)
+    b = tf.cast(tf.random.normal((n, n)), dtype)
+    f = tf.function(lambda a, b: tf.matmul(a, b))
+    f(a, b).numpy()
+    best = math.inf
+    for _ in range(reps):
+        t = time.perf_counter()
+        f(a, b).numpy()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+def fake_tensors(folder: Path, n_seq: int, seq_len: int, n_feat: int) -> Tensors:
+    """Random tensors on disk in the tensors stage's layout, read back through memory maps."""
+    rng = np.random.default_rng(0)
+    for name in ("x", "y", "val_x", "val_y"):
+        arr = np.lib.format.open_memmap(folder / f"bench_{name}.npy", "w+", np.float32,
+                                        (n_seq, seq_len, n_feat))
+        for i in range(n_seq):
+            arr[i] = rng.standard_normal((seq_len, n_feat), np.float32)
+        arr.flush()
+        del arr
+    np.save(folder / "bench_mean.npy", np.zeros(n_feat, np.float32))
+    np.save(folder / "bench_var.npy", np.ones(n_feat, np.float32))
+    return Tensors(folder, "bench")
+
+
+def step_time(cfg: netlib.ModelConfig, tensors: Tensors, batch: int, steps: int) -> float:
+    """Median seconds per training step after a warm-up epoch, fed by the stage's pipeline."""
+    import keras
+    keras.utils.set_random_seed(0)
+    seq_len, n_feat = tensors.shape()
+    model = netlib.build_model(cfg, seq_len, n_feat)
+    netlib.compile_model(model, cfg)
+    norm = Normaliser.load(tensors)
+    clock = EpochClock()
+    ds = dataset(tensors, "", batch, norm, clock, 0).take(steps)
+
+    class Timer(keras.callbacks.Callback):
+        def on_train_batch_begin(self, b, logs=None):
+            self.t = time.perf_counter()
+
+        def on_train_batch_end(self, b, logs=None):
+            self.times.append(time.perf_counter() - self.t)
+
+    timer = Timer()
+    timer.times = []
+    model.fit(ds, epochs=1, verbose=0, shuffle=False)            # trace + warm up
+    timer.times = []
+    model.fit(ds, epochs=2, verbose=0, shuffle=False, callbacks=[timer])
+    keras.backend.clear_session()
+    return float(np.median(timer.times))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default=str(ROOT / "params.yaml"))
+    parser.add_argument("--batches", type=int, nargs="+", default=[8, 16, 32])
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per setting and epoch")
+    parser.add_argument("--quick", action="store_true", help="only the params.yaml setting")
+    args = parser.parse_args()
+
+    netlib.import_keras()
+    params = common.load_params(args.params)
+    base = netlib.ModelConfig.from_params(params)
+    block = common.param(params, "fft_blocks.block_size", int)
+    layout = common.param(params, "fft_blocks.fft", str)
+    n_feat = block if layout == "rfft" else 2 * block
+    seq_len = common.param(params, "tensors.max_seq_len", int)
+    rate = common.param(params, "decode.sample_rate", int)
+    default_batch = common.param(params, "train.batch_size", int)
+    seq_per_minute = 60 * rate / block / seq_len
+
+    peak32, peak16 = matmul_peak("float32"), matmul_peak("bfloat16")
+    print(f"floor: float32 matmul {peak32:.0f} GFLOP/s, bfloat16 matmul {peak16:.0f} GFLOP/s")
+    settings = [(default_batch, base)]
+    if not args.quick:
+        settings += [(b, base) for b in args.batches if b != default_batch]
+        settings += [(default_batch, netlib.ModelConfig(**{**base.as_dict(), "jit_compile": True})),
+                     (default_batch, netlib.ModelConfig(**{**base.as_dict(),
+                                                          "precision": "mixed_bfloat16"}))]
+    flops_seq = netlib.flops_per_sequence(base, seq_len, n_feat)
+    print(f"model: {base.cell} hidden {base.hidden} x {base.layers}, {seq_len} x {n_feat} "
+          f"per sequence, {flops_seq / 1e9:.2f} GFLOP per sequence per step")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tensors = fake_tensors(Path(tmp), max(b for b, _ in settings) * args.steps, seq_len,
+                               n_feat)
+        for batch, cfg in settings:
+            t = step_time(cfg, tensors, batch, args.steps)
+            gflops = flops_seq * batch / t / 1e9
+            per_min = t / batch * seq_per_minute
+            row = dict(batch=batch, precision=cfg.precision, jit=cfg.jit_compile,
+                       step_s=round(t, 3), gflops=round(gflops, 1),
+                       ratio_to_peak=round(gflops / peak32, 3),
+                       epoch_s_per_audio_minute=round(per_min, 2))
+            rows.append(row)
+            print(f"batch {batch:3d} {cfg.precision:15s} jit={str(cfg.jit_compile):5s} "
+                  f"{t * 1000:7.0f} ms/step  {gflops:6.1f} GFLOP/s  {gflops / peak32:5.1%} of "
+                  f"float32 peak  {per_min:5.2f} s/epoch per minute of audio")
+    ours = rows[0]
+    epochs_20 = 20 * 60 / (ours["epoch_s_per_audio_minute"] * 20)
+    print(f"params.yaml setting: 20 minutes of audio -> {ours['epoch_s_per_audio_minute'] * 20:.0f}"
+          f" s per epoch, {epochs_20:.0f} epochs in 20 minutes")
+    print(json.dumps(dict(matmul_peak_gflops=round(peak32, 1),
+                          matmul_peak_bf16_gflops=round(peak16, 1),
+                          train_gflops=ours["gflops"], ratio_to_peak=ours["ratio_to_peak"],
+                          epoch_s_per_audio_minute=ours["epoch_s_per_audio_minute"],
+                          epochs_in_20_min_for_20_min_audio=round(epochs_20, 1),
+                          settings=rows)))
+
+
+if __name__ == "__main__":
+    main()
