@@ -10,6 +10,13 @@ and printed as FLOP/s, the ratio to the floor, and seconds per epoch per minute 
     python bench/train.py                  # params.yaml's model shape (slow: ~31M weights)
     python bench/train.py --batches 8 16 32 --steps 6
 
+With `--corpus DIR` it also runs the real thing: `dvc repro tensors` on that folder of music in a
+fresh copy of the project, then the train stage with params.yaml's settings for `--epochs` epochs,
+and reports seconds per epoch and how many epochs fit in 20 minutes. Debian's game-music packages
+(lincity-ng-data, extremetuxracer-data: about 19 minutes of OGG) are real music to try:
+
+    python bench/train.py --corpus /usr/share/games --epochs 3
+
 The last line is one JSON object of the headline figures.
 """
 from __future__ import annotations
@@ -17,6 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -87,6 +96,41 @@ def step_time(cfg: netlib.ModelConfig, tensors: Tensors, batch: int, steps: int)
     return float(np.median(timer.times))
 
 
+def real_corpus(corpus: Path, epochs: int, tmp: Path) -> dict:
+    """`dvc repro tensors` on the corpus, then the train stage for `epochs` epochs, in a fresh
+    git + DVC copy of the project; returns the stage's own timing figures."""
+    import yaml
+    sys.path.insert(0, str(ROOT / "bench"))
+    from preprocess import ENV, make_project  # the preprocessing benchmark's project copy
+    params = common.load_params(ROOT / "params.yaml")
+    project = make_project(tmp / "project", corpus, params["fft_blocks"]["block_size"])
+    t = time.perf_counter()
+    subprocess.run(["dvc", "repro", "tensors"], cwd=project, env=ENV, check=True,
+                   capture_output=True)
+    prep_s = time.perf_counter() - t
+    p = yaml.safe_load((project / "params.yaml").read_text())
+    p["train"].update(epochs=epochs, patience=0)
+    (project / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    env = dict(ENV, MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}")
+    env.pop("RAWTUNE_LOG", None)
+    subprocess.run([sys.executable, "-m", "stages.train"], cwd=project, env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    m = json.loads((project / "metrics/train.json").read_text())
+    summary = json.loads((project / "metrics/preprocess.json").read_text())
+    with open(project / "metrics/train_history.csv") as f:
+        rows = list(__import__("csv").DictReader(f))
+    later = [float(r["seconds"]) for r in rows[1:]] or [float(rows[0]["seconds"])]
+    epoch_s = float(np.median(later))                      # the first epoch includes tracing
+    minutes = summary["minutes"]
+    return dict(corpus_minutes=minutes, sequences_train=m["sequences_train"],
+                preprocess_s=round(prep_s, 1), epoch_s=round(epoch_s, 2),
+                epoch_s_per_audio_minute=round(epoch_s / minutes, 3),
+                epochs_in_20_min=round(1200 / epoch_s, 1),
+                epochs_in_20_min_for_20_min_audio=round(1200 / (epoch_s / minutes * 20), 1),
+                gflops=m["gflops_per_second"], val_loss=m["val_loss"],
+                ratio_to_best_baseline=m["ratio_to_best_baseline"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -94,6 +138,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--steps", type=int, default=5, help="timed steps per setting and epoch")
     parser.add_argument("--quick", action="store_true", help="only the params.yaml setting")
+    parser.add_argument("--corpus", type=Path, help="also train on this folder of real music")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of the --corpus run")
     args = parser.parse_args()
 
     netlib.import_keras()
@@ -138,12 +184,20 @@ def main() -> None:
     epochs_20 = 20 * 60 / (ours["epoch_s_per_audio_minute"] * 20)
     print(f"params.yaml setting: 20 minutes of audio -> {ours['epoch_s_per_audio_minute'] * 20:.0f}"
           f" s per epoch, {epochs_20:.0f} epochs in 20 minutes")
+    real = None
+    if args.corpus:
+        with tempfile.TemporaryDirectory() as tmp:
+            real = real_corpus(args.corpus, args.epochs, Path(tmp))
+        print(f"real music: {real['corpus_minutes']} min, {real['sequences_train']} training "
+              f"sequences, {real['epoch_s']} s per epoch ({real['gflops']} GFLOP/s) -> "
+              f"{real['epochs_in_20_min']} epochs in 20 minutes "
+              f"({real['epochs_in_20_min_for_20_min_audio']} for exactly 20 minutes of audio)")
     print(json.dumps(dict(matmul_peak_gflops=round(peak32, 1),
                           matmul_peak_bf16_gflops=round(peak16, 1),
                           train_gflops=ours["gflops"], ratio_to_peak=ours["ratio_to_peak"],
                           epoch_s_per_audio_minute=ours["epoch_s_per_audio_minute"],
                           epochs_in_20_min_for_20_min_audio=round(epochs_20, 1),
-                          settings=rows)))
+                          settings=rows, real_corpus=real)))
 
 
 if __name__ == "__main__":

@@ -111,13 +111,14 @@ def load_state(ckpt_dir: Path) -> dict | None:
 
 def log_pending_metrics(state: dict, tracker: tracking.Tracker, ckpt_dir: Path) -> None:
     """Send MLflow the epochs committed but not yet logged (a kill can fall in between), with
-    step = epoch, and note how far the log goes."""
-    done = state.get("logged_through", -1)
+    step = epoch (counted from 1, as Keras prints it), and note how far the log goes."""
+    done = state.get("logged_through", 0)
     pending = [row for row in state["history"] if row["epoch"] > done]
     if not pending or not tracker.active:
         return
     for row in pending:
-        tracker.log_metrics({k: row[k] for k in ("loss", "val_loss", "seconds")}, step=row["epoch"])
+        tracker.log_metrics({k: row[k] for k in ("loss", "val_loss", "seconds")},
+                            step=row["epoch"])
     if tracker.active:
         state["logged_through"] = pending[-1]["epoch"]
         common.write_json(ckpt_dir / STATE, state)
@@ -144,7 +145,7 @@ def epoch_end_callback(state: dict, ckpt_dir: Path, model_path: Path, history_pa
                 state["nan_epoch"] = epoch
                 self.model.stop_training = True
                 return
-            row = dict(epoch=epoch, loss=float(loss), val_loss=None if val is None else float(val),
+            row = dict(epoch=epoch + 1, loss=float(loss), val_loss=None if val is None else float(val),
                        seconds=round(time.perf_counter() - self.t0, 3))
             monitor = row["val_loss"] if has_val else row["loss"]
             improved = state.get("best_loss") is None or monitor < state["best_loss"]
@@ -253,7 +254,7 @@ def main(args) -> None:
         "git_commit": tracking.git_commit(), "dvc_experiment": os.environ.get("DVC_EXP_NAME"),
         "rawtune.stage": "train"}) or resumed
     if tracker.run_id != resumed:
-        state["logged_through"] = -1              # a new run: send it every epoch so far
+        state["logged_through"] = 0               # a new run: send it every epoch so far
     if not resumed:
         tracker.log_params(params)
         identity = tracking.dataset_identity(tensors.folder)
@@ -288,15 +289,15 @@ def main(args) -> None:
                     "%d is kept; lower 'train.learning_rate' to go further.",
                     state["nan_epoch"] + 1, state["best_epoch"] + 1)
 
-    best = history[state["best_epoch"] - history[0]["epoch"]]
-    summary = dict(val_loss=best["val_loss"], loss=best["loss"], best_epoch=best["epoch"] + 1,
+    best = history[state["best_epoch"]]                   # history holds every epoch from 0
+    epoch_s = sum(r["seconds"] for r in history) / len(history)
+    step_flops = netlib.flops_per_sequence(cfg, seq_len, n_feat) * n_train
+    summary = dict(val_loss=best["val_loss"], loss=best["loss"], best_epoch=best["epoch"],
                    epochs_run=len(history), stopped=state.get("stopped", "completed"),
                    baselines=baselines, **verdict(best["val_loss"], baselines),
                    sequences_train=n_train, sequences_val=n_val,
-                   seconds_per_epoch=round(sum(r["seconds"] for r in history) / len(history), 3),
-                   gflops_per_second=round(netlib.flops_per_sequence(cfg, seq_len, n_feat) * n_train
-                                           * len(history) / max(1e-9, sum(r["seconds"] for r in history))
-                                           / 1e9, 1),
+                   seconds_per_epoch=round(epoch_s, 3),
+                   gflops_per_second=round(step_flops / max(epoch_s, 1e-9) / 1e9, 1),
                    mlflow_run_id=tracker.run_id, tracking_uri=uri if tracker.run_id else None)
     if summary["beats_repeat_last"] is False:
         log.warning("val_loss %.4g does not beat repeating the last block (%.4g): the model is "
@@ -308,7 +309,7 @@ def main(args) -> None:
 
     plots.training_curve(history, baselines, curve_path,
                          title=f"{cfg.cell.upper()} {cfg.hidden} x {cfg.layers}, best epoch "
-                               f"{best['epoch'] + 1}")
+                               f"{best['epoch']}")
     write_history(history_path, history)
     tracker.log_metrics({"best_val_loss": best["val_loss"], "best_loss": best["loss"],
                          "ratio_to_best_baseline": summary["ratio_to_best_baseline"],
@@ -325,7 +326,7 @@ def main(args) -> None:
     tracker.end()
     common.write_json(metrics_path, summary)
     shutil.rmtree(ckpt_dir, ignore_errors=True)       # done: nothing left to resume
-    log.info("model -> %s (epoch %d, val_loss %s); MLflow run %s", model_path, best["epoch"] + 1,
+    log.info("model -> %s (epoch %d, val_loss %s); MLflow run %s", model_path, best["epoch"],
              best["val_loss"], tracker.run_id or "not tracked")
 
 
