@@ -23,7 +23,7 @@ demo: setup
 	$(BIN)/python -m stages.synth data/raw/demo
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc metrics show
-	@echo "Done: model in models/model.keras, curves in metrics/train_curve.png, one row per input file in data/interim/manifest.parquet."
+	@echo "Done: new songs in data/generated/ (WAV + spectrogram PNG), model in models/model.keras, curves in metrics/train_curve.png."
 	@echo "Browse the runs, parameters, curves and registered model:  $(BIN)/mlflow ui   (then open http://127.0.0.1:5000)"
 
 test: setup

@@ -35,3 +35,30 @@ def training_curve(history: list[dict], baselines: dict[str, float], path: str |
     with common.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+def spectrogram(samples, sample_rate: int, path: str | Path, title: str = "",
+                max_hz: float = 8000.0) -> None:
+    """Log-power spectrogram (dB, 2048-sample Hann frames, hop 512) up to `max_hz`, as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from scipy import signal
+
+    nper = min(2048, max(16, len(samples)))
+    freqs, times, power = signal.spectrogram(np.asarray(samples, np.float64), fs=sample_rate,
+                                             window="hann", nperseg=nper, noverlap=nper * 3 // 4)
+    keep = freqs <= max_hz
+    db = 10 * np.log10(power[keep] + 1e-12)
+    fig, ax = plt.subplots(figsize=(9, 4), dpi=100)
+    mesh = ax.pcolormesh(times, freqs[keep], db, shading="auto", cmap="magma",
+                         vmin=db.max() - 90, vmax=db.max())
+    fig.colorbar(mesh, ax=ax, label="dB")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("Hz")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    with common.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

@@ -22,6 +22,9 @@ from stages import common
 log = logging.getLogger("rawtune")
 
 
+LATER_STAGES = ("generate", "evaluate")   # params sections logged by those stages themselves
+
+
 def tracking_uri(params: dict) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or common.param(params, "tracking.uri", str)
 
@@ -145,6 +148,21 @@ class Tracker:
         import mlflow
         flat = {k: v for k, v in flatten(params).items()}
         self._call("log parameters", mlflow.log_params, flat)
+
+    def log_changing_params(self, params: dict) -> None:
+        """Params of a stage that may run again on the same run (generate, evaluate): new keys
+        become params; a key already logged with another value is recorded as a tag instead
+        (MLflow never changes a logged param)."""
+        import mlflow
+
+        def _log():
+            logged = mlflow.get_run(self.run_id).data.params
+            flat = {k: str(v) for k, v in flatten(params).items()}
+            mlflow.log_params({k: v for k, v in flat.items() if k not in logged})
+            changed = {k: v for k, v in flat.items() if k in logged and logged[k] != v}
+            if changed:
+                mlflow.set_tags(changed)
+        self._call("log parameters", _log)
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
         import mlflow

@@ -256,7 +256,8 @@ def main(args) -> None:
     if tracker.run_id != resumed:
         state["logged_through"] = 0               # a new run: send it every epoch so far
     if not resumed:
-        tracker.log_params(params)
+        # generate/evaluate log their own sections when they add to this run
+        tracker.log_params({k: v for k, v in params.items() if k not in tracking.LATER_STAGES})
         identity = tracking.dataset_identity(tensors.folder)
         tracker.log_params(identity)
         tracker.log_dataset(tensors.folder, tensors.name, identity.get("dataset.md5"))

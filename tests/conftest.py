@@ -105,3 +105,21 @@ def raw(project: Path) -> Path:
     folder = project / "data" / "raw"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def three_songs(project: Path) -> None:
+    raw = project / "data" / "raw"
+    write_song(raw / "one.mp3", 1, 3.0)
+    write_song(raw / "two.flac", 2, 3.0, rate=48000, subtype="PCM_24")
+    write_song(raw / "three.ogg", 3, 3.0)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> Path:
+    """One project trained through `dvc repro train` with tiny params, shared by the checks
+    of training and of what comes after it."""
+    project = make_project(tmp_path_factory.mktemp("trained") / "project", TINY_TRAIN)
+    three_songs(project)
+    proc = run(["dvc", "repro", "train"], project)
+    (project / "repro.log").write_text(proc.stdout + proc.stderr)
+    return project

@@ -22,7 +22,7 @@ from stages.batches import (EpochClock, Normaliser, Tensors, baseline_losses, da
                             epoch_order)
 from stages.common import UserError
 from tests.conftest import (ROOT, TINY_TRAIN, env, make_project, run, run_stage, set_params,
-                            write_song)
+                            three_songs)
 
 
 # --- tensors made by hand -------------------------------------------------------------------------
@@ -165,23 +165,6 @@ def test_nan_epoch_stops_without_checkpoint_and_keeps_the_state(tmp_path):
 
 
 # --- real runs ------------------------------------------------------------------------------------
-
-def three_songs(project: Path) -> None:
-    raw = project / "data" / "raw"
-    write_song(raw / "one.mp3", 1, 3.0)
-    write_song(raw / "two.flac", 2, 3.0, rate=48000, subtype="PCM_24")
-    write_song(raw / "three.ogg", 3, 3.0)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """One project trained through `dvc repro train` with tiny params, shared by the checks."""
-    project = make_project(tmp_path_factory.mktemp("trained") / "project", TINY_TRAIN)
-    three_songs(project)
-    proc = run(["dvc", "repro", "train"], project)
-    (project / "repro.log").write_text(proc.stdout + proc.stderr)
-    return project
-
 
 def metrics(project: Path) -> dict:
     return json.loads((project / "metrics/train.json").read_text())
