@@ -1,0 +1,240 @@
+"""Stage `evaluate`: judge the generated songs by numbers -> metrics/eval.json and the MLflow run.
+
+For each song in data/generated: level, silence, spectral flatness, clipping, dynamics, clicks at
+block joints, tonal structure, Fréchet distances of log-mel frames and of ~1 s texture windows to
+the validation songs, and a copy score against the training songs, each beside calibration points
+computed the same way in the same run (a real song against the validation songs; white noise at the
+same loudness). Every song gets a one-line verdict: ok / silent / quiet / noise / static / smear /
+clicks / copy, with the figure that decided it. Definitions are in `stages/quality.py`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from stages import common, quality
+from stages.common import UserError
+
+log = logging.getLogger("rawtune")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    silent_fraction: float      # above: silent
+    quiet_db: float             # level this far below the training songs: quiet
+    noise_flatness: float       # above: noise
+    static_db: float            # dynamics below: static
+    smear_tonal: float          # tonal fraction below: smear
+    clicks_vs_real: float       # click ratio above this multiple of the real songs': clicks
+    copy_score: float           # below: copy
+    reference_seconds: float    # audio read per reference song
+
+    @classmethod
+    def from_params(cls, params: dict) -> "Thresholds":
+        p = lambda key: float(common.param(params, f"evaluate.{key}", (int, float)))  # noqa: E731
+        return cls(**{k: p(k) for k in cls.__dataclass_fields__})
+
+
+def verdict(fig: dict, ref: dict, th: Thresholds) -> tuple[str, str]:
+    """The first failed check decides; the reason names the figure and the bound."""
+    checks = [
+        ("silent", fig["silent_fraction"] > th.silent_fraction,
+         f"silent_fraction {fig['silent_fraction']:.2f} > {th.silent_fraction}"),
+        ("quiet", fig["level_vs_train_db"] < -th.quiet_db,
+         f"{-fig['level_vs_train_db']:.1f} dB quieter than the training songs (> {th.quiet_db})"),
+        ("noise", fig["flatness"] > th.noise_flatness,
+         f"spectral flatness {fig['flatness']:.2f} > {th.noise_flatness}"),
+        ("noise", fig.get("fd_frames_closer_to") == "noise",
+         f"frame Fréchet distance {fig.get('fd_frames', 0):.1f} is closer to noise "
+         f"({ref.get('fd_frames_noise', 0):.1f}) than to real ({ref.get('fd_frames_real', 0):.1f})"),
+        ("static", fig["dynamics_db"] < th.static_db,
+         f"dynamics {fig['dynamics_db']:.1f} dB < {th.static_db}"),
+        ("clicks", fig["clicks"] > th.clicks_vs_real * max(1.0, ref.get("clicks_real", 1.0)),
+         f"block-edge flux ratio {fig['clicks']:.1f} > {th.clicks_vs_real} x the real songs' "
+         f"{ref.get('clicks_real', 1.0):.1f}"),
+        ("smear", fig["tonal_fraction"] < th.smear_tonal,
+         f"tonal fraction {fig['tonal_fraction']:.3f} < {th.smear_tonal} (real songs "
+         f"{ref.get('tonal_real', 0):.3f})"),
+        ("copy", fig.get("copy_score", 1.0) < th.copy_score,
+         f"copy score {fig.get('copy_score', 1.0):.2f} < {th.copy_score}"),
+    ]
+    for name, failed, reason in checks:
+        if failed:
+            return name, reason
+    return "ok", (f"dynamics {fig['dynamics_db']:.1f} dB, tonal {fig['tonal_fraction']:.3f}, "
+                  f"copy score {fig.get('copy_score', float('nan')):.2f}")
+
+
+class Reference:
+    """The validation and training songs' features, computed once per run."""
+
+    def __init__(self, val: list[np.ndarray], train: list[np.ndarray], rate: int, block_size: int):
+        if not val:
+            raise UserError("There are no validation songs to compare with; evaluation needs "
+                            "at least two usable songs (see tensors.val_fraction).")
+        self.rate, self.block_size = rate, block_size
+        self.val_mel = [quality.log_mel(x, rate) for x in val]
+        self.train_mel = [quality.log_mel(x, rate) for x in train]
+        self.val_frames = np.concatenate(self.val_mel)
+        self.val_texture = np.concatenate([quality.texture(m) for m in self.val_mel])
+        self.train_frames = np.concatenate(self.train_mel) if train else None
+        self.train_level = float(np.mean([quality.level_dbfs(x) for x in train or val]))
+        self.val_level = float(np.mean([quality.level_dbfs(x) for x in val]))
+        self.val_to_train = (quality.nearest_distance(self.val_frames, self.train_frames)
+                             if self.train_frames is not None else None)
+        self.figures = self.calibrate(val, train)
+
+    def distances(self, mel: np.ndarray, against: list[np.ndarray] | None = None) -> dict:
+        frames = self.val_frames if against is None else np.concatenate(against)
+        tex = (self.val_texture if against is None
+               else np.concatenate([quality.texture(m) for m in against]))
+        return dict(fd_frames=quality.frechet(mel, frames),
+                    fd_texture=quality.frechet(quality.texture(mel), tex))
+
+    def calibrate(self, val, train) -> dict:
+        """What a real song and white noise score, computed exactly as the generated ones."""
+        if len(val) >= 2:        # each validation song against the others
+            real = [self.distances(m, self.val_mel[:i] + self.val_mel[i + 1:])
+                    for i, m in enumerate(self.val_mel)]
+            real_songs = val
+        else:                    # a training song against the validation songs
+            real = [self.distances(m) for m in self.train_mel[:3]]
+            real_songs = train[:3]
+        seconds = max(len(x) for x in val) / self.rate
+        noise = np.random.default_rng(0).normal(0, 10 ** (self.val_level / 20),
+                                                int(seconds * self.rate))
+        noise_d = self.distances(quality.log_mel(noise, self.rate))
+        ref = dict(fd_frames_real=float(np.nanmean([r["fd_frames"] for r in real])),
+                   fd_texture_real=float(np.nanmean([r["fd_texture"] for r in real])),
+                   fd_frames_noise=noise_d["fd_frames"], fd_texture_noise=noise_d["fd_texture"],
+                   clicks_real=float(np.mean([quality.click_ratio(x, self.rate, self.block_size)
+                                              for x in real_songs])),
+                   tonal_real=float(np.mean([quality.tonal_fraction(x, self.rate)
+                                             for x in real_songs])),
+                   dynamics_real=float(np.mean([quality.dynamics_db(x) for x in real_songs])),
+                   train_level_dbfs=self.train_level)
+        return {k: round(v, 4) for k, v in ref.items()}
+
+    def judge(self, x: np.ndarray) -> dict:
+        """Every figure of one song, including those against the references."""
+        fig = quality.song_figures(x, self.rate, self.block_size)
+        mel = quality.log_mel(x, self.rate)
+        d = self.distances(mel)
+        ref = self.figures
+        fig.update(fd_frames=round(d["fd_frames"], 3), fd_texture=round(d["fd_texture"], 3),
+                   level_vs_train_db=round(fig["rms_dbfs"] - self.train_level, 2))
+        fig["fd_frames_closer_to"] = ("real" if abs(d["fd_frames"] - ref["fd_frames_real"])
+                                      <= abs(d["fd_frames"] - ref["fd_frames_noise"]) else "noise")
+        fig["fd_texture_closer_to"] = ("real" if abs(d["fd_texture"] - ref["fd_texture_real"])
+                                       <= abs(d["fd_texture"] - ref["fd_texture_noise"])
+                                       else "noise")
+        if self.train_frames is not None and self.val_to_train:
+            fig["copy_score"] = round(quality.nearest_distance(mel, self.train_frames)
+                                      / self.val_to_train, 4)
+        return fig
+
+
+def read_songs(npy_dir: Path, ids: list[str], seconds: float, rate: int) -> list[np.ndarray]:
+    n = int(seconds * rate)
+    songs = []
+    for song_id in ids:
+        path = npy_dir / f"{song_id}.npy"
+        if path.is_file():
+            songs.append(np.array(np.load(path, mmap_mode="r")[:n], np.float64))
+    return songs
+
+
+def main(args) -> None:
+    import pyarrow.parquet as pq
+    import soundfile as sf
+    from stages import tracking
+    params = common.load_params(args.params)
+    th = Thresholds.from_params(params)
+    rate = common.param(params, "decode.sample_rate", int, minimum=1)
+    block_size = common.param(params, "fft_blocks.block_size", int, minimum=1)
+    name = common.param(params, "tensors.name", str)
+    index_path = Path(args.data) / f"{name}_index.parquet"
+    if not index_path.is_file():
+        raise UserError(f"'{index_path}' not found; run `dvc repro tensors` first.")
+    index = pq.read_table(index_path, columns=["split", "song_id"]).to_pylist()
+    val_ids = sorted({r["song_id"] for r in index if r["split"] == "val"})
+    train_ids = sorted({r["song_id"] for r in index if r["split"] == "train"})
+    songs = sorted(p for p in Path(args.generated).glob("*.wav") if not p.name.startswith("."))
+    songs += sorted(p for p in Path(args.generated).glob("*.mp3") if not p.name.startswith("."))
+    if not songs:
+        raise UserError(f"No generated songs in '{args.generated}'; run `dvc repro generate` "
+                        "first.")
+
+    npy = Path(args.npy)
+    ref = Reference(read_songs(npy, val_ids, th.reference_seconds, rate),
+                    read_songs(npy, train_ids, th.reference_seconds, rate), rate, block_size)
+    log.info("calibration: frame FD real %.1f / noise %.1f, texture FD real %.1f / noise %.1f",
+             ref.figures["fd_frames_real"], ref.figures["fd_frames_noise"],
+             ref.figures["fd_texture_real"], ref.figures["fd_texture_noise"])
+    results = []
+    for path in songs:
+        x, sr = sf.read(str(path), dtype="float64", always_2d=True)
+        if sr != rate:
+            raise UserError(f"'{path}' is at {sr} Hz, not decode.sample_rate {rate}; run "
+                            "`dvc repro generate` again.")
+        fig = ref.judge(x.mean(axis=1))
+        fig["verdict"], fig["reason"] = verdict(fig, ref.figures, th)
+        results.append(dict(file=path.name, **fig))
+        log.info("%s: %s (%s)", path.name, fig["verdict"], fig["reason"])
+
+    train = {}
+    try:
+        train = json.loads(Path(args.train_metrics).read_text())
+    except (OSError, ValueError):
+        log.warning("'%s' not found: the validation loss is left out.", args.train_metrics)
+    summary = dict(val_loss=train.get("val_loss"), baselines=train.get("baselines"),
+                   ratio_to_best_baseline=train.get("ratio_to_best_baseline"),
+                   calibration=ref.figures, songs=results,
+                   verdicts={v: sum(r["verdict"] == v for r in results)
+                             for v in sorted({r["verdict"] for r in results})},
+                   all_ok=all(r["verdict"] == "ok" for r in results))
+    for key in ("fd_frames", "fd_texture", "dynamics_db", "clicks", "tonal_fraction",
+                "copy_score", "rms_dbfs", "flatness"):
+        values = [r[key] for r in results if r.get(key) is not None]
+        if values:
+            summary[f"mean_{key}"] = round(float(np.mean(values)), 4)
+    common.write_json(args.metrics, summary)
+
+    run_id = train.get("mlflow_run_id")
+    if run_id:
+        tracker = tracking.Tracker(tracking.tracking_uri(params),
+                                   common.param(params, "tracking.experiment", str),
+                                   common.param(params, "tracking.timeout_s", (int, float)))
+        if tracker.start(run_id) == run_id:
+            tracker.log_changing_params({"evaluate": params.get("evaluate", {})})
+            tracker.log_metrics({f"eval_{k}": v for k, v in summary.items()
+                                 if k.startswith("mean_")})
+            tracker.log_metrics({f"eval_calibration_{k}": v for k, v in ref.figures.items()})
+            tracker.log_metrics({"eval_songs_ok": summary["verdicts"].get("ok", 0)})
+            tracker.set_tags({f"eval.{r['file']}": f"{r['verdict']}: {r['reason']}"
+                              for r in results})
+            tracker.log_artifact(args.metrics, "evaluation")
+            tracker.end()
+
+
+def build_parser():
+    parser = common.stage_parser(__doc__)
+    parser.add_argument("--generated", default="data/generated",
+                        help="the generated songs (default: %(default)s)")
+    parser.add_argument("--data", default="data/processed",
+                        help="the tensors stage's folder, for the song split (default: %(default)s)")
+    parser.add_argument("--npy", default="data/interim/npy",
+                        help="the songs as samples (default: %(default)s)")
+    parser.add_argument("--metrics", default="metrics/eval.json",
+                        help="the figures and verdicts (default: %(default)s)")
+    parser.add_argument("--train-metrics", default="metrics/train.json",
+                        help="train's metrics: validation loss and MLflow run (default: %(default)s)")
+    return parser
+
+
+if __name__ == "__main__":
+    common.cli(main, build_parser())

@@ -1,0 +1,141 @@
+"""The evaluate stage's figures on signals whose answer is known, the verdicts they lead to, and a
+real `dvc repro evaluate` that writes metrics/eval.json and adds them to the training run."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from stages import evaluate, quality, synth
+from tests.conftest import ROOT, run, run_stage, set_params
+
+RATE, BLOCK = 44100, 2048
+SECONDS = 12
+
+
+def song(seed: int) -> np.ndarray:
+    return synth.make_song(seed, SECONDS).mean(axis=1).astype(np.float64)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    train = [song(s) for s in (1, 2, 3)]
+    val = [song(s) for s in (4, 5)]
+    return evaluate.Reference(val, train, RATE, BLOCK), train
+
+
+@pytest.fixture(scope="module")
+def thresholds():
+    import yaml
+    return evaluate.Thresholds.from_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
+
+
+def judged(reference, thresholds, x):
+    ref, _ = reference
+    fig = ref.judge(x)
+    return fig, evaluate.verdict(fig, ref.figures, thresholds)
+
+
+def test_calibration_puts_real_music_far_closer_than_noise(reference):
+    ref, _ = reference
+    c = ref.figures
+    assert c["fd_frames_real"] * 5 < c["fd_frames_noise"]
+    assert c["fd_texture_real"] * 5 < c["fd_texture_noise"]
+    assert 5 < c["dynamics_real"] < 25 and c["tonal_real"] > 0.05
+
+
+def test_silence_is_silent(reference, thresholds):
+    fig, (name, reason) = judged(reference, thresholds, np.zeros(SECONDS * RATE))
+    assert fig["silent_fraction"] == 1.0 and name == "silent" and "silent_fraction 1.00" in reason
+
+
+def test_white_noise_is_noise(reference, thresholds):
+    ref, train = reference
+    level = 10 ** (quality.level_dbfs(train[0]) / 20)
+    noise = np.random.default_rng(1).normal(0, level, SECONDS * RATE)
+    fig, (name, reason) = judged(reference, thresholds, noise)
+    assert fig["flatness"] > 0.4 and fig["fd_frames_closer_to"] == "noise"
+    assert name == "noise" and "flatness" in reason
+
+
+def test_a_training_song_is_a_copy(reference, thresholds):
+    _, train = reference
+    fig, (name, reason) = judged(reference, thresholds, train[1])
+    assert fig["copy_score"] < 0.2 and name == "copy" and "copy score" in reason
+
+
+def test_a_held_out_song_is_ok(reference, thresholds):
+    fig, (name, reason) = judged(reference, thresholds, song(9))
+    assert name == "ok", reason
+    assert 0.6 < fig["copy_score"] < 1.6 and fig["fd_frames_closer_to"] == "real"
+
+
+def test_a_static_drone_and_a_quiet_smear_are_caught(reference, thresholds):
+    t = np.arange(SECONDS * RATE) / RATE
+    drone = 0.3 * sum(np.sin(2 * np.pi * f * t) / k for k, f in enumerate((110, 220, 330), 1))
+    fig, (name, reason) = judged(reference, thresholds, drone)
+    assert fig["dynamics_db"] < 1 and name == "static" and "dynamics" in reason
+    smear = np.random.default_rng(2).normal(0, 0.003, len(t))
+    smear = np.convolve(smear, np.ones(64) / 8, mode="same")         # quiet, dull, toneless
+    fig, (name, _) = judged(reference, thresholds, smear)
+    assert name == "quiet" and fig["level_vs_train_db"] < -12
+
+
+def test_clicks_at_every_block_edge_are_measured():
+    rng = np.random.default_rng(3)
+    blocks = [np.sin(2 * np.pi * rng.uniform(200, 800) * np.arange(BLOCK) / RATE
+                     + rng.uniform(0, 6)) * 0.3 for _ in range(200)]
+    clicky = np.concatenate(blocks)                                   # a jump at each joint
+    smooth = 0.3 * np.sin(2 * np.pi * 440 * np.arange(len(clicky)) / RATE)
+    assert quality.click_ratio(clicky, RATE, BLOCK) > 3
+    assert quality.click_ratio(smooth, RATE, BLOCK) == pytest.approx(1, abs=0.2)
+
+
+def test_frechet_distance_is_zero_for_the_same_set_and_grows_with_shift():
+    a = np.random.default_rng(0).normal(size=(500, 4))
+    assert quality.frechet(a, a) == pytest.approx(0, abs=1e-3)
+    assert quality.frechet(a, a + 1) == pytest.approx(4, rel=0.05)
+
+
+def test_missing_inputs_are_one_sentence(tmp_path):
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    (tmp_path / "gen").mkdir()
+    proc = run_stage("evaluate", ["--data", str(ROOT / "tests"), "--generated",
+                                  str(tmp_path / "gen")], tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "run `dvc repro tensors` first" in proc.stderr
+    (tmp_path / "data").mkdir()
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.table({"split": ["val"], "song_id": ["a"]}), tmp_path / "data/music_index.parquet")
+    proc = run_stage("evaluate", ["--data", str(tmp_path / "data"), "--generated",
+                                  str(tmp_path / "gen")], tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "No generated songs in" in proc.stderr and "run `dvc repro generate` first" in proc.stderr
+
+
+@pytest.mark.slow
+def test_repro_evaluate_writes_eval_json_and_adds_to_the_training_run(trained):
+    set_params(trained / "params.yaml", {"generate.seconds": 3, "generate.n_songs": 2,
+                                         "evaluate.reference_seconds": 10})
+    proc = run(["dvc", "repro", "evaluate"], trained)
+    assert "Traceback" not in proc.stderr and "calibration: frame FD real" in proc.stderr
+    ev = json.loads((trained / "metrics/eval.json").read_text())
+    assert [s["file"] for s in ev["songs"]] == ["song_01.wav", "song_02.wav"]
+    for s in ev["songs"]:
+        assert s["verdict"] in ("ok", "silent", "quiet", "noise", "static", "smear", "clicks",
+                                "copy") and s["reason"]
+        assert s["verdict"] in proc.stderr
+    train = json.loads((trained / "metrics/train.json").read_text())
+    assert ev["val_loss"] == train["val_loss"] and ev["baselines"] == train["baselines"]
+    from mlflow import MlflowClient
+    c = MlflowClient(f"sqlite:///{trained / 'mlflow.db'}")
+    r = c.get_run(train["mlflow_run_id"])
+    assert r.data.metrics["eval_calibration_fd_frames_noise"] == pytest.approx(
+        ev["calibration"]["fd_frames_noise"])
+    assert "eval.song_01.wav" in r.data.tags
+    assert {a.path for a in c.list_artifacts(r.info.run_id, "evaluation")} == {
+        "evaluation/eval.json"}
+    shown = run(["dvc", "metrics", "show", "--json"], trained).stdout
+    assert "metrics/eval.json" in shown
