@@ -83,13 +83,15 @@ class Stepper:
 
     def __init__(self, model):
         import tensorflow as tf
-        self.encode = model.get_layer("encode").layer
-        self.decode = model.get_layer("decode").layer
+        unwrap = lambda layer: getattr(layer, "layer", layer)  # noqa: E731 (TimeDistributed)
+        self.encode = unwrap(model.get_layer("encode"))
+        self.decode = unwrap(model.get_layer("decode"))
         self.rnns = [layer for layer in model.layers if hasattr(layer, "cell")]
         if not self.rnns:
             raise UserError("The model has no recurrent layer; it was not made by `train`.")
         self.n_features = self.decode.units
         self.step = tf.function(self._step, reduce_retracing=True)
+        self.loop = tf.function(self._loop, reduce_retracing=True)
 
     def initial_states(self, batch: int) -> list:
         import tensorflow as tf
@@ -108,6 +110,23 @@ class Stepper:
             new_states.append(list(state) if isinstance(state, (list, tuple)) else [state])
         return self.decode(h), new_states
 
+    def _loop(self, block, states, n_blocks, temperature, noise_seed):
+        """`n_blocks` closed-loop steps in one graph: add noise, keep the block, predict the
+        next from it. Returns (batch, n_blocks, features)."""
+        import tensorflow as tf
+        made = tf.TensorArray(tf.float32, size=n_blocks)
+
+        def body(t, block, states, made):
+            noise = tf.random.stateless_normal(tf.shape(block), seed=tf.stack([noise_seed, t]))
+            block = block + temperature * noise
+            made = made.write(t, block)
+            block, states = self._step(block, states)
+            return t + 1, block, states, made
+
+        _, _, _, made = tf.while_loop(lambda t, *_: t < n_blocks, body,
+                                      (tf.constant(0), block, states, made))
+        return tf.transpose(made.stack(), [1, 0, 2])
+
     def run(self, blocks: np.ndarray, states=None):
         """Teacher-forced steps over (batch, n, features): the outputs after each input block."""
         import tensorflow as tf
@@ -122,20 +141,15 @@ class Stepper:
 def generate_blocks(stepper: Stepper, seed: np.ndarray, n_blocks: int, temperature: float,
                     rng: np.random.Generator) -> np.ndarray:
     """Warm the state up on the seed blocks (batch, k, features), then feed each prediction back
-    for `n_blocks` steps, adding N(0, temperature) noise in normalised space. Returns the new
-    blocks (batch, n_blocks, features), normalised."""
+    for `n_blocks` steps, adding N(0, temperature) noise in normalised space (drawn from `rng`'s
+    seed, so a run is reproducible). Returns the new blocks (batch, n_blocks, features),
+    normalised. The closed loop runs as one TensorFlow graph: no Python work per block."""
     import tensorflow as tf
     outs, states = stepper.run(seed)
-    block = outs[:, -1]
-    made = np.empty((seed.shape[0], n_blocks, seed.shape[2]), np.float32)
-    for t in range(n_blocks):
-        if temperature > 0:
-            block = block + rng.normal(0, temperature, block.shape).astype(np.float32)
-        made[:, t] = block
-        if t + 1 < n_blocks:
-            y, states = stepper.step(tf.constant(block), states)
-            block = y.numpy()
-    return made
+    noise_seed = int(rng.integers(2 ** 31 - 1))
+    made = stepper.loop(tf.constant(outs[:, -1]), states, tf.constant(n_blocks),
+                        tf.constant(float(temperature)), tf.constant(noise_seed, tf.int32))
+    return made.numpy()
 
 
 # --- from blocks to audio ----------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The network of the seed, in Keras 3: time-distributed Dense -> LSTM/GRU x layers -> Dense.
+"""The network of the seed, in Keras 3: per-time-step Dense -> LSTM/GRU x layers -> Dense.
 
 It maps a sequence of (normalised) FFT blocks to the sequence of next blocks. `train` builds and
 compiles it from params.yaml `train:`; `generate` rebuilds the same layers as a one-step model
@@ -75,12 +75,14 @@ def build_model(cfg: ModelConfig, seq_len: int | None, n_features: int):
     keras.mixed_precision.set_global_policy(cfg.precision)
     rnn = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}[cfg.cell]
     inputs = keras.Input((seq_len, n_features), name="blocks")
-    h = keras.layers.TimeDistributed(keras.layers.Dense(cfg.hidden), name="encode")(inputs)
+    # Dense on a (batch, time, features) tensor is applied to every time step: the seed's
+    # TimeDistributed(Dense), without TimeDistributed's reshape, which Keras 3 gets wrong when
+    # one model is called on sequences of different lengths (tests/test_train.py).
+    h = keras.layers.Dense(cfg.hidden, name="encode")(inputs)
     for i in range(cfg.layers):
         h = rnn(cfg.hidden, return_sequences=True, dropout=cfg.dropout, name=f"{cfg.cell}_{i}")(h)
     # the output stays float32 under mixed precision: the loss and the saved blocks need it
-    outputs = keras.layers.TimeDistributed(keras.layers.Dense(n_features, dtype="float32"),
-                                           name="decode")(h)
+    outputs = keras.layers.Dense(n_features, dtype="float32", name="decode")(h)
     return keras.Model(inputs, outputs, name=f"rawtune_{cfg.cell}")
 
 

@@ -132,6 +132,14 @@ def test_model_shapes_cells_and_layers():
         assert kinds == ["InputLayer", "Dense"] + [cell.upper()] * layers + ["Dense"]
 
 
+def test_one_model_predicts_sequences_of_any_length():
+    # Keras 3's TimeDistributed kept the first call's length: (3, 50) in gave (3, 3) out
+    m = netlib.build_model(netlib.ModelConfig(hidden=8), None, 6)
+    for t in (8, 50, 3):
+        out = m.predict_on_batch(np.zeros((3, t, 6), np.float32))
+        assert tuple(np.asarray(out).shape) == (3, t, 6)
+
+
 def test_model_config_names_the_bad_key_and_allowed_values():
     params = {"train": {"cell": "transformer", "hidden": 8, "layers": 1, "dropout": 0.0,
                         "loss": "mse", "optimizer": "rmsprop", "learning_rate": 0.001,
