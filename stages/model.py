@@ -49,6 +49,7 @@ class ModelConfig:
     learning_rate: float = 0.001
     precision: str = "float32"
     jit_compile: bool = False
+    input_noise: float = 0.0
 
     @classmethod
     def from_params(cls, params: dict) -> "ModelConfig":
@@ -63,7 +64,8 @@ class ModelConfig:
                    layers=p("layers", int, minimum=1), dropout=float(dropout),
                    loss=p("loss", str, LOSSES), optimizer=p("optimizer", str, OPTIMIZERS),
                    learning_rate=float(lr), precision=p("precision", str, PRECISIONS),
-                   jit_compile=p("jit_compile", bool))
+                   jit_compile=p("jit_compile", bool),
+                   input_noise=float(p("input_noise", (int, float), minimum=0)))
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -78,7 +80,10 @@ def build_model(cfg: ModelConfig, seq_len: int | None, n_features: int):
     # Dense on a (batch, time, features) tensor is applied to every time step: the seed's
     # TimeDistributed(Dense), without TimeDistributed's reshape, which Keras 3 gets wrong when
     # one model is called on sequences of different lengths (tests/test_train.py).
-    h = keras.layers.Dense(cfg.hidden, name="encode")(inputs)
+    h = inputs
+    if cfg.input_noise > 0:   # training only: teaches the model to recover from its own errors
+        h = keras.layers.GaussianNoise(cfg.input_noise, name="input_noise")(h)
+    h = keras.layers.Dense(cfg.hidden, name="encode")(h)
     for i in range(cfg.layers):
         h = rnn(cfg.hidden, return_sequences=True, dropout=cfg.dropout, name=f"{cfg.cell}_{i}")(h)
     # the output stays float32 under mixed precision: the loss and the saved blocks need it

@@ -143,7 +143,7 @@ def test_one_model_predicts_sequences_of_any_length():
 def test_model_config_names_the_bad_key_and_allowed_values():
     params = {"train": {"cell": "transformer", "hidden": 8, "layers": 1, "dropout": 0.0,
                         "loss": "mse", "optimizer": "rmsprop", "learning_rate": 0.001,
-                        "precision": "float32", "jit_compile": False}}
+                        "precision": "float32", "jit_compile": False, "input_noise": 0.0}}
     with pytest.raises(UserError, match=r"'train.cell' is 'transformer'; allowed values are "
                                         r"'lstm', 'gru'"):
         netlib.ModelConfig.from_params(params)
