@@ -163,3 +163,31 @@ def test_repro_generate_writes_songs_and_attaches_them_to_the_training_run(train
     assert c.get_run(run_id).data.params["generate.n_songs"] == "2"
     again = run(["dvc", "repro", "generate"], trained)
     assert "Stage 'generate' didn't change, skipping" in again.stdout
+
+
+@pytest.mark.slow
+def test_mp3_output_and_a_registry_model_uri(trained, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text((trained / "params.yaml").read_text())
+    set_params(params, {"generate.seconds": 2, "generate.n_songs": 1, "generate.format": "mp3"})
+    version = json.loads((trained / "metrics/train.json").read_text())["model_version"]
+    e = {"MLFLOW_TRACKING_URI": f"sqlite:///{trained / 'mlflow.db'}"}
+    import os
+    import subprocess
+    import sys
+    from tests.conftest import env
+    proc = subprocess.run([sys.executable, "-m", "stages.generate", "--params", str(params),
+                           "--model", f"models:/rawtune/{version}", "--out", str(tmp_path / "gen"),
+                           "--metrics", str(tmp_path / "g.json"), "--train-metrics", "/nowhere"],
+                          cwd=trained, env={**env(), **e}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    info = sf.info(str(tmp_path / "gen" / "song_01.mp3"))
+    assert info.format == "MP3" and info.samplerate == 44100 and info.channels == 1
+    assert abs(info.frames - 2 * 44100) < 0.05 * 2 * 44100
+    assert json.loads((tmp_path / "g.json").read_text())["model"] == f"models:/rawtune/{version}"
+    bad = subprocess.run([sys.executable, "-m", "stages.generate", "--params", str(params),
+                          "--model", "models:/no-such-model/7", "--out", str(tmp_path / "gen2")],
+                         cwd=trained, env={**env(), **e}, capture_output=True, text=True)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert "MLflow model 'models:/no-such-model/7' could not be loaded" in bad.stderr
+    assert not os.path.exists(tmp_path / "gen2")
