@@ -177,12 +177,12 @@ def peak_safe(samples: np.ndarray) -> tuple[np.ndarray, float]:
 
 def write_song(samples: np.ndarray, path: Path, sample_rate: int, fmt: str) -> None:
     import soundfile as sf
-    pcm, _ = audio.to_int16(samples)
     with common.atomic_path(path) as tmp:
         if fmt == "mp3":
             sf.write(str(tmp), samples, sample_rate, format="MP3")
         else:
-            sf.write(str(tmp), pcm, sample_rate, subtype="PCM_16", format="WAV")
+            sf.write(str(tmp), audio.to_int16(samples)[0], sample_rate, subtype="PCM_16",
+                     format="WAV")
 
 
 # --- seeds ---------------------------------------------------------------------------------------

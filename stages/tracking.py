@@ -146,8 +146,7 @@ class Tracker:
 
     def log_params(self, params: dict) -> None:
         import mlflow
-        flat = {k: v for k, v in flatten(params).items()}
-        self._call("log parameters", mlflow.log_params, flat)
+        self._call("log parameters", mlflow.log_params, flatten(params))
 
     def log_changing_params(self, params: dict) -> None:
         """Params of a stage that may run again on the same run (generate, evaluate): new keys
