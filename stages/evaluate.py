@@ -204,21 +204,17 @@ def main(args) -> None:
             summary[f"mean_{key}"] = round(float(np.mean(values)), 4)
     common.write_json(args.metrics, summary)
 
-    run_id = train.get("mlflow_run_id")
-    if run_id:
-        tracker = tracking.Tracker(tracking.tracking_uri(params),
-                                   common.param(params, "tracking.experiment", str),
-                                   common.param(params, "tracking.timeout_s", (int, float)))
-        if tracker.start(run_id) == run_id:
-            tracker.log_changing_params({"evaluate": params.get("evaluate", {})})
-            tracker.log_metrics({f"eval_{k}": v for k, v in summary.items()
-                                 if k.startswith("mean_")})
-            tracker.log_metrics({f"eval_calibration_{k}": v for k, v in ref.figures.items()})
-            tracker.log_metrics({"eval_songs_ok": summary["verdicts"].get("ok", 0)})
-            tracker.set_tags({f"eval.{r['file']}": f"{r['verdict']}: {r['reason']}"
-                              for r in results})
-            tracker.log_artifact(args.metrics, "evaluation")
-            tracker.end()
+    tracker = tracking.join_run(params, train.get("mlflow_run_id"))
+    if tracker is not None:
+        tracker.log_changing_params({"evaluate": params.get("evaluate", {})})
+        tracker.log_metrics({f"eval_{k}": v for k, v in summary.items()
+                             if k.startswith("mean_")})
+        tracker.log_metrics({f"eval_calibration_{k}": v for k, v in ref.figures.items()})
+        tracker.log_metrics({"eval_songs_ok": summary["verdicts"].get("ok", 0)})
+        tracker.set_tags({f"eval.{r['file']}": f"{r['verdict']}: {r['reason']}"
+                          for r in results})
+        tracker.log_artifact(args.metrics, "evaluation")
+        tracker.end()
 
 
 def build_parser():

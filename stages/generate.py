@@ -308,20 +308,16 @@ def main(args) -> None:
     log.info("%d song(s) -> %s (%.1f s of audio in %.1f s: %.0fx real time)", cfg.n_songs, out_dir,
              audio_seconds, wall, audio_seconds / wall)
 
-    run_id = train_run_id(Path(args.train_metrics))
-    if run_id:
-        tracker = tracking.Tracker(tracking.tracking_uri(params),
-                                   common.param(params, "tracking.experiment", str),
-                                   common.param(params, "tracking.timeout_s", (int, float)))
-        if tracker.start(run_id) == run_id:
-            tracker.log_changing_params({"generate": params["generate"]})
-            tracker.log_metrics({"generate_realtime_factor": summary["realtime_factor"],
-                                 "generate_clipped_fraction": max(s["clipped_fraction"]
-                                                                  for s in songs)})
-            for s in songs:
-                tracker.log_artifact(out_dir / s["file"], "generated")
-                tracker.log_artifact((out_dir / s["file"]).with_suffix(".png"), "generated")
-            tracker.end()
+    tracker = tracking.join_run(params, train_run_id(Path(args.train_metrics)))
+    if tracker is not None:
+        tracker.log_changing_params({"generate": params["generate"]})
+        tracker.log_metrics({"generate_realtime_factor": summary["realtime_factor"],
+                             "generate_clipped_fraction": max(s["clipped_fraction"]
+                                                              for s in songs)})
+        for s in songs:
+            tracker.log_artifact(out_dir / s["file"], "generated")
+            tracker.log_artifact((out_dir / s["file"]).with_suffix(".png"), "generated")
+        tracker.end()
 
 
 def build_parser():

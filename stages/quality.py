@@ -23,25 +23,23 @@ SILENT_DBFS = -60.0
 EPS = 1e-10
 
 
-def power_frames(x: np.ndarray, frame: int = FRAME, hop: int = HOP) -> np.ndarray:
-    """(n_frames, frame // 2 + 1) power spectra of Hann-windowed frames."""
+def frames(x: np.ndarray, frame: int = FRAME, hop: int = HOP) -> np.ndarray:
+    """(n_frames, frame) overlapping frames (a read-only view); short input is zero-padded."""
     x = np.asarray(x, np.float64)
     if len(x) < frame:
         x = np.pad(x, (0, frame - len(x)))
-    n = 1 + (len(x) - frame) // hop
-    idx = np.arange(frame)[None, :] + hop * np.arange(n)[:, None]
-    spec = np.fft.rfft(x[idx] * signal.get_window("hann", frame), axis=1)
+    return np.lib.stride_tricks.sliding_window_view(x, frame)[::hop]
+
+
+def power_frames(x: np.ndarray, frame: int = FRAME, hop: int = HOP) -> np.ndarray:
+    """(n_frames, frame // 2 + 1) power spectra of Hann-windowed frames."""
+    spec = np.fft.rfft(frames(x, frame, hop) * signal.get_window("hann", frame), axis=1)
     return (spec.real ** 2 + spec.imag ** 2) / frame
 
 
 def frame_dbfs(x: np.ndarray, frame: int = FRAME, hop: int = HOP) -> np.ndarray:
     """RMS level of each frame in dBFS (a full-scale sine is -3 dBFS)."""
-    x = np.asarray(x, np.float64)
-    if len(x) < frame:
-        x = np.pad(x, (0, frame - len(x)))
-    n = 1 + (len(x) - frame) // hop
-    idx = np.arange(frame)[None, :] + hop * np.arange(n)[:, None]
-    return 10 * np.log10((x[idx] ** 2).mean(axis=1) + EPS)
+    return 10 * np.log10((frames(x, frame, hop) ** 2).mean(axis=1) + EPS)
 
 
 def mel_filterbank(rate: int, n_fft: int = FRAME, n_mels: int = N_MELS, fmin: float = FMIN,

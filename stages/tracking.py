@@ -86,6 +86,16 @@ def dataset_identity(data_dir: str | Path, lock_file: str | Path = "dvc.lock",
     return ident
 
 
+def join_run(params: dict, run_id: str | None) -> "Tracker | None":
+    """The tracker of the training run `run_id`, reopened so a later stage (generate, evaluate)
+    adds to it; None when there is no run or it cannot be reopened."""
+    if not run_id:
+        return None
+    tracker = Tracker(tracking_uri(params), common.param(params, "tracking.experiment", str),
+                      common.param(params, "tracking.timeout_s", (int, float), minimum=1))
+    return tracker if tracker.start(run_id) == run_id else None
+
+
 class Tracker:
     """A thin wrapper over one MLflow run. The first failure to reach the store is reported in
     one sentence and tracking is switched off for the rest of the stage; the stage's own files
