@@ -1,12 +1,15 @@
 # make setup : .venv from the lock file (idempotent)   make demo : the pipeline on the demo songs
 # make test  : set-up + the test suite                 make lock : re-pin requirements.lock
+# make serve : a local Prefect server + the scheduled retraining deployment (flows/retrain.py)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 UV_VERSION := 0.13.9
 UV     := $(VENV)/bin/uv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test bench lock clean-data
+PREFECT_PORT ?= 4200
+
+.PHONY: setup demo test bench serve lock clean-data
 
 setup: $(VENV)/.synced
 
@@ -28,6 +31,10 @@ demo: setup
 
 test: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+
+serve: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" PREFECT_SERVER_ANALYTICS_ENABLED=false \
+		$(BIN)/python -m flows.retrain serve --local-server $(PREFECT_PORT)
 
 bench: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/preprocess.py

@@ -12,6 +12,7 @@ import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -87,6 +88,14 @@ def write_json(path: str | Path, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def read_json(path: str | Path) -> dict | None:
+    """A JSON file written by `write_json`, or None when it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def remove_stale_tmp(folder: Path) -> None:
     if folder.is_dir():
         for leftover in folder.glob(f".*{TMP_SUFFIX}"):
@@ -156,20 +165,69 @@ def prune(out_dir: Path, keep: set[str], suffix: str) -> int:
     return removed
 
 
-def map_songs(fn: Callable, jobs: list[tuple], workers: int, desc: str) -> list:
-    """Run the pure per-song function `fn(*job)` over `jobs` on a process pool, in order,
+@dataclass(frozen=True)
+class SongPool:
+    """Where per-song work runs: `local` processes, or a Dask cluster (`address` of its
+    scheduler; a LocalCluster of `workers` processes when empty). Results are the same."""
+    workers: int = 1
+    executor: str = "local"
+    address: str = ""
+
+    @classmethod
+    def from_params(cls, params: dict) -> "SongPool":
+        workers = default_workers(param(params, "preprocess.workers", int, minimum=0))
+        executor = param(params, "preprocess.executor", str, choices=EXECUTORS)
+        address = param(params, "preprocess.dask_address", (str, type(None))) or ""
+        return cls(workers, executor, address.strip())
+
+
+EXECUTORS = ("local", "dask")
+
+
+def map_songs(fn: Callable, jobs: list[tuple], pool: SongPool, desc: str) -> list:
+    """Run the pure per-song function `fn(*job)` over `jobs` on `pool`, results in job order,
     with a progress bar (quiet when stderr is not a terminal)."""
     if not jobs:
         return []
     bar = dict(total=len(jobs), desc=desc, unit="song", disable=None, leave=False)
-    if workers <= 1 or len(jobs) == 1:
+    if pool.executor == "dask":
+        return _map_dask(fn, jobs, pool, bar)
+    if pool.workers <= 1 or len(jobs) == 1:
         return [fn(*job) for job in tqdm(jobs, **bar)]
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
-        return list(tqdm(pool.map(fn, *zip(*jobs)), **bar))
+    with ProcessPoolExecutor(max_workers=min(pool.workers, len(jobs))) as executor:
+        return list(tqdm(executor.map(fn, *zip(*jobs)), **bar))
+
+
+def _map_dask(fn: Callable, jobs: list[tuple], pool: SongPool, bar: dict) -> list:
+    """The same map on dask.distributed: the given scheduler, or a LocalCluster for this run.
+    Workers of a remote cluster need this project importable and the data paths visible."""
+    from dask.distributed import Client, LocalCluster, as_completed
+    if pool.address:
+        try:
+            client = Client(pool.address, timeout="10s")
+        except (OSError, TimeoutError) as err:
+            raise UserError(f"The Dask scheduler at '{pool.address}' (params.yaml "
+                            f"'preprocess.dask_address') cannot be reached ({type(err).__name__})."
+                            ) from err
+        cluster = None
+    else:
+        cluster = LocalCluster(n_workers=min(pool.workers, len(jobs)), threads_per_worker=1,
+                               processes=True, dashboard_address=None, host="127.0.0.1")
+        client = Client(cluster)
+    try:
+        futures = client.map(fn, *zip(*jobs), pure=False)
+        with tqdm(**bar) as progress:
+            for _ in as_completed(futures):
+                progress.update()
+        return client.gather(futures)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
 
 
 def sync_songs(in_dir: Path, in_suffix: str, out_dir: Path, stamp: dict, fn, extra: tuple,
-               workers: int, desc: str) -> list[str]:
+               pool: SongPool, desc: str) -> list[str]:
     """The incremental per-song pattern shared by the array stages: one output per input song,
     computed only when missing (or made with other params/code), orphans removed.
     Returns the song ids present after the run."""
@@ -182,7 +240,7 @@ def sync_songs(in_dir: Path, in_suffix: str, out_dir: Path, stamp: dict, fn, ext
     todo = [i for i in ids if not (out_dir / f"{i}.npy").is_file()]
     log.info("%s: %d songs, %d to compute, %d removed", desc, len(ids), len(todo), removed)
     map_songs(fn, [(str(in_dir / f"{i}{in_suffix}"), str(out_dir / f"{i}.npy"), *extra)
-              for i in todo], workers, desc)
+              for i in todo], pool, desc)
     return ids
 
 

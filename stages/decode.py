@@ -143,7 +143,7 @@ def main(args) -> None:
     raw_dir = Path(args.raw if args.raw is not None else common.param(params, "data.raw_dir", str))
     sample_rate = common.param(params, "decode.sample_rate", int, minimum=1000)
     silence_dbfs = common.param(params, "decode.silence_dbfs", (int, float))
-    workers = common.default_workers(common.param(params, "preprocess.workers", int, minimum=0))
+    pool = common.SongPool.from_params(params)
     block_size = common.param(params, "fft_blocks.block_size", int, minimum=2)
     wav_dir, manifest_path = Path(args.out), Path(args.manifest)
 
@@ -157,7 +157,7 @@ def main(args) -> None:
     log.info("%d files in %s: %d to decode, %d already done", len(files), raw_dir, len(todo),
              len(rows) - len(todo))
     results = common.map_songs(decode_song, [(src, dst, sample_rate, block_size, silence_dbfs)
-                                             for _, src, dst in todo], workers, "decode")
+                                             for _, src, dst in todo], pool, "decode")
     for (row, _, _), result in zip(todo, results):
         row.update(result)
 

@@ -77,11 +77,11 @@ def main(args) -> None:
     params = common.load_params(args.params)
     block_size = common.param(params, "fft_blocks.block_size", int, minimum=2)
     layout = common.param(params, "fft_blocks.fft", str, choices=LAYOUTS)
-    workers = common.default_workers(common.param(params, "preprocess.workers", int, minimum=0))
+    pool = common.SongPool.from_params(params)
     stamp = dict(block_size=block_size, fft=layout,
                  code=common.source_digest("stages.arrays", "stages.fft_blocks"))
     common.sync_songs(Path(args.npy), ".npy", Path(args.out), stamp, fft_song,
-                      (block_size, layout), workers, "fft_blocks")
+                      (block_size, layout), pool, "fft_blocks")
 
 
 def build_parser():

@@ -44,6 +44,7 @@ class TrainConfig:
     shuffle_seed: int
     seed: int
     threads: int
+    strategy: str
 
     @classmethod
     def from_params(cls, params: dict) -> "TrainConfig":
@@ -51,7 +52,24 @@ class TrainConfig:
         return cls(batch_size=p("batch_size", int, minimum=1), epochs=p("epochs", int, minimum=1),
                    patience=p("patience", int, minimum=0), normalise=p("normalise", bool),
                    shuffle_seed=p("shuffle_seed", int), seed=p("seed", int),
-                   threads=p("threads", int, minimum=0))
+                   threads=p("threads", int, minimum=0),
+                   strategy=p("strategy", str, choices=STRATEGIES))
+
+
+STRATEGIES = ("default", "mirrored", "multi_worker")
+
+
+def distribution_strategy(name: str):
+    """The `tf.distribute` strategy that builds, trains and checkpoints the model.
+    mirrored: one replica per local GPU (the CPU when there is none), gradients all-reduced.
+    multi_worker: synchronous training over the machines listed in the TF_CONFIG environment
+    variable (README); with no TF_CONFIG it is a single worker."""
+    import tensorflow as tf
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
 
 
 # --- files ------------------------------------------------------------------------------------
@@ -218,6 +236,10 @@ def main(args) -> None:
 
     keras = netlib.import_keras()  # after the cheap checks: importing TensorFlow takes seconds
     configure_threads(tc.threads)
+    strategy = distribution_strategy(tc.strategy)
+    if tc.strategy != "default":
+        log.info("tf.distribute %s: %d replica(s)", type(strategy).__name__,
+                 strategy.num_replicas_in_sync)
     remove_stale_keras_tmp(models_dir)
     remove_stale_keras_tmp(ckpt_dir)
     state = load_state(ckpt_dir)
@@ -230,8 +252,9 @@ def main(args) -> None:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         ckpt_dir.mkdir(parents=True)
         keras.utils.set_random_seed(tc.seed)
-        model = netlib.build_model(cfg, seq_len, n_feat)
-        netlib.compile_model(model, cfg)
+        with strategy.scope():
+            model = netlib.build_model(cfg, seq_len, n_feat)
+            netlib.compile_model(model, cfg)
         t0 = time.perf_counter()
         baselines = baseline_losses(tensors, norm, cfg.loss) if has_val else {}
         log.info("trivial predictors on the validation songs (%.1f s): %s",
@@ -241,7 +264,8 @@ def main(args) -> None:
         initial_epoch = 0
     else:
         keras.mixed_precision.set_global_policy(cfg.precision)
-        model = keras.saving.load_model(ckpt_dir / state["checkpoint"], safe_mode=True)
+        with strategy.scope():
+            model = keras.saving.load_model(ckpt_dir / state["checkpoint"], safe_mode=True)
         initial_epoch = state["epoch"] + 1
         log.info("resuming from the checkpoint of epoch %d of %d", initial_epoch, tc.epochs)
         if state.get("best_epoch") == state["epoch"] or not model_path.is_file():

@@ -31,9 +31,9 @@ def wav_to_npy(src: str, dst: str, scale: float) -> int:
 def main(args) -> None:
     params = common.load_params(args.params)
     scale = common.param(params, "wav_to_npy.scale", (int, float), choices=(32768, 32767))
-    workers = common.default_workers(common.param(params, "preprocess.workers", int, minimum=0))
+    pool = common.SongPool.from_params(params)
     stamp = dict(scale=scale, code=common.source_digest("stages.arrays", "stages.wav_to_npy"))
-    common.sync_songs(Path(args.wav), ".wav", Path(args.out), stamp, wav_to_npy, (scale,), workers,
+    common.sync_songs(Path(args.wav), ".wav", Path(args.out), stamp, wav_to_npy, (scale,), pool,
                "wav_to_npy")
 
 

@@ -1,0 +1,190 @@
+"""The whole pipeline as a Prefect flow: one task per DVC stage, run in order through the `dvc`
+command line, so DVC alone decides what is up to date and the stage logic lives only in stages/.
+
+    python -m flows.pipeline              # run every stage that is out of date
+    python -m flows.pipeline --help
+
+A transient fault (the DVC lock held by another run) is retried `flows.retries` times, waiting
+`flows.retry_delay_s` between attempts; a user's mistake (bad params, no usable audio) fails the
+flow at once with the stage's one sentence. No Prefect server is needed: the flow runs on
+Prefect's ephemeral API. The flow returns (and logs) a summary: what ran, what was up to date,
+the MLflow run id, the evaluation verdicts.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry calls
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+from prefect import flow, get_run_logger, task          # noqa: E402
+from prefect.runtime import task_run as current_task   # noqa: E402
+
+from stages import common                               # noqa: E402
+from stages.common import UserError                     # noqa: E402
+
+STAGES = ("decode", "wav_to_npy", "fft_blocks", "tensors", "train", "generate", "evaluate")
+LOCK_MESSAGE = "Unable to acquire lock"
+BUSY = ("another run is in progress in {project} (the DVC lock is held); "
+        "wait for it to finish, or delete .dvc/tmp/lock if no DVC process is running.")
+
+
+class RunInProgress(Exception):
+    """Another DVC process holds the project's lock: worth retrying."""
+
+
+class NoTracebackForUserErrors(logging.Filter):
+    """Prefect logs every failed flow and task run with its traceback; for a user's mistake or a
+    held lock the one sentence is the whole story."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], (UserError, RunInProgress)):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+for _name in ("prefect.flow_runs", "prefect.task_runs"):
+    logging.getLogger(_name).addFilter(NoTracebackForUserErrors())
+
+
+def dvc_executable() -> str:
+    """The `dvc` beside this Python (the project's venv), else the one on PATH."""
+    beside = Path(sys.executable).with_name("dvc")
+    return str(beside) if beside.is_file() else "dvc"
+
+
+def stage_error(output: str, stage: str) -> str:
+    """The stage's own one-sentence error ("error: ..."), else DVC's, else a generic sentence."""
+    lines = [line.strip() for line in output.splitlines()]
+    ours = [line[len("error: "):] for line in lines if line.startswith("error: ")]
+    if ours:
+        return ours[-1]
+    dvcs = [line[len("ERROR: "):] for line in lines if line.startswith("ERROR: ")]
+    return dvcs[-1] if dvcs else f"stage '{stage}' failed; its output is above."
+
+
+def run_dvc_stage(stage: str, project: Path, log) -> bool:
+    """`dvc repro --single-item <stage>` in `project`, its output relayed line by line to `log`.
+    Returns whether the stage ran (False: DVC found it up to date)."""
+    cmd = [dvc_executable(), "repro", "--single-item", stage]
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    lines = []
+    for line in proc.stdout:
+        line = line.rstrip("\r\n")
+        lines.append(line)
+        if line.strip():
+            log.info("%s | %s", stage, line.split("\r")[-1])
+    proc.wait()
+    output = "\n".join(lines)
+    if proc.returncode != 0:
+        if LOCK_MESSAGE in output:
+            raise RunInProgress(BUSY.format(project=project))
+        raise UserError(stage_error(output, stage))
+    return f"Running stage '{stage}'" in output
+
+
+def only_transient(task, task_run, state) -> bool:
+    """Prefect retry condition: retry a held lock, never a user's mistake."""
+    try:
+        state.result()
+    except RunInProgress:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+def not_user_error(task, task_run, state) -> bool:
+    """Prefect retry condition: retry anything (a tracking server briefly down) but a user's
+    mistake, which fails at once with its sentence."""
+    try:
+        state.result()
+    except UserError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+@task(name="dvc-stage", task_run_name="{stage}", retry_condition_fn=only_transient)
+def stage_task(stage: str, project: str) -> dict:
+    log = get_run_logger()
+    t0 = time.perf_counter()
+    ran = run_dvc_stage(stage, Path(project), log)
+    seconds = round(time.perf_counter() - t0, 1)
+    log.info("%s: %s in %.1f s", stage, "ran" if ran else "up to date", seconds)
+    return dict(stage=stage, ran=ran, seconds=seconds, attempts=current_task.run_count)
+
+
+def summarise(project: Path, results: list[dict]) -> dict:
+    train = common.read_json(project / "metrics" / "train.json") or {}
+    evaluation = common.read_json(project / "metrics" / "eval.json") or {}
+    return dict(
+        ran=[r["stage"] for r in results if r["ran"]],
+        up_to_date=[r["stage"] for r in results if not r["ran"]],
+        attempts={r["stage"]: r["attempts"] for r in results},
+        seconds={r["stage"]: r["seconds"] for r in results},
+        mlflow_run_id=train.get("mlflow_run_id"),
+        model_version=train.get("model_version"),
+        val_loss=train.get("val_loss"),
+        verdicts={s["file"]: s["verdict"] for s in evaluation.get("songs", [])},
+    )
+
+
+def retry_settings(project: Path) -> tuple[int, float]:
+    params = common.load_params(project / common.PARAMS_FILE)
+    return (common.param(params, "flows.retries", int, minimum=0),
+            common.param(params, "flows.retry_delay_s", (int, float), minimum=0))
+
+
+@flow(name="rawtune-pipeline", log_prints=True)
+def pipeline(project: str = ".", stages: list[str] | None = None) -> dict:
+    """Run the DVC stages in order (all of them unless `stages` names some); DVC skips what is
+    up to date. Returns the summary."""
+    log = get_run_logger()
+    root = Path(project).resolve()
+    retries, delay = retry_settings(root)
+    unknown = [s for s in stages or () if s not in STAGES]
+    if unknown:
+        raise UserError(f"unknown stage {unknown[0]!r}; the stages are {', '.join(STAGES)}.")
+    step = stage_task.with_options(retries=retries, retry_delay_seconds=delay)
+    results = [step(stage, str(root)) for stage in (stages or STAGES)]
+    summary = summarise(root, results)
+    log.info("ran: %s; up to date: %s; MLflow run %s; verdicts: %s",
+             ", ".join(summary["ran"]) or "nothing", ", ".join(summary["up_to_date"]) or "nothing",
+             summary["mlflow_run_id"] or "none",
+             ", ".join(f"{k} {v}" for k, v in summary["verdicts"].items()) or "none")
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--project", default=".", help="project root (default: current folder)")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, metavar="STAGE",
+                        help=f"run only these stages, in order ({', '.join(STAGES)})")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        summary = pipeline(project=args.project, stages=args.stages)
+    except (UserError, RunInProgress) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Scheduled retraining: when songs or params changed, run the pipeline, then let the new model
+(challenger) take the registry's `champion` alias only if it beats the current champion on the
+current validation songs (flows.metric, by at least flows.min_improvement).
+
+    python -m flows.retrain               # once, now (no Prefect server needed)
+    python -m flows.retrain serve         # serve the deployment on the flows.schedule cron
+    make serve                            # starts a local Prefect server, then serves
+
+`serve` needs a Prefect server (`PREFECT_API_URL`): Prefect's ephemeral API cannot schedule
+runs. `make serve` starts `prefect server start` on 127.0.0.1 and points the deployment at it;
+the Prefect UI then lists the deployment, its schedule and its runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+from flows.pipeline import (BUSY, LOCK_MESSAGE, RunInProgress, dvc_executable, not_user_error,
+                            only_transient, pipeline, retry_settings)
+from prefect import flow, get_run_logger, task
+
+from stages import common
+from stages.common import UserError
+
+
+@task(name="dvc-status", retry_condition_fn=only_transient)
+def changed_stages(project: str) -> list[str]:
+    """The stages DVC would run: songs, params or code changed since the last run."""
+    proc = subprocess.run([dvc_executable(), "status", "--json"], cwd=project, text=True,
+                          capture_output=True, env=dict(os.environ, DVC_NO_ANALYTICS="1"))
+    if proc.returncode != 0:
+        if LOCK_MESSAGE in proc.stdout + proc.stderr:
+            raise RunInProgress(BUSY.format(project=project))
+        raise UserError(f"`dvc status` failed in {project}: "
+                        f"{(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
+    status = json.loads(proc.stdout or "{}")
+    return sorted(name.split(":")[-1] for name in status)
+
+
+def has_champion(params: dict, project: Path) -> bool:
+    from mlflow import MlflowClient
+    from flows import champion
+    uri = champion.project_uri(params, project)
+    return champion.champion_version(MlflowClient(uri, uri),
+                                     common.param(params, "tracking.model_name", str)) is not None
+
+
+@task(name="promote", retry_condition_fn=not_user_error)
+def promote_task(project: str) -> dict:
+    from flows import champion
+    root = Path(project)
+    return champion.promote(root, common.load_params(root / common.PARAMS_FILE))
+
+
+@flow(name="rawtune-retrain", log_prints=True)
+def retrain(project: str = ".") -> dict:
+    """Retrain when something changed; promote the challenger only when it wins."""
+    log = get_run_logger()
+    root = Path(project).resolve()
+    params = common.load_params(root / common.PARAMS_FILE)
+    retries, delay = retry_settings(root)
+    changed = changed_stages.with_options(retries=retries, retry_delay_seconds=delay)(str(root))
+    if not changed and has_champion(params, root):
+        log.info("nothing changed since the last run (no new songs, same params); the champion "
+                 "stays.")
+        return dict(changed=[], ran=[], decision="nothing changed")
+    log.info("changed: %s", ", ".join(changed) or "nothing, but there is no champion yet")
+    summary = pipeline(project=str(root))
+    decision = promote_task.with_options(retries=retries, retry_delay_seconds=delay)(str(root))
+    return dict(changed=changed, ran=summary["ran"], mlflow_run_id=summary["mlflow_run_id"],
+                verdicts=summary["verdicts"], **decision)
+
+
+@contextmanager
+def local_server(port: int, timeout_s: float = 90):
+    """`prefect server start` on 127.0.0.1:`port` for as long as the block runs; its API URL is
+    put in PREFECT_API_URL. The server's log goes to .prefect-server.log."""
+    import httpx
+    api = f"http://127.0.0.1:{port}/api"
+    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_API_URL=api)
+    prefect = Path(sys.executable).with_name("prefect")
+    with open(".prefect-server.log", "w") as out:
+        server = subprocess.Popen([str(prefect) if prefect.is_file() else "prefect", "server",
+                                   "start", "--host", "127.0.0.1", "--port", str(port)],
+                                  env=env, stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise UserError(f"The Prefect server did not start on 127.0.0.1:{port} (is the "
+                                "port taken?); its log is in .prefect-server.log.")
+            time.sleep(0.5)
+        print(f"Prefect server on http://127.0.0.1:{port} (UI and API); log: "
+              ".prefect-server.log", flush=True)
+        os.environ["PREFECT_API_URL"] = api
+        yield api
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+
+
+def serve(project: Path) -> None:
+    """Serve the retraining deployment on the cron in params until interrupted."""
+    if not os.environ.get("PREFECT_API_URL"):
+        raise UserError("`serve` needs a Prefect server: run `make serve`, or start `prefect "
+                        "server start` and set PREFECT_API_URL (the ephemeral API cannot "
+                        "schedule runs).")
+    params = common.load_params(project / common.PARAMS_FILE)
+    cron = common.param(params, "flows.schedule", str)
+    name = common.param(params, "flows.deployment", str)
+    retrain.serve(name=name, cron=cron, parameters={"project": str(project.resolve())},
+                  description="Retrain on new songs or params; promote the champion only when "
+                              "the challenger wins.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m flows.retrain", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", nargs="?", choices=("run", "serve"), default="run",
+                        help="run: retrain once now (default); serve: serve the scheduled "
+                             "deployment")
+    parser.add_argument("--project", default=".", help="project root (default: current folder)")
+    parser.add_argument("--local-server", type=int, metavar="PORT",
+                        help="serve: first start a Prefect server on 127.0.0.1:PORT (as `make "
+                             "serve` does), stopped again on exit")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            with local_server(args.local_server) if args.local_server else nullcontext():
+                serve(Path(args.project))
+            return 0
+        result = retrain(project=args.project)
+    except (UserError, RunInProgress) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
