@@ -39,6 +39,7 @@ serve: setup
 bench: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/preprocess.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/train.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/flows.py
 
 lock: | $(UV)
 	$(UV) pip compile pyproject.toml --group dev --universal --python-version 3.11 \

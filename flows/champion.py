@@ -10,7 +10,9 @@ challenger this equals the `val_loss` its training reported.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,13 +89,41 @@ def champion_version(client, name: str):
         raise
 
 
-def champion(client, name: str) -> Contender | None:
+@contextmanager
+def store(uri: str):
+    """mlflow's process-wide tracking and registry URIs set to `uri` for the block (a
+    `models:/` URI is resolved through both), then put back, environment variables included
+    (mlflow's setters export them to child processes, such as the next DVC stage)."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved_env = {n: os.environ.get(n) for n in names}
+    # the settings themselves, None when unset (the getters would return resolved defaults)
+    saved = (getattr(tracking_utils, "_tracking_uri", None),
+             getattr(registry_utils, "_registry_uri", None))
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved[0])
+        mlflow.set_registry_uri(saved[1])
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def champion(client, name: str, uri: str) -> Contender | None:
     """The model holding the `champion` alias, or None when there is none yet."""
     import mlflow
     mv = champion_version(client, name)
     if mv is None:
         return None
-    model = mlflow.keras.load_model(f"models:/{name}/{mv.version}")
+    with store(uri):
+        model = mlflow.keras.load_model(f"models:/{name}/{mv.version}")
     return Contender(str(mv.version), mv.run_id, model, run_normaliser(client, mv.run_id, name))
 
 
@@ -106,7 +136,6 @@ def decide(challenger: float, champ: float | None, min_improvement: float) -> bo
 def promote(project: Path, params: dict) -> dict:
     """Compare the model `train` last registered with the champion, tag both versions with the
     decision and the figures, and move the alias when the challenger wins."""
-    import mlflow
     from mlflow import MlflowClient
     from stages.generate import load_model
 
@@ -120,8 +149,6 @@ def promote(project: Path, params: dict) -> dict:
         raise UserError("The last training run registered no model (tracking was off); run the "
                         "pipeline again with the MLflow store reachable.")
     uri = project_uri(params, project)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     client = MlflowClient(uri, uri)
 
     tensors = Tensors(project / "data" / "processed", common.param(params, "tensors.name", str))
@@ -129,7 +156,7 @@ def promote(project: Path, params: dict) -> dict:
     current = Normaliser.load(tensors, common.param(params, "train.normalise", bool))
     challenger = Contender(str(version), train.get("mlflow_run_id"),
                            load_model(str(project / "models" / "model.keras")), current)
-    champ = champion(client, name)
+    champ = champion(client, name, uri)
     if champ is not None and champ.version == challenger.version:
         log.info("version %s is already the champion; nothing to compare", champ.version)
         return dict(decision="already champion", champion=champ.version, challenger=champ.version)

@@ -211,8 +211,12 @@ def _map_dask(fn: Callable, jobs: list[tuple], pool: SongPool, bar: dict) -> lis
                             ) from err
         cluster = None
     else:
-        cluster = LocalCluster(n_workers=min(pool.workers, len(jobs)), threads_per_worker=1,
-                               processes=True, dashboard_address=None, host="127.0.0.1")
+        import dask
+        # fork: the workers start with this process's imports (numpy, soundfile, the stage's
+        # module) instead of importing them again; spawn costs ~1 s per stage (bench/flows.py)
+        with dask.config.set({"distributed.worker.multiprocessing-method": "fork"}):
+            cluster = LocalCluster(n_workers=min(pool.workers, len(jobs)), threads_per_worker=1,
+                                   processes=True, dashboard_address=None, host="127.0.0.1")
         client = Client(cluster)
     try:
         futures = client.map(fn, *zip(*jobs), pure=False)
@@ -239,8 +243,9 @@ def sync_songs(in_dir: Path, in_suffix: str, out_dir: Path, stamp: dict, fn, ext
     removed = prune(out_dir, set(ids), ".npy")
     todo = [i for i in ids if not (out_dir / f"{i}.npy").is_file()]
     log.info("%s: %d songs, %d to compute, %d removed", desc, len(ids), len(todo), removed)
-    map_songs(fn, [(str(in_dir / f"{i}{in_suffix}"), str(out_dir / f"{i}.npy"), *extra)
-              for i in todo], pool, desc)
+    src, dst = in_dir.resolve(), out_dir.resolve()     # absolute: a Dask worker has its own cwd
+    map_songs(fn, [(str(src / f"{i}{in_suffix}"), str(dst / f"{i}.npy"), *extra) for i in todo],
+              pool, desc)
     return ids
 
 

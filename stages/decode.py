@@ -156,8 +156,9 @@ def main(args) -> None:
     rows, todo = plan(files, raw_dir, old, wav_dir, sample_rate, block_size, silence_dbfs)
     log.info("%d files in %s: %d to decode, %d already done", len(files), raw_dir, len(todo),
              len(rows) - len(todo))
-    results = common.map_songs(decode_song, [(src, dst, sample_rate, block_size, silence_dbfs)
-                                             for _, src, dst in todo], pool, "decode")
+    results = common.map_songs(decode_song, [(os.path.abspath(src), os.path.abspath(dst), sample_rate,
+                                              block_size, silence_dbfs) for _, src, dst in todo],
+                               pool, "decode")   # absolute: a Dask worker has its own cwd
     for (row, _, _), result in zip(todo, results):
         row.update(result)
 

@@ -34,7 +34,7 @@ def main(args) -> None:
     pool = common.SongPool.from_params(params)
     stamp = dict(scale=scale, code=common.source_digest("stages.arrays", "stages.wav_to_npy"))
     common.sync_songs(Path(args.wav), ".wav", Path(args.out), stamp, wav_to_npy, (scale,), pool,
-               "wav_to_npy")
+                      "wav_to_npy")
 
 
 def build_parser():

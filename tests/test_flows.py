@@ -23,7 +23,7 @@ from flows.pipeline import STAGES, pipeline
 from flows.retrain import retrain
 from stages.common import UserError
 from tests.conftest import (BIN, ROOT, TINY_TRAIN, env, make_project, run, run_stage, set_params,
-                            three_songs, write_song)
+                            write_song)
 
 FLOW_PARAMS = {**TINY_TRAIN, "generate.seconds": 2, "generate.n_songs": 2,
                "evaluate.reference_seconds": 3, "flows.retries": 3, "flows.retry_delay_s": 1}
@@ -39,8 +39,13 @@ def prefect_api(tmp_path_factory):
 
 
 def flow_project(path: Path, updates: dict | None = None) -> Path:
+    """Three songs in formats whose encoders are deterministic (an OGG's stream serial is
+    random), so song ids, and with them the validation split, are the same on every run."""
     project = make_project(path, {**FLOW_PARAMS, **(updates or {})})
-    three_songs(project)
+    raw = project / "data" / "raw"
+    write_song(raw / "one.mp3", 1, 3.0)
+    write_song(raw / "two.flac", 2, 3.0, rate=48000, subtype="PCM_24")
+    write_song(raw / "three.wav", 3, 3.0)
     return project
 
 
