@@ -162,7 +162,14 @@ def promote(project: Path, params: dict) -> dict:
         return dict(decision="already champion", champion=champ.version, challenger=champ.version)
 
     scores = {"challenger": val_loss(challenger.model, challenger.norm, tensors, current, loss)}
-    if champ is not None:
+    n_features = tensors.shape()[1]
+    if champ is not None and champ.model.input_shape[-1] != n_features:
+        # e.g. fft_blocks.block_size changed: the champion cannot read the current songs
+        log.info("champion v%s reads blocks of %s features, the data now has %d: it cannot be "
+                 "scored on it, so the challenger takes its place", champ.version,
+                 champ.model.input_shape[-1], n_features)
+        scores["champion"] = float("inf")
+    elif champ is not None:
         scores["champion"] = val_loss(champ.model, champ.norm, tensors, current, loss)
     wins = decide(scores["challenger"], scores.get("champion"), min_improvement)
     decision = "promoted" if wins else "not promoted"

@@ -162,6 +162,11 @@ def test_retrain_promotes_only_a_challenger_that_beats_the_champion(served_proje
     assert v3.tags["rawtune.decision"] == "not promoted"
     assert "v2" in v3.tags["rawtune.compared"]
 
+    set_params(project / "params.yaml", {"fft_blocks.block_size": 1024})  # champion can't read it
+    reshaped = retrain(project=str(project))
+    assert reshaped["decision"] == "promoted" and reshaped["scores"]["champion"] == float("inf")
+    assert str(client.get_model_version_by_alias("rawtune", "champion").version) == "4"
+
 
 def test_the_decision_rule_needs_the_minimum_improvement():
     assert champion.decide(1.0, None, 0.0)
