@@ -1,6 +1,7 @@
 # make setup : .venv from the lock file (idempotent)   make demo : the pipeline on the demo songs
 # make test  : set-up + the test suite                 make lock : re-pin requirements.lock
 # make serve : a local Prefect server + the scheduled retraining deployment (flows/retrain.py)
+# make ui    : the MLflow UI on this project's store, http://127.0.0.1:5000
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 UV_VERSION := 0.13.9
@@ -8,8 +9,9 @@ UV     := $(VENV)/bin/uv
 BIN    := $(VENV)/bin
 
 PREFECT_PORT ?= 4200
+MLFLOW_PORT  ?= 5000
 
-.PHONY: setup demo test bench serve lock clean-data
+.PHONY: setup demo test bench serve ui lock clean-data
 
 setup: $(VENV)/.synced
 
@@ -27,10 +29,13 @@ demo: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc metrics show
 	@echo "Done: new songs in data/generated/ (WAV + spectrogram PNG), model in models/model.keras, curves in metrics/train_curve.png."
-	@echo "Browse the runs, parameters, curves and registered model:  $(BIN)/mlflow ui   (then open http://127.0.0.1:5000)"
+	@echo "Browse the runs, parameters, curves and registered model:  make ui   (then open http://127.0.0.1:5000)"
 
 test: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+
+ui: setup
+	$(BIN)/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) --backend-store-uri sqlite:///mlflow.db
 
 serve: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" PREFECT_SERVER_ANALYTICS_ENABLED=false \
