@@ -178,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        retry_settings(Path(args.project))     # a params mistake is told before Prefect starts
         summary = pipeline(project=args.project, stages=args.stages)
     except (UserError, RunInProgress) as err:
         print(f"error: {err}", file=sys.stderr)
