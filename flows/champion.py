@@ -31,7 +31,6 @@ METRICS = ("val_loss",)   # lower is better
 @dataclass
 class Contender:
     version: str
-    run_id: str
     model: object
     norm: Normaliser
 
@@ -54,7 +53,7 @@ def val_loss(model, norm: Normaliser, tensors: Tensors, current: Normaliser, los
     return total / count
 
 
-def run_normaliser(client, run_id: str, name: str) -> Normaliser:
+def run_normaliser(client, run_id: str) -> Normaliser:
     """The normalisation a registered model was trained with, from its MLflow run."""
     run = client.get_run(run_id)
     enabled = run.data.params.get("train.normalise", "True") == "True"
@@ -124,7 +123,7 @@ def champion(client, name: str, uri: str) -> Contender | None:
         return None
     with store(uri):
         model = mlflow.keras.load_model(f"models:/{name}/{mv.version}")
-    return Contender(str(mv.version), mv.run_id, model, run_normaliser(client, mv.run_id, name))
+    return Contender(str(mv.version), model, run_normaliser(client, mv.run_id))
 
 
 def decide(challenger: float, champ: float | None, min_improvement: float) -> bool:
@@ -154,8 +153,8 @@ def promote(project: Path, params: dict) -> dict:
     tensors = Tensors(project / "data" / "processed", common.param(params, "tensors.name", str))
     tensors.check()
     current = Normaliser.load(tensors, common.param(params, "train.normalise", bool))
-    challenger = Contender(str(version), train.get("mlflow_run_id"),
-                           load_model(str(project / "models" / "model.keras")), current)
+    challenger = Contender(str(version), load_model(str(project / "models" / "model.keras")),
+                           current)
     champ = champion(client, name, uri)
     if champ is not None and champ.version == challenger.version:
         log.info("version %s is already the champion; nothing to compare", champ.version)

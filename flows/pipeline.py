@@ -140,8 +140,11 @@ def summarise(project: Path, results: list[dict]) -> dict:
     )
 
 
-def retry_settings(project: Path) -> tuple[int, float]:
-    params = common.load_params(project / common.PARAMS_FILE)
+def project_params(project: Path) -> dict:
+    return common.load_params(Path(project) / common.PARAMS_FILE)
+
+
+def retry_settings(params: dict) -> tuple[int, float]:
     return (common.param(params, "flows.retries", int, minimum=0),
             common.param(params, "flows.retry_delay_s", (int, float), minimum=0))
 
@@ -152,7 +155,7 @@ def pipeline(project: str = ".", stages: list[str] | None = None) -> dict:
     up to date. Returns the summary."""
     log = get_run_logger()
     root = Path(project).resolve()
-    retries, delay = retry_settings(root)
+    retries, delay = retry_settings(project_params(root))
     unknown = [s for s in stages or () if s not in STAGES]
     if unknown:
         raise UserError(f"unknown stage {unknown[0]!r}; the stages are {', '.join(STAGES)}.")
@@ -178,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        retry_settings(Path(args.project))     # a params mistake is told before Prefect starts
+        retry_settings(project_params(args.project))   # a params mistake is told before Prefect starts
         summary = pipeline(project=args.project, stages=args.stages)
     except (UserError, RunInProgress) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -23,7 +23,8 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from flows.pipeline import (BUSY, LOCK_MESSAGE, RunInProgress, dvc_executable, not_user_error,
-                            only_transient, pipeline, retry_settings)
+                            only_transient, pipeline, project_params,
+                            retry_settings)
 from prefect import flow, get_run_logger, task
 
 from stages import common
@@ -56,7 +57,7 @@ def has_champion(params: dict, project: Path) -> bool:
 def promote_task(project: str) -> dict:
     from flows import champion
     root = Path(project)
-    return champion.promote(root, common.load_params(root / common.PARAMS_FILE))
+    return champion.promote(root, project_params(root))
 
 
 @flow(name="rawtune-retrain", log_prints=True)
@@ -64,8 +65,8 @@ def retrain(project: str = ".") -> dict:
     """Retrain when something changed; promote the challenger only when it wins."""
     log = get_run_logger()
     root = Path(project).resolve()
-    params = common.load_params(root / common.PARAMS_FILE)
-    retries, delay = retry_settings(root)
+    params = project_params(root)
+    retries, delay = retry_settings(params)
     changed = changed_stages.with_options(retries=retries, retry_delay_seconds=delay)(str(root))
     if not changed and has_champion(params, root):
         log.info("nothing changed since the last run (no new songs, same params); the champion "
@@ -108,12 +109,19 @@ def local_server(port: int, timeout_s: float = 90):
         os.environ["PREFECT_API_URL"] = api
         yield api
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
+        stop_group(server)
+
+
+def stop_group(proc: subprocess.Popen, timeout_s: float = 20) -> None:
+    """Stop a process started with `start_new_session=True` and everything it started: SIGTERM
+    to its process group, SIGKILL after `timeout_s`."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def serve(project: Path) -> None:
@@ -122,7 +130,7 @@ def serve(project: Path) -> None:
         raise UserError("`serve` needs a Prefect server: run `make serve`, or start `prefect "
                         "server start` and set PREFECT_API_URL (the ephemeral API cannot "
                         "schedule runs).")
-    params = common.load_params(project / common.PARAMS_FILE)
+    params = project_params(project)
     cron = common.param(params, "flows.schedule", str)
     name = common.param(params, "flows.deployment", str)
     retrain.serve(name=name, cron=cron, parameters={"project": str(project.resolve())},

@@ -7,7 +7,6 @@ import filecmp
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import pytest
 
 from flows import champion
 from flows.pipeline import STAGES, pipeline
-from flows.retrain import retrain
+from flows.retrain import retrain, stop_group
 from stages.common import UserError
 from tests.conftest import (BIN, ROOT, TINY_TRAIN, env, make_project, run, run_stage, set_params,
                             write_song)
@@ -192,16 +191,6 @@ def wait_for(check, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 def test_serve_registers_the_cron_deployment_and_runs_a_triggered_run(served_project, tmp_path):
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
@@ -252,8 +241,8 @@ def test_serve_registers_the_cron_deployment_and_runs_a_triggered_run(served_pro
         assert "nothing changed" in logs[1].read_text()
     finally:
         if serving is not None:
-            stop(serving)
-        stop(server)
+            stop_group(serving)
+        stop_group(server)
 
 
 def test_serve_without_a_server_says_how_to_start_one(served_project):
