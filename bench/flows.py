@@ -9,6 +9,7 @@
 
     python bench/flows.py                                  # 1 only
     python bench/flows.py --corpus /path/to/music          # 1 and 2
+    python bench/flows.py --skip-flow --corpus DIR --scale 4   # 2 on 4x the corpus
 
 The last line is one JSON object of the figures.
 """
@@ -26,7 +27,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from preprocess import ENV, demo_corpus, make_project  # noqa: E402  the other benchmark's copy
+from preprocess import ENV, demo_corpus, make_project, scaled_copy  # noqa: E402  the other benchmark's
 
 TARGETS = dict(flow_overhead_s="<= Prefect's start-up (~10 s)", dask_vs_local="<= 1.2")
 EMPTY_FLOW = ("import os; os.environ['PREFECT_SERVER_ANALYTICS_ENABLED'] = 'false'\n"
@@ -112,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--corpus", type=Path, help="a folder of real music for part 2")
     parser.add_argument("--workers", type=int, default=2, help="workers of both executors")
     parser.add_argument("--skip-flow", action="store_true", help="run part 2 only")
+    parser.add_argument("--scale", type=int, default=1,
+                        help="part 2 on this many copies of each corpus song (re-encoded at a "
+                             "slightly lower gain, so none is a duplicate); default 1")
     return parser
 
 
@@ -122,7 +126,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-flows-") as tmp:
         result = {} if args.skip_flow else flow_overhead(Path(tmp), args.epochs)
         if args.corpus is not None:
-            result.update(dask_vs_local(Path(tmp), args.corpus, args.workers))
+            corpus = args.corpus if args.scale <= 1 else scaled_copy(
+                args.corpus, Path(tmp) / f"corpus-x{args.scale}", args.scale)
+            result.update(dask_vs_local(Path(tmp), corpus, args.workers))
     print(json.dumps({k: round(v, 2) for k, v in result.items()}))
 
 

@@ -233,8 +233,11 @@ def scaled_copy(src: Path, dst: Path, scale: int) -> Path:
     for f in audio_files(src):
         info, (data, rate) = sf.info(str(f)), sf.read(str(f), dtype="float32")
         for k in range(1, scale):
-            sf.write(str(dst / f.relative_to(src).with_name(f"{f.stem} x{k}{f.suffix}")),
-                     data * (1 - 0.01 * k), rate, format=info.format, subtype=info.subtype)
+            out = dst / f.relative_to(src).with_name(f"{f.stem} x{k}{f.suffix}")
+            with sf.SoundFile(str(out), "w", rate, info.channels, format=info.format,
+                              subtype=info.subtype) as w:
+                for start in range(0, len(data), 1 << 16):  # libsndfile's Vorbis encoder
+                    w.write(data[start:start + (1 << 16)] * (1 - 0.01 * k))  # crashes on big writes
     return dst
 
 
