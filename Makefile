@@ -11,7 +11,7 @@ BIN    := $(VENV)/bin
 PREFECT_PORT ?= 4200
 MLFLOW_PORT  ?= 5000
 
-.PHONY: setup demo test bench serve ui lock clean-data
+.PHONY: setup browser demo test bench serve ui lock clean-data
 
 setup: $(VENV)/.synced
 
@@ -31,7 +31,17 @@ demo: setup
 	@echo "Done: new songs in data/generated/ (WAV + spectrogram PNG), model in models/model.keras, curves in metrics/train_curve.png."
 	@echo "Browse the runs, parameters, curves and registered model:  make ui   (then open http://127.0.0.1:5000)"
 
-test: setup
+# Debian's chromium, for the test that opens the MLflow UI (tests/test_ui.py); nothing downloads a
+# browser of its own. Without root the test is skipped and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the MLflow UI test"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "note: chromium could not be installed; the MLflow UI test will be skipped."; \
+	  else echo "note: chromium is not installed and installing it needs root; the MLflow UI test will be skipped."; fi; }
+
+test: setup browser
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
 ui: setup

@@ -96,6 +96,13 @@ def join_run(params: dict, run_id: str | None) -> "Tracker | None":
     return tracker if tracker.start(run_id) == run_id else None
 
 
+def run_name() -> str:
+    """The DVC experiment's name when run by `dvc exp run`, else the start time: MLflow's own
+    random names repeat here, because training seeds Python's random generator first."""
+    import time
+    return os.environ.get("DVC_EXP_NAME") or time.strftime("train %Y-%m-%d %H:%M:%S")
+
+
 class Tracker:
     """A thin wrapper over one MLflow run. The first failure to reach the store is reported in
     one sentence and tracking is switched off for the rest of the stage; the stage's own files
@@ -144,8 +151,9 @@ class Tracker:
                 except mlflow.exceptions.MlflowException:
                     log.warning("MLflow run %s is gone; a new run is tagged with it.",
                                 resume_run_id)
-                    return mlflow.start_run(tags={"rawtune.resumes": resume_run_id})
-            return mlflow.start_run()
+                    return mlflow.start_run(run_name=run_name(),
+                                            tags={"rawtune.resumes": resume_run_id})
+            return mlflow.start_run(run_name=run_name())
 
         run = self._call("start a run", _start)
         if run is not None:

@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -240,6 +241,7 @@ def test_mlflow_run_holds_params_epoch_metrics_dataset_and_model(trained):
     version = c.get_model_version("rawtune", m["model_version"])
     assert version.run_id == run_.info.run_id
     assert run_.info.status == "FINISHED"
+    assert re.fullmatch(r"train \d{4}-\d\d-\d\d \d\d:\d\d:\d\d", run_.info.run_name)
 
 
 @pytest.mark.slow
@@ -268,6 +270,7 @@ def test_dvc_exp_run_changes_the_runs_params(trained):
     run_ = client(trained).get_run(m["mlflow_run_id"])
     assert run_.data.params["train.hidden"] == "8" and run_.data.params["train.cell"] == "gru"
     name = run_.data.tags["dvc_experiment"]
+    assert run_.info.run_name == name               # the UI lists the run under the exp's name
     assert name and name in proc.stdout
     shown = json.loads(run(["dvc", "exp", "show", "--json"], trained).stdout)
     exp_names = json.dumps(shown)

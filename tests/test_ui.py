@@ -1,0 +1,144 @@
+"""The MLflow UI as a person sees it: a tiny real pipeline run, its model promoted to `champion`,
+then `mlflow ui` (the command `make ui` runs) on a free loopback port, opened in headless Chromium
+(Debian's, driven by playwright; nothing downloads a browser). Screenshots go to the test's tmp dir.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from flows import champion
+from flows.retrain import stop_group
+from stages import common
+from tests.conftest import BIN, TINY_TRAIN, env, make_project, run, write_song
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+UI_PARAMS = {**TINY_TRAIN, "generate.seconds": 2, "generate.n_songs": 2,
+             "evaluate.reference_seconds": 3}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def promoted(tmp_path_factory) -> Path:
+    """A project through every stage with its model holding the `champion` alias."""
+    project = make_project(tmp_path_factory.mktemp("ui") / "project", UI_PARAMS)
+    raw = project / "data" / "raw"
+    write_song(raw / "one.mp3", 1, 3.0)
+    write_song(raw / "two.flac", 2, 3.0, rate=48000, subtype="PCM_24")
+    write_song(raw / "three.wav", 3, 3.0)
+    run(["dvc", "repro"], project)
+    decision = champion.promote(project, common.load_params(project / "params.yaml"))
+    assert decision["decision"] == "promoted"
+    return project
+
+
+@pytest.fixture
+def ui(promoted: Path, tmp_path: Path):
+    """`mlflow ui` on the project's store, bound to 127.0.0.1; stopped with its job workers."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([str(BIN / "mlflow"), "ui", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", "sqlite:///mlflow.db"], cwd=promoted,
+                            env=env(), stdout=(tmp_path / "ui.log").open("w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, \
+                (tmp_path / "ui.log").read_text()[-2000:]
+            time.sleep(0.5)
+        yield base
+    finally:
+        stop_group(proc)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed and `make test` "
+                                             "could not install it (it needs root)")
+def test_mlflow_ui_shows_runs_params_curves_champion_and_audio(promoted, ui, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    train = json.loads((promoted / "metrics" / "train.json").read_text())
+    run_id, version = train["mlflow_run_id"], train["model_version"]
+    run_info = httpx.get(f"{ui}/api/2.0/mlflow/runs/get", params={"run_id": run_id}).json()
+    exp, run_name = run_info["run"]["info"]["experiment_id"], run_info["run"]["info"]["run_name"]
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+
+        def show(name: str, url: str, expect: str) -> str:
+            """Open `url`, wait until `expect` is rendered, save a screenshot, return the text."""
+            page.goto(url)
+            page.get_by_text(expect, exact=True).first.wait_for(timeout=60_000)
+            page.wait_for_timeout(500)
+            page.screenshot(path=shots / f"{name}.png", full_page=True)
+            return page.inner_text("body")
+
+        runs = show("experiment", f"{ui}/#/experiments/{exp}/runs", run_name)
+        assert "rawtune" in runs and f"v{version}" in runs          # run listed with its model
+
+        show("run", f"{ui}/#/experiments/{exp}/runs/{run_id}", "val_loss")
+        # the run page's tables are virtualised: find each row through the table's search box
+        for box, names in (("Search metrics", ("loss", "val_loss", "baseline_repeat_last",
+                                               "eval_songs_ok", "eval_mean_fd_frames")),
+                           ("Search parameters", ("train.hidden", "train.cell",
+                                                  "fft_blocks.block_size"))):
+            for name in names:
+                page.get_by_placeholder(box).first.fill(name)
+                page.get_by_text(name, exact=True).first.wait_for(timeout=15_000)
+        page.screenshot(path=shots / "run-search.png")
+
+        show("curves", f"{ui}/#/experiments/{exp}/runs/{run_id}/model-metrics",
+             "baseline_repeat_last")
+        page.mouse.move(600, 600)                   # charts render as they scroll into view
+        for _ in range(60):
+            if page.get_by_text("val_loss", exact=True).count():
+                break
+            page.mouse.wheel(0, 600)
+            page.wait_for_timeout(250)
+        chart = page.get_by_text("val_loss", exact=True).first
+        chart.scroll_into_view_if_needed()
+        page.wait_for_timeout(1000)
+        page.screenshot(path=shots / "curves-val_loss.png")
+        assert page.locator("canvas, svg").count() > 0
+
+        show("model", f"{ui}/#/models/rawtune/versions/{version}", "rawtune.decision")
+        model = page.inner_text("body")
+        aliases = model[model.index("Aliases"):model.index("Stage")]
+        assert f"Version {version}" in model and "champion" in aliases, aliases
+        assert "promoted" in model                                  # the decision tag's value
+
+        show("artifacts", f"{ui}/#/experiments/{exp}/runs/{run_id}/artifacts", "generated")
+        page.get_by_text("generated", exact=True).first.click()
+        page.get_by_text("song_01.wav", exact=True).first.click()
+        page.locator("audio").first.wait_for(timeout=30_000)
+        page.screenshot(path=shots / "audio.png")
+        page.get_by_text("song_01.png", exact=True).first.click()
+        page.wait_for_function("[...document.images].some(i => i.src.startsWith('blob:') "
+                               "&& i.naturalWidth > 100)", timeout=30_000)
+        page.screenshot(path=shots / "spectrogram.png")
+        browser.close()
+    assert sorted(p.name for p in shots.iterdir()) == [
+        "artifacts.png", "audio.png", "curves-val_loss.png", "curves.png", "experiment.png", "model.png", "run-search.png",
+        "run.png", "spectrogram.png"]
