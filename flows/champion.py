@@ -122,7 +122,8 @@ def champion(client, name: str, uri: str) -> Contender | None:
     if mv is None:
         return None
     with store(uri):
-        model = mlflow.keras.load_model(f"models:/{name}/{mv.version}")
+        model = mlflow.keras.load_model(f"models:/{name}/{mv.version}",
+                                        load_model_kwargs={"safe_mode": True})
     return Contender(str(mv.version), model, run_normaliser(client, mv.run_id))
 
 

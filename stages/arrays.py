@@ -41,7 +41,7 @@ class NpyWriter:
 
 def read(path: str | Path) -> np.ndarray:
     """Open a .npy read-only and memory-mapped."""
-    return np.load(path, mmap_mode="r")
+    return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
 def read_rows(path: str | Path, start: int, stop: int) -> np.ndarray:

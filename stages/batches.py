@@ -52,7 +52,8 @@ class Normaliser:
 
     @classmethod
     def load(cls, tensors: Tensors, enabled: bool = True) -> "Normaliser":
-        return cls(np.load(tensors.path("mean")), np.load(tensors.path("var")), enabled)
+        return cls(np.load(tensors.path("mean"), allow_pickle=False),
+                   np.load(tensors.path("var"), allow_pickle=False), enabled)
 
     def forward(self, blocks: np.ndarray) -> np.ndarray:
         return ((blocks - self.mean) / self.std).astype(np.float32)

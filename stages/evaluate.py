@@ -144,7 +144,7 @@ def read_songs(npy_dir: Path, ids: list[str], seconds: float, rate: int) -> list
     for song_id in ids:
         path = npy_dir / f"{song_id}.npy"
         if path.is_file():
-            songs.append(np.array(np.load(path, mmap_mode="r")[:n], np.float64))
+            songs.append(np.array(np.load(path, mmap_mode="r", allow_pickle=False)[:n], np.float64))
     return songs
 
 

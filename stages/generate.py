@@ -69,7 +69,7 @@ def load_model(source: str):
     if source.startswith(("models:/", "runs:/")):
         import mlflow
         try:
-            return mlflow.keras.load_model(source)
+            return mlflow.keras.load_model(source, load_model_kwargs={"safe_mode": True})
         except Exception as err:  # noqa: BLE001 - any registry failure is the user's to fix
             raise UserError(f"MLflow model '{source}' could not be loaded "
                             f"({type(err).__name__}); check the name and alias.") from err

@@ -159,3 +159,18 @@ def test_unknown_fft_value_stops_dvc_with_one_sentence(project, raw):
     assert "error: params.yaml 'fft_blocks.fft' is 'dct'; allowed values are 'rfft', 'full'." in out.stderr
     assert "Traceback" not in out.stdout + out.stderr
     assert len(list((project / "data/interim/npy").glob("*.npy"))) == 3   # earlier work is kept
+
+
+def test_hostile_folder_and_file_names_are_data_never_shell(project):
+    """A music folder and file names with spaces, quotes, `$(...)` and unicode: every song is
+    processed, and nothing in a name is ever run by a shell."""
+    folder = project / "my music $(touch PWNED-dir) 'n' \"more\""
+    names = ["$(touch PWNED-file).mp3", "it's \"quoted\" `touch PWNED-tick`.flac",
+             "ünïcødé ♪ song.wav", "; touch PWNED-semi; .wav"]
+    for seed, name in enumerate(names, 1):
+        write_song(folder / name, seed, 1.5)
+    set_params(project / "params.yaml", {"data.raw_dir": str(folder)})
+    repro(project)
+    m = pd.read_parquet(project / "data/interim/manifest.parquet")
+    assert sorted(m["path"]) == sorted(names) and set(m["status"]) == {"ok"}
+    assert not list(project.rglob("PWNED*")) and not list(Path.cwd().glob("PWNED*"))
