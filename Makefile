@@ -26,8 +26,8 @@ $(VENV)/.synced: requirements.lock | $(UV)
 
 demo: setup
 	$(BIN)/python -m stages.synth data/raw/demo
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
-	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc metrics show
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+	@PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc metrics show
 	@echo "Done: new songs in data/generated/ (WAV + spectrogram PNG), model in models/model.keras, curves in metrics/train_curve.png."
 	@echo "Browse the runs, parameters, curves and registered model:  make ui   (then open http://127.0.0.1:5000)"
 
@@ -42,19 +42,19 @@ browser:
 	  else echo "note: chromium is not installed and installing it needs root; the MLflow UI test will be skipped."; fi; }
 
 test: setup browser
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
 
 ui: setup
 	$(BIN)/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) --backend-store-uri sqlite:///mlflow.db
 
 serve: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" PREFECT_SERVER_ANALYTICS_ENABLED=false \
+	PATH="$(abspath $(BIN)):$$PATH" PREFECT_SERVER_ANALYTICS_ENABLED=false \
 		$(BIN)/python -m flows.retrain serve --local-server $(PREFECT_PORT)
 
 bench: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/preprocess.py
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/train.py
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/flows.py
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/preprocess.py
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/train.py
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/flows.py
 
 lock: | $(UV)
 	$(UV) pip compile pyproject.toml --group dev --universal --python-version 3.11 \

@@ -1,0 +1,65 @@
+"""The README's first steps on a fresh clone: `git clone`, then `make demo` (with tiny params so
+it takes a minute), and the next steps it prints are true: the files it names exist and the
+command it gives for the MLflow UI serves the run. The clone reuses this test run's virtual
+environment (`make demo VENV=...`); building one from the lock file is what `make test` itself
+does on CI's fresh machine."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from flows.retrain import stop_group
+from tests.conftest import ROOT, SMALL_PARAMS, TINY_TRAIN, env, set_params
+from tests.test_ui import free_port
+
+TINY_DEMO = {**SMALL_PARAMS, **TINY_TRAIN, "demo.songs": 3, "demo.min_seconds": 3,
+             "demo.max_seconds": 4, "generate.seconds": 2, "generate.n_songs": 2,
+             "evaluate.reference_seconds": 3}
+
+
+@pytest.mark.slow
+def test_fresh_clone_make_demo_then_its_next_steps_work(tmp_path):
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    set_params(clone / "params.yaml", TINY_DEMO)
+    venv = Path(sys.executable).parent.parent
+    demo = subprocess.run(["make", "demo", f"VENV={venv}"], cwd=clone, env=env(),
+                          capture_output=True, text=True, timeout=900)
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    assert "Traceback" not in demo.stdout + demo.stderr
+
+    done = next(line for line in demo.stdout.splitlines() if line.startswith("Done:"))
+    for path in ("data/generated/", "models/model.keras", "metrics/train_curve.png"):
+        assert path in done and (clone / path).exists(), path
+    songs = sorted(p.name for p in (clone / "data/generated").iterdir())
+    assert songs == ["song_01.png", "song_01.wav", "song_02.png", "song_02.wav"]
+    evaluation = yaml.safe_load((clone / "metrics/eval.json").read_text())
+    assert len(evaluation["songs"]) == 2
+
+    browse = next(line for line in demo.stdout.splitlines() if line.startswith("Browse"))
+    assert "make ui" in browse and "http://127.0.0.1:5000" in browse
+    port = free_port()
+    ui = subprocess.Popen(["make", "ui", f"VENV={venv}", f"MLFLOW_PORT={port}"], cwd=clone,
+                          env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          start_new_session=True)
+    try:
+        base, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert ui.poll() is None and time.monotonic() < deadline, "make ui did not serve"
+            time.sleep(0.5)
+        runs = httpx.post(f"{base}/api/2.0/mlflow/runs/search",
+                          json={"experiment_ids": ["1"]}, timeout=10).json()["runs"]
+        assert [r["info"]["status"] for r in runs] == ["FINISHED"]
+    finally:
+        stop_group(ui)
