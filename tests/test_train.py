@@ -318,6 +318,44 @@ def test_resume_after_sigkill_continues_at_the_next_epoch_in_the_same_run(tmp_pa
     assert c.get_run(m["mlflow_run_id"]).info.status == "FINISHED"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_kill_9_of_dvc_repro_train_at_a_random_moment_then_repro_finishes_the_job(tmp_path, seed):
+    """SIGKILL to `dvc repro train` and everything under it at a random moment (importing,
+    compiling, mid-epoch, mid-checkpoint), then `dvc repro train` again."""
+    import sqlite3
+    import keras
+    epochs = 8
+    project = make_project(tmp_path / "project", {**TINY_TRAIN, "train.epochs": epochs,
+                                                   "train.batch_size": 2})
+    three_songs(project)
+    run(["dvc", "repro", "tensors"], project)
+    delay = float(np.random.default_rng(seed).uniform(2.0, 14.0))
+    proc = subprocess.Popen(["dvc", "repro", "train"], cwd=project, env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    time.sleep(delay)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    state_file = project / "models/checkpoints/state.json"
+    committed = json.loads(state_file.read_text()) if state_file.is_file() else None
+
+    again = run(["dvc", "repro", "train"], project)
+    if committed is not None:                         # resumes rather than restarts
+        assert f"resuming from the checkpoint of epoch {committed['epoch'] + 1}" in again.stderr
+    assert [int(r["epoch"]) for r in history(project)] == list(range(1, epochs + 1))
+    keras.saving.load_model(project / "models/model.keras", safe_mode=True)
+    assert not [p for p in (project / "models").rglob("*") if p.name.endswith(".tmp")]
+    with sqlite3.connect(project / "mlflow.db") as db:     # the store is not corrupted
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    m, c = metrics(project), client(project)
+    steps = [h.step for h in c.get_metric_history(m["mlflow_run_id"], "loss")]
+    assert sorted(steps) == list(range(1, epochs + 1))                  # each epoch once
+    assert c.get_run(m["mlflow_run_id"]).info.status == "FINISHED"
+    assert run(["dvc", "status", "train"], project).stdout.strip().endswith("up to date.")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
