@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from flows import champion
-from flows.pipeline import STAGES, pipeline
+from flows.pipeline import STAGES, RunInProgress, pipeline
 from flows.retrain import retrain, stop_group
 from stages.common import UserError
 from tests.conftest import (BIN, ROOT, TINY_TRAIN, env, make_project, run, run_stage, set_params,
@@ -95,6 +95,27 @@ def test_a_held_dvc_lock_is_retried_then_the_stage_runs(tmp_path):
     assert summary["ran"] == ["decode"]
     assert summary["attempts"]["decode"] >= 2, "the first attempt should have met the held lock"
     assert (project / "data" / "interim" / "manifest.parquet").is_file()
+
+
+def test_a_lock_held_past_the_retries_is_one_sentence_and_plain_dvc_says_so_too(tmp_path):
+    project = flow_project(tmp_path / "p", {"flows.retries": 0})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom dvc.lock import make_lock\n"
+         "lock = make_lock('.dvc/tmp/lock'); lock.lock(); print('held', flush=True)\n"
+         "time.sleep(float(sys.argv[1])); lock.unlock()", "30"],
+        cwd=project, env=env(), stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunInProgress, match=r"^another run is in progress in .*; wait for "
+                                                r"it to finish, or delete \.dvc/tmp/lock"):
+            pipeline(project=str(project), stages=["decode"])
+        plain = run(["dvc", "repro"], project, check=False)    # DVC's own one-line message
+        assert plain.returncode != 0 and "Traceback" not in plain.stdout + plain.stderr
+        assert [line for line in (plain.stdout + plain.stderr).splitlines()
+                if line.startswith("ERROR")] == [next(
+                    line for line in plain.stderr.splitlines() if "Unable to acquire lock" in line)]
+    finally:
+        stop_group(holder)
 
 
 def test_a_user_error_fails_the_flow_at_once_with_its_sentence(tmp_path):
