@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from stages import arrays, audio, common, fft_blocks, model as netlib
 from stages.batches import Normaliser, Tensors
@@ -286,7 +287,8 @@ def main(args) -> None:
     for old in out_dir.glob("song_*"):
         old.unlink()
     songs = []
-    for i in range(cfg.n_songs):
+    for i in tqdm(range(cfg.n_songs), desc="generate: writing", unit="song", disable=None,
+                  leave=False):   # WAV/MP3 + spectrogram; quiet when not a terminal
         samples = blocks_to_samples(norm.inverse(made[i]), layout, block_size, cfg.crossfade)
         samples = samples[: int(round(cfg.seconds * sample_rate))]
         samples, clipped = peak_safe(samples)
