@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,30 @@ def env() -> dict:
     e.pop("MLFLOW_TRACKING_URI", None)   # each project uses its own store unless a test says so
     e["DVC_NO_ANALYTICS"] = "1"
     return e
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_serving(url: str, proc: subprocess.Popen, timeout_s: float = 120,
+                       log: Path | None = None) -> None:
+    """Poll `url` until it answers 200; fail if `proc` exits first or time runs out."""
+    import httpx
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"{url} did not answer (exit {proc.poll()}):\n"
+                                 + (log.read_text()[-2000:] if log and log.is_file() else ""))
+        time.sleep(0.5)
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:

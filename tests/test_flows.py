@@ -7,7 +7,6 @@ import filecmp
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,8 +20,8 @@ from flows import champion
 from flows.pipeline import STAGES, RunInProgress, pipeline
 from flows.retrain import retrain, stop_group
 from stages.common import UserError
-from tests.conftest import (BIN, ROOT, TINY_TRAIN, env, make_project, run, run_stage, set_params,
-                            write_song)
+from tests.conftest import (BIN, ROOT, TINY_TRAIN, env, free_port, make_project, run, run_stage,
+                            set_params, wait_until_serving, write_song)
 
 FLOW_PARAMS = {**TINY_TRAIN, "generate.seconds": 2, "generate.n_songs": 2,
                "evaluate.reference_seconds": 3, "flows.retries": 3, "flows.retry_delay_s": 1}
@@ -196,11 +195,6 @@ def test_the_decision_rule_needs_the_minimum_improvement():
 
 # --- serving on a real Prefect server ----------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def wait_for(check, timeout: float, what: str):
     deadline = time.monotonic() + timeout
@@ -224,12 +218,7 @@ def test_serve_registers_the_cron_deployment_and_runs_a_triggered_run(served_pro
                               stderr=subprocess.STDOUT, start_new_session=True)
     serving = None
     try:
-        def healthy():
-            try:
-                return httpx.get(f"{api}/health", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-        wait_for(healthy, 90, "the Prefect server")
+        wait_until_serving(f"{api}/health", server, log=logs[0])
         serving = subprocess.Popen([sys.executable, "-m", "flows.retrain", "serve", "--project",
                                     str(served_project)], cwd=ROOT, env=server_env,
                                    stdout=logs[1].open("w"), stderr=subprocess.STDOUT,

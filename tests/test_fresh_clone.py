@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -15,8 +14,8 @@ import pytest
 import yaml
 
 from flows.retrain import stop_group
-from tests.conftest import ROOT, SMALL_PARAMS, TINY_TRAIN, env, set_params
-from tests.test_ui import free_port
+from tests.conftest import (ROOT, SMALL_PARAMS, TINY_TRAIN, env, free_port, set_params,
+                            wait_until_serving)
 
 TINY_DEMO = {**SMALL_PARAMS, **TINY_TRAIN, "demo.songs": 3, "demo.min_seconds": 3,
              "demo.max_seconds": 4, "generate.seconds": 2, "generate.n_songs": 2,
@@ -49,15 +48,8 @@ def test_fresh_clone_make_demo_then_its_next_steps_work(tmp_path):
                           env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                           start_new_session=True)
     try:
-        base, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert ui.poll() is None and time.monotonic() < deadline, "make ui did not serve"
-            time.sleep(0.5)
+        base = f"http://127.0.0.1:{port}"
+        wait_until_serving(f"{base}/health", ui)
         runs = httpx.post(f"{base}/api/2.0/mlflow/runs/search",
                           json={"experiment_ids": ["1"]}, timeout=10).json()["runs"]
         assert [r["info"]["status"] for r in runs] == ["FINISHED"]

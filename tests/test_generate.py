@@ -4,7 +4,6 @@ and a real `dvc repro generate` that attaches the songs to the training run in M
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,8 +20,8 @@ from stages import model as netlib
 from stages.batches import (EpochClock, Normaliser, Tensors, baseline_losses, dataset,
                             epoch_order)
 from stages.common import UserError
-from tests.conftest import (ROOT, TINY_TRAIN, env, make_project, run, run_stage, set_params,
-                            three_songs)
+from tests.conftest import (ROOT, TINY_TRAIN, env, free_port, make_project, run, run_stage,
+                            set_params, three_songs)
 
 
 # --- tensors made by hand -------------------------------------------------------------------------
@@ -355,11 +353,6 @@ def test_kill_9_of_dvc_repro_train_at_a_random_moment_then_repro_finishes_the_jo
     assert c.get_run(m["mlflow_run_id"]).info.status == "FINISHED"
     assert run(["dvc", "status", "train"], project).stdout.strip().endswith("up to date.")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

@@ -5,11 +5,8 @@ then `mlflow ui` (the command `make ui` runs) on a free loopback port, opened in
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -18,17 +15,13 @@ import pytest
 from flows import champion
 from flows.retrain import stop_group
 from stages import common
-from tests.conftest import BIN, TINY_TRAIN, env, make_project, run, write_song
+from tests.conftest import (BIN, TINY_TRAIN, env, free_port, make_project, run,
+                            wait_until_serving, write_song)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 UI_PARAMS = {**TINY_TRAIN, "generate.seconds": 2, "generate.n_songs": 2,
              "evaluate.reference_seconds": 3}
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -55,16 +48,7 @@ def ui(promoted: Path, tmp_path: Path):
                             env=env(), stdout=(tmp_path / "ui.log").open("w"),
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, \
-                (tmp_path / "ui.log").read_text()[-2000:]
-            time.sleep(0.5)
+        wait_until_serving(f"{base}/health", proc, log=tmp_path / "ui.log")
         yield base
     finally:
         stop_group(proc)
