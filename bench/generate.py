@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stages import common, generate, model as netlib  # noqa: E402
+from stages import config, generate, model as netlib  # noqa: E402
 
 
 def ours(stepper, seed: np.ndarray, n_blocks: int, layout: str, block: int) -> float:
@@ -57,13 +57,13 @@ def main() -> None:
     args = parser.parse_args()
 
     keras = netlib.import_keras()
-    params = common.load_params(args.params)
+    params = config.load_params(args.params)
     cfg = netlib.ModelConfig.from_params(params)
-    block = common.param(params, "fft_blocks.block_size", int)
-    layout = common.param(params, "fft_blocks.fft", str)
-    rate = common.param(params, "decode.sample_rate", int)
-    n_songs = common.param(params, "generate.n_songs", int)
-    k = common.param(params, "generate.seed_blocks", int)
+    block = config.param(params, "fft_blocks.block_size", int)
+    layout = config.param(params, "fft_blocks.fft", str)
+    rate = config.param(params, "decode.sample_rate", int)
+    n_songs = config.param(params, "generate.n_songs", int)
+    k = config.param(params, "generate.seed_blocks", int)
     n_feat = block if layout == "rfft" else 2 * block
     keras.utils.set_random_seed(0)
     model = netlib.build_model(cfg, None, n_feat)

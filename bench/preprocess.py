@@ -34,7 +34,7 @@ import soundfile as sf  # noqa: E402
 import soxr  # noqa: E402
 import yaml  # noqa: E402
 
-from stages import common, synth  # noqa: E402
+from stages import config, synth  # noqa: E402
 from stages.fft_blocks import to_blocks  # noqa: E402
 
 PROJECT_FILES = ["stages", "dvc.yaml", "params.yaml", ".gitignore", "data/.gitignore",
@@ -333,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    params = common.load_params(ROOT / "params.yaml")
+    params = config.load_params(ROOT / "params.yaml")
     if args.block_size:                                # both ways, e.g. the seed's own 2048
         params["fft_blocks"]["block_size"] = args.block_size
     block_size, max_seq_len = params["fft_blocks"]["block_size"], params["tensors"]["max_seq_len"]

@@ -36,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stages import common, model as netlib  # noqa: E402
+from stages import config, model as netlib  # noqa: E402
 from stages.batches import EpochClock, Normaliser, Tensors, dataset  # noqa: E402
 
 
@@ -102,7 +102,7 @@ def real_corpus(corpus: Path, epochs: int, tmp: Path) -> dict:
     import yaml
     sys.path.insert(0, str(ROOT / "bench"))
     from preprocess import ENV, make_project  # the preprocessing benchmark's project copy
-    params = common.load_params(ROOT / "params.yaml")
+    params = config.load_params(ROOT / "params.yaml")
     project = make_project(tmp / "project", corpus, params["fft_blocks"]["block_size"])
     t = time.perf_counter()
     subprocess.run(["dvc", "repro", "tensors"], cwd=project, env=ENV, check=True,
@@ -146,14 +146,14 @@ def main() -> None:
     args = parser.parse_args()
 
     netlib.import_keras()
-    params = common.load_params(args.params)
+    params = config.load_params(args.params)
     base = netlib.ModelConfig.from_params(params)
-    block = common.param(params, "fft_blocks.block_size", int)
-    layout = common.param(params, "fft_blocks.fft", str)
+    block = config.param(params, "fft_blocks.block_size", int)
+    layout = config.param(params, "fft_blocks.fft", str)
     n_feat = block if layout == "rfft" else 2 * block
-    seq_len = common.param(params, "tensors.max_seq_len", int)
-    rate = common.param(params, "decode.sample_rate", int)
-    default_batch = common.param(params, "train.batch_size", int)
+    seq_len = config.param(params, "tensors.max_seq_len", int)
+    rate = config.param(params, "decode.sample_rate", int)
+    default_batch = config.param(params, "train.batch_size", int)
     seq_per_minute = 60 * rate / block / seq_len
 
     peak32, peak16 = matmul_peak("float32"), matmul_peak("bfloat16")

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stages import arrays, common
+from stages import arrays, config, files
 from stages.batches import Normaliser, Tensors
-from stages.common import UserError
+from stages.config import UserError
 
 log = logging.getLogger("rawtune")
 
@@ -139,11 +139,11 @@ def promote(project: Path, params: dict) -> dict:
     from mlflow import MlflowClient
     from stages.generate import load_model
 
-    metric = common.param(params, "flows.metric", str, choices=METRICS)
-    min_improvement = common.param(params, "flows.min_improvement", (int, float), minimum=0)
-    name = common.param(params, "tracking.model_name", str)
-    loss = common.param(params, "train.loss", str)
-    train = common.read_json(project / "metrics" / "train.json") or {}
+    metric = config.param(params, "flows.metric", str, choices=METRICS)
+    min_improvement = config.param(params, "flows.min_improvement", (int, float), minimum=0)
+    name = config.param(params, "tracking.model_name", str)
+    loss = config.param(params, "train.loss", str)
+    train = files.read_json(project / "metrics" / "train.json") or {}
     version = train.get("model_version")
     if not version:
         raise UserError("The last training run registered no model (tracking was off); run the "
@@ -151,9 +151,9 @@ def promote(project: Path, params: dict) -> dict:
     uri = project_uri(params, project)
     client = MlflowClient(uri, uri)
 
-    tensors = Tensors(project / "data" / "processed", common.param(params, "tensors.name", str))
+    tensors = Tensors(project / "data" / "processed", config.param(params, "tensors.name", str))
     tensors.check()
-    current = Normaliser.load(tensors, common.param(params, "train.normalise", bool))
+    current = Normaliser.load(tensors, config.param(params, "train.normalise", bool))
     challenger = Contender(str(version), load_model(str(project / "models" / "model.keras")),
                            current)
     champ = champion(client, name, uri)

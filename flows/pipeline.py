@@ -27,8 +27,8 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 from prefect import flow, get_run_logger, task          # noqa: E402
 from prefect.runtime import task_run as current_task   # noqa: E402
 
-from stages import common                               # noqa: E402
-from stages.common import UserError                     # noqa: E402
+from stages import config, files                               # noqa: E402
+from stages.config import UserError                     # noqa: E402
 
 STAGES = ("decode", "wav_to_npy", "fft_blocks", "tensors", "train", "generate", "evaluate")
 LOCK_MESSAGE = "Unable to acquire lock"
@@ -126,8 +126,8 @@ def stage_task(stage: str, project: str) -> dict:
 
 
 def summarise(project: Path, results: list[dict]) -> dict:
-    train = common.read_json(project / "metrics" / "train.json") or {}
-    evaluation = common.read_json(project / "metrics" / "eval.json") or {}
+    train = files.read_json(project / "metrics" / "train.json") or {}
+    evaluation = files.read_json(project / "metrics" / "eval.json") or {}
     return dict(
         ran=[r["stage"] for r in results if r["ran"]],
         up_to_date=[r["stage"] for r in results if not r["ran"]],
@@ -141,12 +141,12 @@ def summarise(project: Path, results: list[dict]) -> dict:
 
 
 def project_params(project: Path) -> dict:
-    return common.load_params(Path(project) / common.PARAMS_FILE)
+    return config.load_params(Path(project) / config.PARAMS_FILE)
 
 
 def retry_settings(params: dict) -> tuple[int, float]:
-    return (common.param(params, "flows.retries", int, minimum=0),
-            common.param(params, "flows.retry_delay_s", (int, float), minimum=0))
+    return (config.param(params, "flows.retries", int, minimum=0),
+            config.param(params, "flows.retry_delay_s", (int, float), minimum=0))
 
 
 @flow(name="rawtune-pipeline", log_prints=True)

@@ -27,8 +27,8 @@ from flows.pipeline import (BUSY, LOCK_MESSAGE, RunInProgress, dvc_executable, n
                             retry_settings)
 from prefect import flow, get_run_logger, task
 
-from stages import common
-from stages.common import UserError
+from stages import config
+from stages.config import UserError
 
 
 @task(name="dvc-status", retry_condition_fn=only_transient)
@@ -50,7 +50,7 @@ def has_champion(params: dict, project: Path) -> bool:
     from flows import champion
     uri = champion.project_uri(params, project)
     return champion.champion_version(MlflowClient(uri, uri),
-                                     common.param(params, "tracking.model_name", str)) is not None
+                                     config.param(params, "tracking.model_name", str)) is not None
 
 
 @task(name="promote", retry_condition_fn=not_user_error)
@@ -131,8 +131,8 @@ def serve(project: Path) -> None:
                         "server start` and set PREFECT_API_URL (the ephemeral API cannot "
                         "schedule runs).")
     params = project_params(project)
-    cron = common.param(params, "flows.schedule", str)
-    name = common.param(params, "flows.deployment", str)
+    cron = config.param(params, "flows.schedule", str)
+    name = config.param(params, "flows.deployment", str)
     retrain.serve(name=name, cron=cron, parameters={"project": str(project.resolve())},
                   description="Retrain on new songs or params; promote the champion only when "
                               "the challenger wins.")

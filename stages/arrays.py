@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.format import open_memmap
 
-from stages import common
+from stages import files
 
 
 class NpyWriter:
@@ -19,7 +19,7 @@ class NpyWriter:
     def __init__(self, path: str | Path, shape: tuple[int, ...], dtype=np.float32):
         self.path = Path(path)
         self.shape = tuple(shape)
-        self._atomic = common.atomic_path(self.path)
+        self._atomic = files.atomic_path(self.path)
         self.tmp = self._atomic.__enter__()
         mm = open_memmap(self.tmp, mode="w+", dtype=dtype, shape=self.shape)  # header, sparse body
         del mm

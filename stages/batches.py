@@ -7,37 +7,11 @@ batches an uninterrupted one would have seen.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
 
 from stages import arrays
-from stages.common import UserError
-
-
-@dataclass(frozen=True)
-class Tensors:
-    """The paths of the `tensors` stage's outputs for one dataset name."""
-    folder: Path
-    name: str
-
-    def path(self, suffix: str) -> Path:
-        return self.folder / f"{self.name}_{suffix}.npy"
-
-    def check(self) -> None:
-        for suffix in ("x", "y", "mean", "var"):
-            if not self.path(suffix).is_file():
-                raise UserError(f"Training tensor '{self.path(suffix)}' not found; "
-                                "run `dvc repro tensors` first.")
-
-    def n_sequences(self, split: str = "") -> int:
-        path = self.path(f"{split}x" if split else "x")
-        return arrays.shape_of(path)[0] if path.is_file() else 0
-
-    def shape(self) -> tuple[int, int]:
-        """(max_seq_len, n_features)."""
-        return tuple(arrays.shape_of(self.path("x"))[1:])
+from stages.config import UserError
+from stages.tensor_files import Tensors
 
 
 class Normaliser:
@@ -111,26 +85,50 @@ def dataset(tensors: Tensors, split: str, batch_size: int, norm: Normaliser,
 BASELINES = ("zero_block", "repeat_last", "train_mean")
 
 
-def baseline_losses(tensors: Tensors, norm: Normaliser, loss: str = "mse", split: str = "val_",
-                    chunk: int = 16) -> dict[str, float]:
-    """The loss, in the space the model is trained in, of three predictors that learn nothing:
-    the zero block (silence), the last block repeated (y_t = x_t) and the training mean.
-    Averaged over every element of the split, like Keras averages the model's loss; streamed in
-    chunks of sequences."""
+def streamed_losses(tensors: Tensors, predictors: dict, norm: Normaliser, loss: str = "mse",
+                    split: str = "val_", chunk: int = 16) -> dict[str, float]:
+    """The loss of each predictor (raw x chunk -> prediction in `norm`'s units) against the
+    normalised y of the split, averaged over every element as Keras averages a model's loss;
+    streamed in chunks of sequences, so no split is ever loaded whole."""
     x = arrays.read(tensors.path(f"{split}x"))
     y = arrays.read(tensors.path(f"{split}y"))
     err = (lambda d: d * d) if loss == "mse" else np.abs
-    zero_pred = norm.forward(np.zeros_like(norm.mean))
-    mean_pred = norm.forward(norm.train_mean)
-    sums = dict.fromkeys(BASELINES, 0.0)
+    sums = dict.fromkeys(predictors, 0.0)
     count = 0
     for start in range(0, x.shape[0], chunk):
-        xs, ys = norm.forward(np.asarray(x[start:start + chunk])), norm.forward(
-            np.asarray(y[start:start + chunk]))
-        sums["zero_block"] += float(err(ys - zero_pred).sum(dtype=np.float64))
-        sums["repeat_last"] += float(err(ys - xs).sum(dtype=np.float64))
-        sums["train_mean"] += float(err(ys - mean_pred).sum(dtype=np.float64))
-        count += ys.size
+        xs = np.asarray(x[start:start + chunk])
+        target = norm.forward(np.asarray(y[start:start + chunk]))
+        for name, predict in predictors.items():
+            sums[name] += float(err(target - predict(xs)).sum(dtype=np.float64))
+        count += target.size
     if count == 0:
         return {}
     return {k: v / count for k, v in sums.items()}
+
+
+def baseline_losses(tensors: Tensors, norm: Normaliser, loss: str = "mse", split: str = "val_",
+                    chunk: int = 16) -> dict[str, float]:
+    """The loss, in the space the model is trained in, of three predictors that learn nothing:
+    the zero block (silence), the last block repeated (y_t = x_t) and the training mean."""
+    zero_pred = norm.forward(np.zeros_like(norm.mean))
+    mean_pred = norm.forward(norm.train_mean)
+    return streamed_losses(tensors, {"zero_block": lambda xs: zero_pred,
+                                     "repeat_last": norm.forward,
+                                     "train_mean": lambda xs: mean_pred}, norm, loss, split, chunk)
+
+
+def model_loss(model, model_norm: Normaliser, tensors: Tensors, current: Normaliser,
+               loss: str = "mse", chunk: int = 16) -> float:
+    """A model's validation loss in `current`'s normalised units: it reads the songs through its
+    own normalisation (`model_norm`, from its training run), its prediction is de-normalised with
+    those statistics and re-normalised with the current ones, so a model trained before new songs
+    changed the statistics is judged on equal terms. For a model trained on the current data this
+    is the `val_loss` its training reported."""
+    if tensors.n_sequences("val_") == 0:
+        raise UserError(f"'{tensors.path('val_x')}' holds no validation sequences; a model can "
+                        "only be scored with at least two songs.")
+
+    def predict(xs: np.ndarray) -> np.ndarray:
+        pred = np.asarray(model.predict_on_batch(model_norm.forward(xs)))
+        return current.forward(model_norm.inverse(pred))
+    return streamed_losses(tensors, {"model": predict}, current, loss, "val_", chunk)["model"]

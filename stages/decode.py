@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stages import audio, common
-from stages.common import UserError
+from stages import audio, config, files, manifest, pool
+from stages.config import UserError
 
 log = logging.getLogger("rawtune.decode")
 
@@ -22,11 +22,11 @@ def list_audio_candidates(raw_dir: Path) -> list[Path]:
     if not raw_dir.is_dir():
         raise UserError(f"Audio folder '{raw_dir}' does not exist; put your songs there or set "
                         "data.raw_dir in params.yaml.")
-    files = sorted(p for p in raw_dir.rglob("*") if p.is_file()
+    found = sorted(p for p in raw_dir.rglob("*") if p.is_file()
                    and not any(part.startswith(".") for part in p.relative_to(raw_dir).parts))
-    if not files:
+    if not found:
         raise UserError(f"Audio folder '{raw_dir}' is empty; put MP3/FLAC/OGG/WAV files there.")
-    return files
+    return found
 
 
 def unusable(name: str, frames: int, peak_dbfs: float, sample_rate: int, min_frames: int,
@@ -49,7 +49,7 @@ def decode_song(src: str, dst: str, sample_rate: int, min_frames: int, silence_d
     row = dict(status="skipped", reason="", seconds=0.0, sample_rate_in=0, channels_in=0,
                frames=0, peak_dbfs=-np.inf)
     try:
-        with common.atomic_path(dst) as tmp:
+        with files.atomic_path(dst) as tmp:
             info = audio.decode_to_wav(src, tmp, sample_rate)
             row.update(seconds=info.seconds, sample_rate_in=info.sample_rate_in,
                        channels_in=info.channels_in, frames=info.frames_out,
@@ -81,7 +81,7 @@ def renamed_reason(reason: str, old_name: str, new_name: str) -> str:
     return new_name + reason[len(old_name):] if reason.startswith(old_name) else reason
 
 
-def plan(files: list[Path], raw_dir: Path, old: list[dict], wav_dir: Path, sample_rate: int,
+def plan(candidates: list[Path], raw_dir: Path, old: list[dict], wav_dir: Path, sample_rate: int,
          min_frames: int, silence_dbfs: float) -> tuple[list, list]:
     """Split files into rows known already (same file, or same content already decoded) and
     songs to decode. Returns (rows, todo) where todo items are (row, src, dst). A new block size
@@ -91,7 +91,7 @@ def plan(files: list[Path], raw_dir: Path, old: list[dict], wav_dir: Path, sampl
     for r in old:  # first row per id: a later one is a duplicate ("same content as")
         old_by_id.setdefault(r["id"], r)
     rows, todo, first_path = [], [], {}
-    for f in files:
+    for f in candidates:
         rel = f.relative_to(raw_dir).as_posix()
         st = f.stat()
         base = dict(path=rel, size=st.st_size, mtime_ns=st.st_mtime_ns, seconds=0.0,
@@ -139,46 +139,46 @@ def plan(files: list[Path], raw_dir: Path, old: list[dict], wav_dir: Path, sampl
 
 
 def main(args) -> None:
-    params = common.load_params(args.params)
-    raw_dir = Path(args.raw if args.raw is not None else common.param(params, "data.raw_dir", str))
-    sample_rate = common.param(params, "decode.sample_rate", int, minimum=1000)
-    silence_dbfs = common.param(params, "decode.silence_dbfs", (int, float))
-    pool = common.SongPool.from_params(params)
-    block_size = common.param(params, "fft_blocks.block_size", int, minimum=2)
+    params = config.load_params(args.params)
+    raw_dir = Path(args.raw if args.raw is not None else config.param(params, "data.raw_dir", str))
+    audio_cfg = config.AudioConfig.from_params(params)
+    sample_rate, block_size = audio_cfg.sample_rate, audio_cfg.block_size
+    silence_dbfs = config.param(params, "decode.silence_dbfs", (int, float))
+    song_pool = pool.SongPool.from_params(params)
     wav_dir, manifest_path = Path(args.out), Path(args.manifest)
 
-    files = list_audio_candidates(raw_dir)
+    candidates = list_audio_candidates(raw_dir)
     stamp = dict(sample_rate=sample_rate,
-                 code=common.source_digest("stages.audio", "stages.decode"))
-    kept = common.prepare_out_dir(wav_dir, stamp)
-    old = common.read_manifest(manifest_path) if kept and manifest_path.is_file() else []
+                 code=pool.source_digest("stages.audio", "stages.decode"))
+    kept = pool.prepare_out_dir(wav_dir, stamp)
+    old = manifest.read_manifest(manifest_path) if kept and manifest_path.is_file() else []
 
-    rows, todo = plan(files, raw_dir, old, wav_dir, sample_rate, block_size, silence_dbfs)
-    log.info("%d files in %s: %d to decode, %d already done", len(files), raw_dir, len(todo),
+    rows, todo = plan(candidates, raw_dir, old, wav_dir, sample_rate, block_size, silence_dbfs)
+    log.info("%d files in %s: %d to decode, %d already done", len(candidates), raw_dir, len(todo),
              len(rows) - len(todo))
-    results = common.map_songs(decode_song, [(os.path.abspath(src), os.path.abspath(dst), sample_rate,
+    results = pool.map_songs(decode_song, [(os.path.abspath(src), os.path.abspath(dst), sample_rate,
                                               block_size, silence_dbfs) for _, src, dst in todo],
-                               pool, "decode")   # absolute: a Dask worker has its own cwd
+                               song_pool, "decode")   # absolute: a Dask worker has its own cwd
     for (row, _, _), result in zip(todo, results):
         row.update(result)
 
     ok = [r for r in rows if r["status"] == "ok"]
     ok_ids = {r["id"] for r in ok}
-    common.remove_stale_tmp(manifest_path.parent)
-    common.write_manifest(manifest_path, rows)
+    files.remove_stale_tmp(manifest_path.parent)
+    manifest.write_manifest(manifest_path, rows)
     for r in rows:
         if r["status"] == "skipped":
             log.warning("skipped: %s", r["reason"])
     if not ok_ids:  # fail before pruning: the WAVs of an earlier good run are kept
-        raise UserError(f"No usable audio in '{raw_dir}': all {len(files)} files were skipped "
+        raise UserError(f"No usable audio in '{raw_dir}': all {len(candidates)} files were skipped "
                         f"(reasons in {manifest_path}).")
-    removed = common.prune(wav_dir, ok_ids, ".wav")
+    removed = pool.prune(wav_dir, ok_ids, ".wav")
     log.info("%d songs ready (%.1f min), %d skipped, %d removed; manifest: %s", len(ok_ids),
              sum(r["seconds"] for r in ok) / 60, len(rows) - len(ok), removed, manifest_path)
 
 
 def build_parser():
-    parser = common.stage_parser(__doc__)
+    parser = config.stage_parser(__doc__)
     parser.add_argument("--raw", default=None,
                         help="folder of audio files (default: params.yaml data.raw_dir)")
     parser.add_argument("--out", default="data/interim/wav", help="WAV folder (default: %(default)s)")
@@ -188,4 +188,4 @@ def build_parser():
 
 
 if __name__ == "__main__":
-    common.cli(main, build_parser())
+    config.cli(main, build_parser())

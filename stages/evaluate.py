@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stages import common, quality
-from stages.common import UserError
+from stages import config, files, quality
+from stages.config import UserError
 
 log = logging.getLogger("rawtune")
 
@@ -35,7 +35,7 @@ class Thresholds:
 
     @classmethod
     def from_params(cls, params: dict) -> "Thresholds":
-        p = lambda key: float(common.param(params, f"evaluate.{key}", (int, float)))  # noqa: E731
+        p = lambda key: float(config.param(params, f"evaluate.{key}", (int, float)))  # noqa: E731
         return cls(**{k: p(k) for k in cls.__dataclass_fields__})
 
 
@@ -152,11 +152,11 @@ def main(args) -> None:
     import pyarrow.parquet as pq
     import soundfile as sf
     from stages import tracking
-    params = common.load_params(args.params)
+    params = config.load_params(args.params)
     th = Thresholds.from_params(params)
-    rate = common.param(params, "decode.sample_rate", int, minimum=1)
-    block_size = common.param(params, "fft_blocks.block_size", int, minimum=1)
-    name = common.param(params, "tensors.name", str)
+    rate = config.param(params, "decode.sample_rate", int, minimum=1)
+    block_size = config.param(params, "fft_blocks.block_size", int, minimum=1)
+    name = config.param(params, "tensors.name", str)
     index_path = Path(args.data) / f"{name}_index.parquet"
     if not index_path.is_file():
         raise UserError(f"'{index_path}' not found; run `dvc repro tensors` first.")
@@ -202,7 +202,7 @@ def main(args) -> None:
         values = [r[key] for r in results if r.get(key) is not None]
         if values:
             summary[f"mean_{key}"] = round(float(np.mean(values)), 4)
-    common.write_json(args.metrics, summary)
+    files.write_json(args.metrics, summary)
 
     tracker = tracking.join_run(params, train.get("mlflow_run_id"))
     if tracker is not None:
@@ -218,7 +218,7 @@ def main(args) -> None:
 
 
 def build_parser():
-    parser = common.stage_parser(__doc__)
+    parser = config.stage_parser(__doc__)
     parser.add_argument("--generated", default="data/generated",
                         help="the generated songs (default: %(default)s)")
     parser.add_argument("--data", default="data/processed",
@@ -233,4 +233,4 @@ def build_parser():
 
 
 if __name__ == "__main__":
-    common.cli(main, build_parser())
+    config.cli(main, build_parser())

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stages import arrays, common
+from stages import arrays, config, pool
 
-LAYOUTS = ("rfft", "full")
 CHUNK_BLOCKS = 256
 
 
@@ -74,22 +73,22 @@ def fft_song(src: str, dst: str, block_size: int, layout: str) -> int:
 
 
 def main(args) -> None:
-    params = common.load_params(args.params)
-    block_size = common.param(params, "fft_blocks.block_size", int, minimum=2)
-    layout = common.param(params, "fft_blocks.fft", str, choices=LAYOUTS)
-    pool = common.SongPool.from_params(params)
-    stamp = dict(block_size=block_size, fft=layout,
-                 code=common.source_digest("stages.arrays", "stages.fft_blocks"))
-    common.sync_songs(Path(args.npy), ".npy", Path(args.out), stamp, fft_song,
-                      (block_size, layout), pool, "fft_blocks")
+    params = config.load_params(args.params)
+    audio = config.AudioConfig.from_params(params)
+    song_pool = pool.SongPool.from_params(params)
+    # every audio setting: a song's samples change with the rate and scale, not its id; the
+    # tensors stage reads them from here and writes them beside the tensors
+    stamp = dict(audio=audio.as_dict(), code=pool.source_digest("stages.arrays", "stages.fft_blocks"))
+    pool.sync_songs(Path(args.npy), ".npy", Path(args.out), stamp, fft_song,
+                    (audio.block_size, audio.layout), song_pool, "fft_blocks")
 
 
 def build_parser():
-    parser = common.stage_parser(__doc__)
+    parser = config.stage_parser(__doc__)
     parser.add_argument("--npy", default="data/interim/npy", help="npy folder (default: %(default)s)")
     parser.add_argument("--out", default="data/interim/fft", help="FFT folder (default: %(default)s)")
     return parser
 
 
 if __name__ == "__main__":
-    common.cli(main, build_parser())
+    config.cli(main, build_parser())

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from stages import arrays, audio, common, fft_blocks, model as netlib
+from stages import arrays, audio, config, fft_blocks, files, model as netlib
 from stages.batches import Normaliser, Tensors
-from stages.common import UserError
+from stages.config import UserError
 
 log = logging.getLogger("rawtune")
 
@@ -46,7 +46,7 @@ class GenerateConfig:
 
     @classmethod
     def from_params(cls, params: dict) -> "GenerateConfig":
-        p = lambda key, *a, **k: common.param(params, f"generate.{key}", *a, **k)  # noqa: E731
+        p = lambda key, *a, **k: config.param(params, f"generate.{key}", *a, **k)  # noqa: E731
         seconds = p("seconds", (int, float))
         if seconds <= 0:
             raise UserError(f"params.yaml 'generate.seconds' must be above 0, got {seconds}.")
@@ -178,7 +178,7 @@ def peak_safe(samples: np.ndarray) -> tuple[np.ndarray, float]:
 
 def write_song(samples: np.ndarray, path: Path, sample_rate: int, fmt: str) -> None:
     import soundfile as sf
-    with common.atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
         if fmt == "mp3":
             sf.write(str(tmp), samples, sample_rate, format="MP3")
         else:
@@ -242,14 +242,14 @@ def train_run_id(path: Path) -> str | None:
 def main(args) -> None:
     import time
     from stages import plots, tracking
-    params = common.load_params(args.params)
+    params = config.load_params(args.params)
     cfg = GenerateConfig.from_params(params)
-    block_size = common.param(params, "fft_blocks.block_size", int, minimum=1)
-    layout = common.param(params, "fft_blocks.fft", str, fft_blocks.LAYOUTS)
-    sample_rate = common.param(params, "decode.sample_rate", int, minimum=1)
-    scale = common.param(params, "wav_to_npy.scale", (int, float))
-    normalise = common.param(params, "train.normalise", bool)
-    tensors = Tensors(Path(args.data), common.param(params, "tensors.name", str))
+    block_size = config.param(params, "fft_blocks.block_size", int, minimum=1)
+    layout = config.param(params, "fft_blocks.fft", str, fft_blocks.LAYOUTS)
+    sample_rate = config.param(params, "decode.sample_rate", int, minimum=1)
+    scale = config.param(params, "wav_to_npy.scale", (int, float))
+    normalise = config.param(params, "train.normalise", bool)
+    tensors = Tensors(Path(args.data), config.param(params, "tensors.name", str))
     tensors.check()
     model_source = args.model or cfg.model
     n_feat = tensors.shape()[1]
@@ -283,7 +283,7 @@ def main(args) -> None:
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    common.remove_stale_tmp(out_dir)
+    files.remove_stale_tmp(out_dir)
     for old in out_dir.glob("song_*"):
         old.unlink()
     songs = []
@@ -306,7 +306,7 @@ def main(args) -> None:
     summary = dict(songs=songs, n_songs=cfg.n_songs, seconds=cfg.seconds, blocks=n_blocks,
                    generation_s=round(wall, 3), realtime_factor=round(audio_seconds / wall, 1),
                    model=model_source)
-    common.write_json(args.metrics, summary)
+    files.write_json(args.metrics, summary)
     log.info("%d song(s) -> %s (%.1f s of audio in %.1f s: %.0fx real time)", cfg.n_songs, out_dir,
              audio_seconds, wall, audio_seconds / wall)
 
@@ -323,7 +323,7 @@ def main(args) -> None:
 
 
 def build_parser():
-    parser = common.stage_parser(__doc__)
+    parser = config.stage_parser(__doc__)
     parser.add_argument("--data", default="data/processed",
                         help="the tensors stage's folder (default: %(default)s)")
     parser.add_argument("--model", default=None,
@@ -338,4 +338,4 @@ def build_parser():
 
 
 if __name__ == "__main__":
-    common.cli(main, build_parser())
+    config.cli(main, build_parser())

@@ -2,15 +2,21 @@
 
 It maps a sequence of (normalised) FFT blocks to the sequence of next blocks. `train` builds and
 compiles it from params.yaml `train:`; `generate` rebuilds the same layers as a one-step model
-that carries the recurrent state.
+that carries the recurrent state. A saved model carries the audio settings of the data it was
+trained on (`rawtune_audio.json` inside the .keras file, `rawtune_audio` in an MLflow model's
+metadata), and `load` returns them beside the model.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
+import zipfile
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
-from stages import common
+from stages import config
+from stages.config import AudioConfig, UserError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # TensorFlow's start-up chatter, not errors
 
@@ -53,13 +59,13 @@ class ModelConfig:
 
     @classmethod
     def from_params(cls, params: dict) -> "ModelConfig":
-        p = lambda key, *a, **k: common.param(params, f"train.{key}", *a, **k)  # noqa: E731
+        p = lambda key, *a, **k: config.param(params, f"train.{key}", *a, **k)  # noqa: E731
         dropout = p("dropout", (int, float), minimum=0)
         if dropout >= 1:
-            raise common.UserError(f"params.yaml 'train.dropout' must be below 1, got {dropout}.")
+            raise config.UserError(f"params.yaml 'train.dropout' must be below 1, got {dropout}.")
         lr = p("learning_rate", (int, float))
         if lr <= 0:
-            raise common.UserError(f"params.yaml 'train.learning_rate' must be above 0, got {lr}.")
+            raise config.UserError(f"params.yaml 'train.learning_rate' must be above 0, got {lr}.")
         return cls(cell=p("cell", str, CELLS), hidden=p("hidden", int, minimum=1),
                    layers=p("layers", int, minimum=1), dropout=float(dropout),
                    loss=p("loss", str, LOSSES), optimizer=p("optimizer", str, OPTIMIZERS),
@@ -105,3 +111,62 @@ def flops_per_sequence(cfg: ModelConfig, seq_len: int, n_features: int) -> float
     per_block = 2 * n_features * cfg.hidden * 2                        # encode + decode
     per_block += cfg.layers * 2 * gates * 2 * cfg.hidden * cfg.hidden  # input + recurrent kernels
     return 3.0 * seq_len * per_block
+
+
+# --- saving and loading, with the audio settings -------------------------------------------------
+
+AUDIO_ENTRY = "rawtune_audio.json"   # inside the .keras zip; Keras ignores entries it does not know
+
+
+def save(model, path: str | Path, audio: AudioConfig | None, with_optimizer: bool = False) -> None:
+    """Save atomically (Keras wants the .keras suffix, so the temp name keeps it), with the audio
+    settings inside. Without the optimizer, the saved model is an uncompiled view of the same
+    layers: half the size."""
+    keras = import_keras()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
+    target = model if with_optimizer else keras.Model(model.inputs, model.outputs,
+                                                       name=model.name)
+    try:
+        target.save(tmp)
+        if audio is not None:
+            with zipfile.ZipFile(tmp, "a") as z:
+                z.writestr(AUDIO_ENTRY, json.dumps(audio.as_dict(), sort_keys=True))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def remove_stale_tmp(folder: Path) -> None:
+    """Leftovers of a `save` killed half-way."""
+    if folder.is_dir():
+        for leftover in folder.glob(".*.tmp.keras"):
+            leftover.unlink(missing_ok=True)
+
+
+def saved_audio(path: str | Path) -> AudioConfig | None:
+    """The audio settings saved in a .keras file (None for a model saved without them)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return AudioConfig.from_dict(json.loads(z.read(AUDIO_ENTRY)))
+    except (KeyError, zipfile.BadZipFile, ValueError, TypeError):
+        return None
+
+
+def load(source: str, tracking: config.TrackingConfig | None = None):
+    """A trained model and its audio settings (None when it has none) from a .keras file or an
+    MLflow model URI (models:/name@alias, models:/name/version, runs:/...)."""
+    if source.startswith(("models:/", "runs:/")):
+        from stages import tracking as tracking_lib
+        if tracking is None:
+            raise UserError(f"MLflow model '{source}' needs a tracking store to load from.")
+        return tracking_lib.load_model(source, tracking.uri)
+    if not Path(source).is_file():
+        raise UserError(f"No trained model at '{source}'; run `dvc repro train` first.")
+    keras = import_keras()
+    try:
+        model = keras.saving.load_model(source, safe_mode=True)
+    except (ValueError, OSError, zipfile.BadZipFile) as err:
+        raise UserError(f"'{source}' is not a model saved by `train` ({type(err).__name__}).") from err
+    return model, saved_audio(source)

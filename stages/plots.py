@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages import common
+from stages import files
 
 
 def training_curve(history: list[dict], baselines: dict[str, float], path: str | Path,
@@ -32,7 +32,7 @@ def training_curve(history: list[dict], baselines: dict[str, float], path: str |
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with common.atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
 
@@ -59,6 +59,6 @@ def spectrogram(samples, sample_rate: int, path: str | Path, title: str = "",
     ax.set_ylabel("Hz")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    with common.atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from stages import common
+from stages import config, files
 
 log = logging.getLogger("rawtune.synth")
 
@@ -158,7 +158,7 @@ def write_demo(folder: str | Path, n_songs: int, min_seconds: float, max_seconds
     """Write `n_songs` demo songs, cycling through the formats; existing files are left alone."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    common.remove_stale_tmp(folder)
+    files.remove_stale_tmp(folder)
     rng = np.random.default_rng(seed)
     written = []
     for i in range(n_songs):
@@ -169,7 +169,7 @@ def write_demo(folder: str | Path, n_songs: int, min_seconds: float, max_seconds
         if path.exists():
             continue
         song = resample_for_file(make_song(seed * 1000 + i, seconds, bpm=bpm), 44100, rate)
-        with common.atomic_path(path) as tmp:
+        with files.atomic_path(path) as tmp:
             with sf.SoundFile(str(tmp), "w", rate, song.shape[1], format=container,
                               subtype=subtype) as f:
                 for start in range(0, len(song), WRITE_FRAMES):  # libsndfile's Vorbis encoder
@@ -181,20 +181,20 @@ def write_demo(folder: str | Path, n_songs: int, min_seconds: float, max_seconds
 
 
 def main(args) -> None:
-    params = common.load_params(args.params)
-    n = common.param(params, "demo.songs", int, minimum=1)
-    lo = common.param(params, "demo.min_seconds", (int, float), minimum=0.1)
-    hi = common.param(params, "demo.max_seconds", (int, float), minimum=lo)
-    bpm = common.param(params, "demo.bpm", (int, float), minimum=0)
-    write_demo(args.folder, n, lo, hi, common.param(params, "demo.seed", int), bpm or None)
+    params = config.load_params(args.params)
+    n = config.param(params, "demo.songs", int, minimum=1)
+    lo = config.param(params, "demo.min_seconds", (int, float), minimum=0.1)
+    hi = config.param(params, "demo.max_seconds", (int, float), minimum=lo)
+    bpm = config.param(params, "demo.bpm", (int, float), minimum=0)
+    write_demo(args.folder, n, lo, hi, config.param(params, "demo.seed", int), bpm or None)
 
 
 def build_parser():
-    parser = common.stage_parser(__doc__)
+    parser = config.stage_parser(__doc__)
     parser.add_argument("folder", nargs="?", default="data/raw/demo",
                         help="where to write the demo songs (default: %(default)s)")
     return parser
 
 
 if __name__ == "__main__":
-    common.cli(main, build_parser())
+    config.cli(main, build_parser())

@@ -4,6 +4,7 @@
   <name>_val_x.npy, <name>_val_y.npy  the same for validation songs (a song is in one split only)
   <name>_mean.npy, <name>_var.npy     float32 (n_features,) mean and variance of the training x
   <name>_index.parquet                one row per sequence: split, seq, song_id, start_block
+  <name>_audio.json                   the audio settings of the data (rate, scale, block, layout)
 
 Each song's blocks are cut into sequences of `max_seq_len`; y is x shifted by one block, with a zero
 block after the song's last one. Unlike the seed, the tail of a song is kept: its last sequence is
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +25,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from stages import arrays, common
-from stages.common import UserError
+from stages import arrays, config, files, manifest
+from stages.config import AudioConfig, UserError
+from stages.tensor_files import Tensors
 
 log = logging.getLogger("rawtune.tensors")
 WINDOW_SEQS = 16  # sequences cut, written and counted at a time
@@ -138,59 +141,94 @@ def write_split(fft_dir: Path, song_ids: list[str], max_seq_len: int, n_feat: in
     return index
 
 
-def main(args) -> None:
-    params = common.load_params(args.params)
-    max_seq_len = common.param(params, "tensors.max_seq_len", int, minimum=1)
-    val_fraction = common.param(params, "tensors.val_fraction", (int, float), minimum=0)
-    if val_fraction >= 1:
-        raise UserError(f"params.yaml 'tensors.val_fraction' must be below 1, got {val_fraction}.")
-    salt = common.param(params, "tensors.split_seed", int)
-    var_floor = common.param(params, "tensors.var_floor", (int, float), minimum=0)
-    name = common.param(params, "tensors.name", str)
-    fft_dir, out_dir = Path(args.fft), Path(args.out)
+@dataclass(frozen=True)
+class TensorsConfig:
+    max_seq_len: int
+    val_fraction: float
+    split_seed: int
+    var_floor: float
 
-    if not Path(args.manifest).is_file():
-        raise UserError(f"Manifest '{args.manifest}' not found; run `dvc repro decode` first.")
-    manifest = common.read_manifest(args.manifest)
-    ok_rows = [r for r in manifest if r["status"] == "ok"]
+    @classmethod
+    def from_params(cls, params: dict) -> "TensorsConfig":
+        p = lambda key, *a, **k: config.param(params, f"tensors.{key}", *a, **k)  # noqa: E731
+        val_fraction = p("val_fraction", (int, float), minimum=0)
+        if val_fraction >= 1:
+            raise UserError(f"params.yaml 'tensors.val_fraction' must be below 1, got {val_fraction}.")
+        return cls(max_seq_len=p("max_seq_len", int, minimum=1), val_fraction=val_fraction,
+                   split_seed=p("split_seed", int),
+                   var_floor=p("var_floor", (int, float), minimum=0))
+
+
+def usable_songs(fft_dir: Path, manifest_path: Path) -> tuple[list[str], list[dict], list[dict]]:
+    """(ids of the songs to use, their manifest rows, every manifest row) and the audio settings
+    the songs' blocks were made with (the fft_blocks stage's stamp)."""
+    if not manifest_path.is_file():
+        raise UserError(f"Manifest '{manifest_path}' not found; run `dvc repro decode` first.")
+    rows = manifest.read_manifest(manifest_path)
+    ok_rows = [r for r in rows if r["status"] == "ok"]
     ok = {r["id"] for r in ok_rows}
     song_ids = sorted(p.stem for p in fft_dir.glob("*.npy") if p.stem in ok)
     if not song_ids:
         raise UserError(f"No songs in '{fft_dir}'; run `dvc repro fft_blocks` first.")
+    return song_ids, ok_rows, rows
+
+
+def data_audio(fft_dir: Path) -> AudioConfig:
+    """The audio settings `fft_blocks` recorded for the blocks in `fft_dir`."""
+    stamp = files.read_stamp(fft_dir) or {}
+    try:
+        return AudioConfig.from_dict(stamp["audio"])
+    except (KeyError, TypeError) as err:
+        raise UserError(f"'{fft_dir}' does not say which audio settings made it; run `dvc repro "
+                        "fft_blocks` first.") from err
+
+
+def write_tensors(fft_dir: Path, out: Tensors, train: list[str], val: list[str],
+                  cfg: TensorsConfig, n_feat: int) -> list[dict]:
+    """Both splits' x/y, the training statistics and the index; returns the index rows."""
+    out.folder.mkdir(parents=True, exist_ok=True)
+    files.remove_stale_tmp(out.folder)
+    stats = RunningStats(n_feat)
+    index = [dict(r, split="train") for r in write_split(
+        fft_dir, train, cfg.max_seq_len, n_feat, out.path("x"), out.path("y"), stats)]
+    index += [dict(r, split="val") for r in write_split(
+        fft_dir, val, cfg.max_seq_len, n_feat, out.path("val_x"), out.path("val_y"), None)]
+    for suffix, values in (("mean", stats.mean), ("var", floored_variance(stats.var, cfg.var_floor))):
+        with files.atomic_path(out.path(suffix)) as tmp, open(tmp, "wb") as f:
+            np.save(f, values.astype(np.float32))
+    with files.atomic_path(out.index_path) as tmp:
+        pq.write_table(pa.Table.from_pylist(index, schema=INDEX_SCHEMA), tmp)
+    return index
+
+
+def main(args) -> None:
+    params = config.load_params(args.params)
+    cfg = TensorsConfig.from_params(params)
+    fft_dir, out = Path(args.fft), Tensors.from_params(args.out, params)
+    song_ids, ok_rows, rows = usable_songs(fft_dir, Path(args.manifest))
+    audio = data_audio(fft_dir)
     n_feat = arrays.shape_of(fft_dir / f"{song_ids[0]}.npy")[1]
-    train, val = split_songs(song_ids, val_fraction, salt)
+    train, val = split_songs(song_ids, cfg.val_fraction, cfg.split_seed)
     if not val:
         log.warning("only %d usable song(s): no validation set (add songs, or tensors.val_fraction "
                     "is 0)", len(song_ids))
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    common.remove_stale_tmp(out_dir)
-    stats = RunningStats(n_feat)
-    index = [dict(r, split="train") for r in write_split(
-        fft_dir, train, max_seq_len, n_feat, out_dir / f"{name}_x.npy", out_dir / f"{name}_y.npy",
-        stats)]
-    index += [dict(r, split="val") for r in write_split(
-        fft_dir, val, max_seq_len, n_feat, out_dir / f"{name}_val_x.npy",
-        out_dir / f"{name}_val_y.npy", None)]
-    for suffix, values in (("mean", stats.mean), ("var", floored_variance(stats.var, var_floor))):
-        with common.atomic_path(out_dir / f"{name}_{suffix}.npy") as tmp, open(tmp, "wb") as f:
-            np.save(f, values.astype(np.float32))
-    with common.atomic_path(out_dir / f"{name}_index.parquet") as tmp:
-        pq.write_table(pa.Table.from_pylist(index, schema=INDEX_SCHEMA), tmp)
+    index = write_tensors(fft_dir, out, train, val, cfg, n_feat)
+    files.write_json(out.audio_path, audio.as_dict())
 
     n_train = sum(r["split"] == "train" for r in index)
-    summary = dict(songs_ok=len(song_ids), songs_skipped=len(manifest) - len(ok_rows),
+    summary = dict(songs_ok=len(song_ids), songs_skipped=len(rows) - len(ok_rows),
                    songs_train=len(train), songs_val=len(val), sequences_train=n_train,
-                   sequences_val=len(index) - n_train, max_seq_len=max_seq_len, n_features=n_feat,
-                   minutes=round(sum(r["seconds"] for r in ok_rows) / 60, 2))
-    common.write_json(args.metrics, summary)
+                   sequences_val=len(index) - n_train, max_seq_len=cfg.max_seq_len,
+                   n_features=n_feat, minutes=round(sum(r["seconds"] for r in ok_rows) / 60, 2),
+                   audio=audio.as_dict())
+    files.write_json(args.metrics, summary)
     log.info("tensors: %d train sequences from %d songs, %d validation sequences from %d songs, "
              "%d features -> %s", n_train, len(train), summary["sequences_val"], len(val), n_feat,
-             out_dir)
+             out.folder)
 
 
 def build_parser():
-    parser = common.stage_parser(__doc__)
+    parser = config.stage_parser(__doc__)
     parser.add_argument("--fft", default="data/interim/fft", help="FFT folder (default: %(default)s)")
     parser.add_argument("--manifest", default="data/interim/manifest.parquet",
                         help="decode's manifest (default: %(default)s)")
@@ -201,4 +239,4 @@ def build_parser():
 
 
 if __name__ == "__main__":
-    common.cli(main, build_parser())
+    config.cli(main, build_parser())

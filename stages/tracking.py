@@ -1,8 +1,8 @@
 """MLflow for the stages: where the store is, one run shared by train -> generate -> evaluate, and
 a tracker that never costs the user a trained model when the tracking server is away.
 
-The store is `MLFLOW_TRACKING_URI` when set, else params.yaml `tracking.uri` (default
-`sqlite:///mlflow.db`, the store `mlflow ui` opens when started in the project folder).
+The store is `config.TrackingConfig`: `MLFLOW_TRACKING_URI` when set, else params.yaml
+`tracking.uri` (default `sqlite:///mlflow.db`, the store `mlflow ui` opens in the project folder).
 """
 from __future__ import annotations
 
@@ -17,16 +17,13 @@ from typing import Any
 
 import yaml
 
-from stages import common
+from stages.config import AudioConfig, TrackingConfig
 
 log = logging.getLogger("rawtune")
 
 
-LATER_STAGES = ("generate", "evaluate")   # params sections logged by those stages themselves
-
-
-def tracking_uri(params: dict) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or common.param(params, "tracking.uri", str)
+LATER_STAGES = ("generate", "evaluate")
+AUDIO_KEY = "rawtune_audio"     # the audio settings in a logged model's metadata (MLmodel file)   # params sections logged by those stages themselves
 
 
 def flatten(params: dict, prefix: str = "") -> dict[str, Any]:
@@ -86,13 +83,12 @@ def dataset_identity(data_dir: str | Path, lock_file: str | Path = "dvc.lock",
     return ident
 
 
-def join_run(params: dict, run_id: str | None) -> "Tracker | None":
+def join_run(cfg: TrackingConfig, run_id: str | None) -> "Tracker | None":
     """The tracker of the training run `run_id`, reopened so a later stage (generate, evaluate)
     adds to it; None when there is no run or it cannot be reopened."""
     if not run_id:
         return None
-    tracker = Tracker(tracking_uri(params), common.param(params, "tracking.experiment", str),
-                      common.param(params, "tracking.timeout_s", (int, float), minimum=1))
+    tracker = Tracker(cfg)
     return tracker if tracker.start(run_id) == run_id else None
 
 
@@ -108,8 +104,8 @@ class Tracker:
     one sentence and tracking is switched off for the rest of the stage; the stage's own files
     are written regardless."""
 
-    def __init__(self, uri: str, experiment: str, timeout_s: float = 10):
-        self.uri, self.experiment = uri, experiment
+    def __init__(self, cfg: TrackingConfig):
+        self.uri, self.experiment, timeout_s = cfg.uri, cfg.experiment, cfg.timeout_s
         self.run_id: str | None = None
         self.active = False
         # bound every HTTP call instead of mlflow's default minutes of retries
@@ -212,9 +208,9 @@ class Tracker:
         self._call("record the dataset", _log)
 
     def log_keras_model(self, model, registered_name: str | None, seq_len: int | None,
-                        n_features: int) -> str | None:
-        """Log the model (keras flavour, with a tensor signature) and register a new version;
-        returns the version number."""
+                        n_features: int, audio: AudioConfig | None = None) -> str | None:
+        """Log the model (keras flavour, with a tensor signature and the audio settings in its
+        metadata) and register a new version; returns the version number."""
         import keras
         import mlflow
         import numpy as np
@@ -228,7 +224,8 @@ class Tracker:
                 f"mlflow=={mlflow.__version__}"]
         info = self._call("store the model", mlflow.keras.log_model, model, name="model",
                           signature=signature, pip_requirements=reqs,
-                          registered_model_name=registered_name)
+                          registered_model_name=registered_name,
+                          metadata={AUDIO_KEY: audio.as_dict()} if audio else None)
         version = getattr(info, "registered_model_version", None) if info else None
         return str(version) if version is not None else None
 

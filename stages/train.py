@@ -3,7 +3,8 @@ a crash.
 
 Reads the `tensors` outputs (memory-mapped, never loaded whole), trains the model of
 `stages.model` with params.yaml `train:`, and writes
-  models/model.keras            the best model by validation loss (no optimizer state)
+  models/model.keras            the best model by validation loss (no optimizer state), with the
+                                audio settings of its data inside
   models/checkpoints/           the last finished epoch, deleted when training ends
   metrics/train.json            val_loss, the trivial baselines and their ratio, the MLflow run id
   metrics/train_history.csv     loss and val_loss per epoch (`dvc plots show`)
@@ -12,11 +13,9 @@ Killed at any moment, the next run continues from the last finished epoch, in th
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import sys
@@ -24,15 +23,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from stages import common, model as netlib, plots, tracking
-from stages.batches import (BASELINES, EpochClock, Normaliser, Tensors, baseline_losses,
-                            dataset)
-from stages.common import UserError
+from stages import config, files, model as netlib, plots, tracking
+from stages.batches import EpochClock, Normaliser, baseline_losses, dataset
+from stages.config import AudioConfig, UserError
+from stages.tensor_files import Tensors
 
 log = logging.getLogger("rawtune")
-
-STATE = "state.json"
-CKPT_PREFIX = "epoch-"
 
 
 @dataclass(frozen=True)
@@ -48,7 +44,7 @@ class TrainConfig:
 
     @classmethod
     def from_params(cls, params: dict) -> "TrainConfig":
-        p = lambda key, *a, **k: common.param(params, f"train.{key}", *a, **k)  # noqa: E731
+        p = lambda key, *a, **k: config.param(params, f"train.{key}", *a, **k)  # noqa: E731
         return cls(batch_size=p("batch_size", int, minimum=1), epochs=p("epochs", int, minimum=1),
                    patience=p("patience", int, minimum=0), normalise=p("normalise", bool),
                    shuffle_seed=p("shuffle_seed", int), seed=p("seed", int),
@@ -72,36 +68,7 @@ def distribution_strategy(name: str):
     return tf.distribute.get_strategy()
 
 
-# --- files ------------------------------------------------------------------------------------
-
-def save_keras(model, path: Path, with_optimizer: bool) -> None:
-    """Save atomically (Keras wants the .keras suffix, so the temp name keeps it). Without the
-    optimizer, the saved model is an uncompiled view of the same layers: half the size."""
-    keras = netlib.import_keras()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
-    target = model if with_optimizer else keras.Model(model.inputs, model.outputs,
-                                                       name=model.name)
-    try:
-        target.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def remove_stale_keras_tmp(folder: Path) -> None:
-    if folder.is_dir():
-        for leftover in folder.glob(".*.tmp.keras"):
-            leftover.unlink(missing_ok=True)
-
-
-def write_history(path: Path, history: list[dict]) -> None:
-    with common.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["epoch", "loss", "val_loss", "seconds"],
-                                extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(history)
-
+# --- identity of a run --------------------------------------------------------------------------
 
 def tensors_fingerprint(tensors: Tensors) -> list:
     """Identity of the training data without reading it: the tensors stage rewrites every file
@@ -115,81 +82,49 @@ def fingerprint(train_params: dict, tensors: Tensors) -> str:
     return hashlib.blake2b(blob.encode(), digest_size=12).hexdigest()
 
 
-def load_state(ckpt_dir: Path) -> dict | None:
-    path = ckpt_dir / STATE
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    ckpt = ckpt_dir / state.get("checkpoint", "")
-    return state if state.get("checkpoint") and ckpt.is_file() else None
+@dataclass(frozen=True)
+class Paths:
+    """The stage's outputs, from its command line."""
+    models: Path
+    metrics: Path
+    history: Path
+    curve: Path
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.models / "checkpoints"
+
+    @property
+    def model(self) -> Path:
+        return self.models / "model.keras"
+
+    @classmethod
+    def from_args(cls, args) -> "Paths":
+        return cls(Path(args.models), Path(args.metrics), Path(args.history), Path(args.plot))
 
 
-# --- the per-epoch bookkeeping ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Data:
+    """The training data as the model sees it."""
+    tensors: Tensors
+    audio: AudioConfig
+    seq_len: int
+    n_features: int
+    n_train: int
+    n_val: int
 
-def log_pending_metrics(state: dict, tracker: tracking.Tracker, ckpt_dir: Path) -> None:
-    """Send MLflow the epochs committed but not yet logged (a kill can fall in between), with
-    step = epoch (counted from 1, as Keras prints it), and note how far the log goes."""
-    done = state.get("logged_through", 0)
-    pending = [row for row in state["history"] if row["epoch"] > done]
-    if not pending or not tracker.active:
-        return
-    for row in pending:
-        tracker.log_metrics({k: row[k] for k in ("loss", "val_loss", "seconds")},
-                            step=row["epoch"])
-    if tracker.active:
-        state["logged_through"] = pending[-1]["epoch"]
-        common.write_json(ckpt_dir / STATE, state)
-
-
-def epoch_end_callback(state: dict, ckpt_dir: Path, model_path: Path, history_path: Path,
-                       tracker: tracking.Tracker, clock: EpochClock, patience: int,
-                       has_val: bool):
-    keras = netlib.import_keras()
-
-    class EpochEnd(keras.callbacks.Callback):
-        """After each epoch: checkpoint, then commit the state file (the resume point), then the
-        best model, MLflow metrics and the history CSV. Patience counts epochs since the best."""
-
-        def on_epoch_begin(self, epoch, logs=None):
-            clock.epoch = epoch
-            self.t0 = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs or {}
-            loss, val = logs.get("loss"), logs.get("val_loss")
-            if not all(v is not None and math.isfinite(v) for v in (loss, val if has_val else 0)):
-                state["stopped"] = "nan"
-                state["nan_epoch"] = epoch
-                self.model.stop_training = True
-                return
-            row = dict(epoch=epoch + 1, loss=float(loss), val_loss=None if val is None else float(val),
-                       seconds=round(time.perf_counter() - self.t0, 3))
-            monitor = row["val_loss"] if has_val else row["loss"]
-            improved = state.get("best_loss") is None or monitor < state["best_loss"]
-            name = f"{CKPT_PREFIX}{epoch:05d}.keras"
-            save_keras(self.model, ckpt_dir / name, with_optimizer=True)
-            state["history"].append(row)
-            state.update(epoch=epoch, checkpoint=name,
-                         wait=0 if improved else state.get("wait", 0) + 1)
-            if improved:
-                state.update(best_loss=monitor, best_epoch=epoch)
-            if patience and state["wait"] >= patience:
-                state["stopped"] = "early_stopping"
-            common.write_json(ckpt_dir / STATE, state)          # the commit point
-            for old in ckpt_dir.glob(f"{CKPT_PREFIX}*.keras"):
-                if old.name != name:
-                    old.unlink()
-            if improved:
-                save_keras(self.model, model_path, with_optimizer=False)
-            write_history(history_path, state["history"])
-            log_pending_metrics(state, tracker, ckpt_dir)
-            if state.get("stopped"):
-                log.info("no val_loss improvement for %d epochs: stopping early (best epoch %d)",
-                         patience, state["best_epoch"] + 1)
-                self.model.stop_training = True
-
-    return EpochEnd()
+    @classmethod
+    def open(cls, folder: str | Path, params: dict) -> "Data":
+        tensors = Tensors.from_params(folder, params)
+        tensors.check()
+        seq_len, n_feat = tensors.shape()
+        n_train, n_val = tensors.n_sequences(), tensors.n_sequences("val_")
+        if n_train == 0:
+            raise UserError(f"'{tensors.path('x')}' holds no training sequences; add songs.")
+        if n_val == 0:
+            log.warning("no validation songs (too few usable songs): the best model is chosen by "
+                        "training loss and no baseline comparison is possible.")
+        return cls(tensors, tensors.audio(), seq_len, n_feat, n_train, n_val)
 
 
 # --- the stage ------------------------------------------------------------------------------------
@@ -210,153 +145,167 @@ def verdict(val_loss: float | None, baselines: dict[str, float]) -> dict:
                 beats_repeat_last=val_loss < baselines["repeat_last"])
 
 
-def main(args) -> None:
-    params = common.load_params(args.params)
-    cfg = netlib.ModelConfig.from_params(params)
-    tc = TrainConfig.from_params(params)
-    tensors = Tensors(Path(args.data), common.param(params, "tensors.name", str))
-    tensors.check()
-    uri = tracking.tracking_uri(params)
-    experiment = common.param(params, "tracking.experiment", str)
-    model_name = common.param(params, "tracking.model_name", str)
-    timeout_s = common.param(params, "tracking.timeout_s", (int, float), minimum=1)
-    seq_len, n_feat = tensors.shape()
-    n_train, n_val = tensors.n_sequences(), tensors.n_sequences("val_")
-    if n_train == 0:
-        raise UserError(f"'{tensors.path('x')}' holds no training sequences; add songs.")
-    has_val = n_val > 0
-    if not has_val:
-        log.warning("no validation songs (too few usable songs): the best model is chosen by "
-                    "training loss and no baseline comparison is possible.")
-
-    models_dir, ckpt_dir = Path(args.models), Path(args.models) / "checkpoints"
-    model_path = models_dir / "model.keras"
-    metrics_path, history_path, curve_path = Path(args.metrics), Path(args.history), Path(args.plot)
-    fp = fingerprint(dict(params["train"]), tensors)
-
-    keras = netlib.import_keras()  # after the cheap checks: importing TensorFlow takes seconds
-    configure_threads(tc.threads)
-    strategy = distribution_strategy(tc.strategy)
-    if tc.strategy != "default":
-        log.info("tf.distribute %s: %d replica(s)", type(strategy).__name__,
-                 strategy.num_replicas_in_sync)
-    remove_stale_keras_tmp(models_dir)
-    remove_stale_keras_tmp(ckpt_dir)
-    state = load_state(ckpt_dir)
-    if state is not None and state.get("fingerprint") != fp:
-        log.info("checkpoint in %s was made with other params or data: starting afresh", ckpt_dir)
+def start_or_resume(cfg: netlib.ModelConfig, tc: TrainConfig, data: Data, norm: Normaliser,
+                    paths: Paths, fp: str, strategy):
+    """(model, state, first epoch to run): from the last committed checkpoint when its params and
+    data are this run's, else a new model with the trivial baselines measured."""
+    from stages.checkpoints import TrainState
+    keras = netlib.import_keras()
+    netlib.remove_stale_tmp(paths.models)
+    netlib.remove_stale_tmp(paths.ckpt_dir)
+    state = TrainState.load(paths.ckpt_dir)
+    if state is not None and state.fingerprint != fp:
+        log.info("checkpoint in %s was made with other params or data: starting afresh",
+                 paths.ckpt_dir)
         state = None
-    norm = Normaliser.load(tensors, tc.normalise)
-
-    if state is None:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-        ckpt_dir.mkdir(parents=True)
-        keras.utils.set_random_seed(tc.seed)
-        with strategy.scope():
-            model = netlib.build_model(cfg, seq_len, n_feat)
-            netlib.compile_model(model, cfg)
-        t0 = time.perf_counter()
-        baselines = baseline_losses(tensors, norm, cfg.loss) if has_val else {}
-        log.info("trivial predictors on the validation songs (%.1f s): %s",
-                 time.perf_counter() - t0,
-                 ", ".join(f"{k} {v:.4g}" for k, v in baselines.items()) or "none")
-        state = dict(fingerprint=fp, history=[], baselines=baselines, run_id=None)
-        initial_epoch = 0
-    else:
+    if state is not None:
         keras.mixed_precision.set_global_policy(cfg.precision)
         with strategy.scope():
-            model = keras.saving.load_model(ckpt_dir / state["checkpoint"], safe_mode=True)
-        initial_epoch = state["epoch"] + 1
-        log.info("resuming from the checkpoint of epoch %d of %d", initial_epoch, tc.epochs)
-        if state.get("best_epoch") == state["epoch"] or not model_path.is_file():
-            save_keras(model, model_path, with_optimizer=False)  # may have been cut short
-        baselines = state["baselines"]
+            model = keras.saving.load_model(paths.ckpt_dir / state.checkpoint, safe_mode=True)
+        log.info("resuming from the checkpoint of epoch %d of %d", state.epoch + 1, tc.epochs)
+        if state.best_epoch == state.epoch or not paths.model.is_file():
+            netlib.save(model, paths.model, data.audio)      # may have been cut short
+        return model, state, state.epoch + 1
+    shutil.rmtree(paths.ckpt_dir, ignore_errors=True)
+    paths.ckpt_dir.mkdir(parents=True)
+    keras.utils.set_random_seed(tc.seed)
+    with strategy.scope():
+        model = netlib.build_model(cfg, data.seq_len, data.n_features)
+        netlib.compile_model(model, cfg)
+    t0 = time.perf_counter()
+    baselines = baseline_losses(data.tensors, norm, cfg.loss) if data.n_val else {}
+    log.info("trivial predictors on the validation songs (%.1f s): %s", time.perf_counter() - t0,
+             ", ".join(f"{k} {v:.4g}" for k, v in baselines.items()) or "none")
+    return model, TrainState(fingerprint=fp, baselines=baselines), 0
 
-    tracker = tracking.Tracker(uri, experiment, timeout_s)
-    resumed = state["run_id"]
-    state["run_id"] = tracker.start(resumed, tags={
+
+def start_tracking(params: dict, data: Data, state, paths: Paths) -> tracking.Tracker:
+    """Open (or reopen) the run; a new run gets the params, the dataset and the baselines."""
+    from stages.checkpoints import log_pending_metrics
+    tracker = tracking.Tracker(config.TrackingConfig.from_params(params))
+    resumed = state.run_id
+    state.run_id = tracker.start(resumed, tags={
         "git_commit": tracking.git_commit(), "dvc_experiment": os.environ.get("DVC_EXP_NAME"),
         "rawtune.stage": "train"}) or resumed
     if tracker.run_id != resumed:
-        state["logged_through"] = 0               # a new run: send it every epoch so far
+        state.logged_through = 0               # a new run: send it every epoch so far
     if not resumed:
         # generate/evaluate log their own sections when they add to this run
         tracker.log_params({k: v for k, v in params.items() if k not in tracking.LATER_STAGES})
-        identity = tracking.dataset_identity(tensors.folder)
+        identity = tracking.dataset_identity(data.tensors.folder)
         tracker.log_params(identity)
-        tracker.log_dataset(tensors.folder, tensors.name, identity.get("dataset.md5"))
-        tracker.log_metrics({f"baseline_{k}": v for k, v in baselines.items()})
-    log_pending_metrics(state, tracker, ckpt_dir)
+        tracker.log_dataset(data.tensors.folder, data.tensors.name, identity.get("dataset.md5"))
+        tracker.log_metrics({f"baseline_{k}": v for k, v in state.baselines.items()})
+    log_pending_metrics(state, tracker, paths.ckpt_dir)
+    return tracker
 
-    clock = EpochClock(initial_epoch)
-    train_ds = dataset(tensors, "", tc.batch_size, norm, clock, tc.shuffle_seed)
-    val_ds = dataset(tensors, "val_", tc.batch_size, norm) if has_val else None
+
+def fit(model, state, first_epoch: int, tc: TrainConfig, cfg: netlib.ModelConfig, data: Data,
+        norm: Normaliser, paths: Paths, tracker: tracking.Tracker) -> float:
+    """Train from `first_epoch` to the end (or early stop); returns the seconds it took."""
+    from stages.checkpoints import EpochEnd, Outputs
+    keras = netlib.import_keras()
+    clock = EpochClock(first_epoch)
+    train_ds = dataset(data.tensors, "", tc.batch_size, norm, clock, tc.shuffle_seed)
+    val_ds = dataset(data.tensors, "val_", tc.batch_size, norm) if data.n_val else None
+    out = Outputs(paths.ckpt_dir, paths.model, paths.history, data.audio)
     callbacks = [keras.callbacks.TerminateOnNaN(),
-                 epoch_end_callback(state, ckpt_dir, model_path, history_path, tracker, clock,
-                                    tc.patience, has_val)]
+                 EpochEnd(state, out, tracker, clock, tc.patience, data.n_val > 0)]
     t0 = time.perf_counter()
-    if initial_epoch < tc.epochs and not state.get("stopped"):
+    if first_epoch < tc.epochs and not state.stopped:
         log.info("training %s on %d sequences (%d validation) of %d x %d, batch %d, epochs %d-%d",
-                 cfg.cell.upper(), n_train, n_val, seq_len, n_feat, tc.batch_size,
-                 initial_epoch + 1, tc.epochs)
-        model.fit(train_ds, validation_data=val_ds, epochs=tc.epochs, initial_epoch=initial_epoch,
+                 cfg.cell.upper(), data.n_train, data.n_val, data.seq_len, data.n_features,
+                 tc.batch_size, first_epoch + 1, tc.epochs)
+        model.fit(train_ds, validation_data=val_ds, epochs=tc.epochs, initial_epoch=first_epoch,
                   callbacks=callbacks, shuffle=False,   # the dataset shuffles, by epoch
                   verbose=1 if sys.stdout.isatty() else 2)
-    train_seconds = time.perf_counter() - t0
+    return time.perf_counter() - t0
 
-    history = state["history"]
-    if not history:
+
+def summarise(state, cfg: netlib.ModelConfig, data: Data, tracker: tracking.Tracker) -> dict:
+    """metrics/train.json: the best epoch beside the baselines, and how training went."""
+    if not state.history:
         tracker.end("FAILED")
         raise UserError("the training loss was NaN from the first epoch; lower "
                         "'train.learning_rate' in params.yaml.")
-    if state.get("stopped") == "nan":
+    if state.stopped == "nan":
         log.warning("the loss became NaN in epoch %d: training stopped and the model of epoch "
                     "%d is kept; lower 'train.learning_rate' to go further.",
-                    state["nan_epoch"] + 1, state["best_epoch"] + 1)
-
-    best = history[state["best_epoch"]]                   # history holds every epoch from 0
-    epoch_s = sum(r["seconds"] for r in history) / len(history)
-    step_flops = netlib.flops_per_sequence(cfg, seq_len, n_feat) * n_train
+                    state.nan_epoch + 1, state.best_epoch + 1)
+    best = state.history[state.best_epoch]                # history holds every epoch from 0
+    epoch_s = sum(r["seconds"] for r in state.history) / len(state.history)
+    step_flops = netlib.flops_per_sequence(cfg, data.seq_len, data.n_features) * data.n_train
     summary = dict(val_loss=best["val_loss"], loss=best["loss"], best_epoch=best["epoch"],
-                   epochs_run=len(history), stopped=state.get("stopped", "completed"),
-                   baselines=baselines, **verdict(best["val_loss"], baselines),
-                   sequences_train=n_train, sequences_val=n_val,
+                   epochs_run=len(state.history), stopped=state.stopped or "completed",
+                   baselines=state.baselines, **verdict(best["val_loss"], state.baselines),
+                   sequences_train=data.n_train, sequences_val=data.n_val,
                    seconds_per_epoch=round(epoch_s, 3),
                    gflops_per_second=round(step_flops / max(epoch_s, 1e-9) / 1e9, 1),
-                   mlflow_run_id=tracker.run_id, tracking_uri=uri if tracker.run_id else None)
+                   audio=data.audio.as_dict(), mlflow_run_id=tracker.run_id,
+                   tracking_uri=tracker.uri if tracker.run_id else None)
     if summary["beats_repeat_last"] is False:
         log.warning("val_loss %.4g does not beat repeating the last block (%.4g): the model is "
                     "not learning; try more epochs, a lower learning rate or more songs.",
-                    best["val_loss"], baselines["repeat_last"])
+                    best["val_loss"], state.baselines["repeat_last"])
     elif summary["ratio_to_best_baseline"] is not None:
         log.info("val_loss %.4g = %.3f x the best trivial predictor (%s)", best["val_loss"],
                  summary["ratio_to_best_baseline"], summary["best_baseline"])
+    return summary
 
-    plots.training_curve(history, baselines, curve_path,
+
+def finish(summary: dict, state, cfg: netlib.ModelConfig, data: Data, paths: Paths,
+           tracker: tracking.Tracker, train_seconds: float, model_name: str) -> None:
+    """The curves, the run's closing metrics and artifacts, the registered model."""
+    from stages.checkpoints import write_history
+    best = state.history[state.best_epoch]
+    plots.training_curve(state.history, state.baselines, paths.curve,
                          title=f"{cfg.cell.upper()} {cfg.hidden} x {cfg.layers}, best epoch "
                                f"{best['epoch']}")
-    write_history(history_path, history)
+    write_history(paths.history, state.history)
     tracker.log_metrics({"best_val_loss": best["val_loss"], "best_loss": best["loss"],
                          "ratio_to_best_baseline": summary["ratio_to_best_baseline"],
                          "train_seconds": train_seconds})
     tracker.set_tags({"rawtune.stopped": summary["stopped"]})
-    tracker.log_artifact(curve_path, "plots")
-    tracker.log_artifact(history_path, "plots")
+    tracker.log_artifact(paths.curve, "plots")
+    tracker.log_artifact(paths.history, "plots")
     for suffix in ("mean", "var"):                      # generation needs them to undo normalising
-        tracker.log_artifact(tensors.path(suffix), "normalisation")
+        tracker.log_artifact(data.tensors.path(suffix), "normalisation")
     if tracker.active:
-        best_model = keras.saving.load_model(model_path, safe_mode=True)
-        summary["model_version"] = tracker.log_keras_model(best_model, model_name, seq_len, n_feat)
+        best_model, audio = netlib.load(str(paths.model))
+        summary["model_version"] = tracker.log_keras_model(best_model, model_name, data.seq_len,
+                                                           data.n_features, audio)
         summary["model_name"] = model_name if summary["model_version"] else None
     tracker.end()
-    common.write_json(metrics_path, summary)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)       # done: nothing left to resume
-    log.info("model -> %s (epoch %d, val_loss %s); MLflow run %s", model_path, best["epoch"],
+
+
+def main(args) -> None:
+    params = config.load_params(args.params)
+    cfg = netlib.ModelConfig.from_params(params)
+    tc = TrainConfig.from_params(params)
+    model_name = config.TrackingConfig.from_params(params).model_name
+    data, paths = Data.open(args.data, params), Paths.from_args(args)
+    fp = fingerprint(dict(params["train"]), data.tensors)
+
+    configure_threads(tc.threads)     # after the cheap checks: importing TensorFlow takes seconds
+    strategy = distribution_strategy(tc.strategy)
+    if tc.strategy != "default":
+        log.info("tf.distribute %s: %d replica(s)", type(strategy).__name__,
+                 strategy.num_replicas_in_sync)
+    norm = Normaliser.load(data.tensors, tc.normalise)
+    model, state, first_epoch = start_or_resume(cfg, tc, data, norm, paths, fp, strategy)
+    tracker = start_tracking(params, data, state, paths)
+    train_seconds = fit(model, state, first_epoch, tc, cfg, data, norm, paths, tracker)
+    summary = summarise(state, cfg, data, tracker)
+    finish(summary, state, cfg, data, paths, tracker, train_seconds, model_name)
+    files.write_json(paths.metrics, summary)
+    shutil.rmtree(paths.ckpt_dir, ignore_errors=True)       # done: nothing left to resume
+    best = state.history[state.best_epoch]
+    log.info("model -> %s (epoch %d, val_loss %s); MLflow run %s", paths.model, best["epoch"],
              best["val_loss"], tracker.run_id or "not tracked")
 
 
 def build_parser():
-    parser = common.stage_parser(__doc__)
+    parser = config.stage_parser(__doc__)
     parser.add_argument("--data", default="data/processed",
                         help="the tensors stage's folder (default: %(default)s)")
     parser.add_argument("--models", default="models", help="model folder (default: %(default)s)")
@@ -370,4 +319,4 @@ def build_parser():
 
 
 if __name__ == "__main__":
-    common.cli(main, build_parser())
+    config.cli(main, build_parser())

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from stages import arrays, common
+from stages import arrays, config, pool
 
 CHUNK = 1 << 20
 
@@ -29,20 +29,22 @@ def wav_to_npy(src: str, dst: str, scale: float) -> int:
 
 
 def main(args) -> None:
-    params = common.load_params(args.params)
-    scale = common.param(params, "wav_to_npy.scale", (int, float), choices=(32768, 32767))
-    pool = common.SongPool.from_params(params)
-    stamp = dict(scale=scale, code=common.source_digest("stages.arrays", "stages.wav_to_npy"))
-    common.sync_songs(Path(args.wav), ".wav", Path(args.out), stamp, wav_to_npy, (scale,), pool,
-                      "wav_to_npy")
+    params = config.load_params(args.params)
+    audio = config.AudioConfig.from_params(params)
+    song_pool = pool.SongPool.from_params(params)
+    # the rate too: a song decoded again at a new rate keeps its id, not its samples
+    stamp = dict(sample_rate=audio.sample_rate, scale=audio.scale,
+                 code=pool.source_digest("stages.arrays", "stages.wav_to_npy"))
+    pool.sync_songs(Path(args.wav), ".wav", Path(args.out), stamp, wav_to_npy, (audio.scale,),
+                    song_pool, "wav_to_npy")
 
 
 def build_parser():
-    parser = common.stage_parser(__doc__)
+    parser = config.stage_parser(__doc__)
     parser.add_argument("--wav", default="data/interim/wav", help="WAV folder (default: %(default)s)")
     parser.add_argument("--out", default="data/interim/npy", help="npy folder (default: %(default)s)")
     return parser
 
 
 if __name__ == "__main__":
-    common.cli(main, build_parser())
+    config.cli(main, build_parser())

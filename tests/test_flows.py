@@ -19,7 +19,7 @@ import pytest
 from flows import champion
 from flows.pipeline import STAGES, RunInProgress, pipeline
 from flows.retrain import retrain, stop_group
-from stages.common import UserError
+from stages.config import UserError
 from tests.conftest import (BIN, ROOT, TINY_TRAIN, env, free_port, make_project, run, run_stage,
                             set_params, wait_until_serving, write_song)
 

@@ -11,7 +11,7 @@ import soundfile as sf
 
 from stages import decode, fft_blocks, generate, model as netlib, wav_to_npy
 from stages.batches import Normaliser
-from stages.common import UserError
+from stages.config import UserError
 from tests.conftest import ROOT, run, run_stage, set_params, write_song
 
 

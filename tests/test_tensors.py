@@ -7,7 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stages import arrays, tensors
+from stages import arrays, files, tensors
+from stages.config import AudioConfig
+from stages.tensor_files import Tensors
 from tests.conftest import run_stage, set_params
 
 
@@ -62,9 +64,15 @@ def test_running_stats_match_numpy_over_the_concatenation():
     np.testing.assert_allclose(stats.var, every.var(axis=0), rtol=1e-6)  # centred in float32
 
 
-def make_fft_dir(project, lengths: dict[str, int], n_feat: int = 5):
+AUDIO = AudioConfig(sample_rate=44100, scale=32768, block_size=5, layout="rfft")
+
+
+def make_fft_dir(project, lengths: dict[str, int], n_feat: int = 5, stamp: bool = True):
+    """Blocks as fft_blocks leaves them: one array per song, and the stamp naming their settings."""
     fft = project / "fft"
     fft.mkdir()
+    if stamp:
+        files.write_json(fft / files.STAMP, {"audio": AUDIO.as_dict(), "code": "test"})
     rng = np.random.default_rng(0)
     for song_id, n in lengths.items():
         np.save(fft / f"{song_id}.npy", rng.normal(size=(n, n_feat)).astype(np.float32) + 1)
@@ -101,6 +109,7 @@ def test_stage_writes_split_tensors_and_training_statistics(project):
     np.testing.assert_allclose(np.load(out / "music_var.npy"), np.maximum(var, 0.01 * var.mean()),
                                rtol=1e-5)
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    assert Tensors(out, "music").audio() == AUDIO        # the data's settings, beside it
 
 
 def test_a_single_song_gives_an_empty_validation_set(project):
@@ -145,6 +154,13 @@ def test_missing_inputs_are_one_sentence(project):
     proc = run_stage("tensors", ["--fft", "fft", "--manifest", "manifest.parquet"], project, check=False)
     assert proc.stderr.strip().splitlines() == [
         "error: No songs in 'fft'; run `dvc repro fft_blocks` first."]
+
+
+def test_blocks_of_unknown_settings_are_one_sentence(project):
+    make_fft_dir(project, {"00000000000000aa": 12}, stamp=False)
+    proc = run_stage("tensors", ["--fft", "fft", "--manifest", "manifest.parquet"], project, check=False)
+    assert proc.stderr.strip().splitlines() == [
+        "error: 'fft' does not say which audio settings made it; run `dvc repro fft_blocks` first."]
 
 
 def test_quiet_bins_are_floored_relative_to_the_mean_variance():

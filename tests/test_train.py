@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from stages import model as netlib
-from stages.batches import (EpochClock, Normaliser, Tensors, baseline_losses, dataset,
-                            epoch_order)
-from stages.common import UserError
+from stages.batches import EpochClock, Normaliser, baseline_losses, dataset, epoch_order
+from stages.tensor_files import Tensors
+from stages.config import UserError
 from tests.conftest import (ROOT, TINY_TRAIN, env, free_port, make_project, run, run_stage,
                             set_params, three_songs)
 
@@ -155,20 +155,47 @@ def test_model_config_names_the_bad_key_and_allowed_values():
 
 
 def test_nan_epoch_stops_without_checkpoint_and_keeps_the_state(tmp_path):
-    from stages import train, tracking
+    from stages import tracking
+    from stages.checkpoints import EpochEnd, Outputs, TrainState
     cfg = netlib.ModelConfig(hidden=4)
     m = netlib.build_model(cfg, 3, 4)
     netlib.compile_model(m, cfg)
-    state = {"history": [], "best_loss": 0.5, "best_epoch": 0, "epoch": 0}
+    state = TrainState(fingerprint="f", best_loss=0.5, best_epoch=0, epoch=0)
     tracker = tracking.Tracker.__new__(tracking.Tracker)
     tracker.active, tracker.run_id = False, None
-    cb = train.epoch_end_callback(state, tmp_path, tmp_path / "model.keras", tmp_path / "h.csv",
-                                  tracker, EpochClock(), patience=0, has_val=True)
+    cb = EpochEnd(state, Outputs(tmp_path, tmp_path / "model.keras", tmp_path / "h.csv", None),
+                  tracker, EpochClock(), patience=0, has_val=True)
     cb.set_model(m)
     cb.on_epoch_begin(1)
     cb.on_epoch_end(1, {"loss": float("nan"), "val_loss": 1.0})
-    assert m.stop_training and state["stopped"] == "nan" and state["nan_epoch"] == 1
+    assert m.stop_training and state.stopped == "nan" and state.nan_epoch == 1
     assert list(tmp_path.iterdir()) == []            # nothing saved from the broken weights
+
+
+def test_each_epoch_commits_a_state_that_a_new_process_resumes_from(tmp_path):
+    from stages import tracking
+    from stages.checkpoints import EpochEnd, Outputs, TrainState
+    from stages.config import AudioConfig
+    cfg = netlib.ModelConfig(hidden=4)
+    m = netlib.build_model(cfg, 3, 4)
+    netlib.compile_model(m, cfg)
+    tracker = tracking.Tracker.__new__(tracking.Tracker)
+    tracker.active, tracker.run_id = False, None
+    audio = AudioConfig(22050, 32768, 4, "rfft")
+    state = TrainState(fingerprint="f", baselines={"zero_block": 1.0})
+    cb = EpochEnd(state, Outputs(tmp_path, tmp_path / "model.keras", tmp_path / "h.csv", audio),
+                  tracker, EpochClock(), patience=2, has_val=True)
+    cb.set_model(m)
+    for epoch, val in enumerate([0.9, 0.8, 0.85, 0.86]):
+        cb.on_epoch_begin(epoch)
+        cb.on_epoch_end(epoch, {"loss": 1.0, "val_loss": val})
+    resumed = TrainState.load(tmp_path)
+    assert resumed == state and resumed.epoch == 3 and resumed.best_epoch == 1
+    assert resumed.wait == 2 and resumed.stopped == "early_stopping" and m.stop_training
+    assert sorted(p.name for p in tmp_path.glob("epoch-*.keras")) == ["epoch-00003.keras"]
+    assert netlib.saved_audio(tmp_path / "model.keras") == audio     # the best, with its settings
+    (tmp_path / "epoch-00003.keras").unlink()
+    assert TrainState.load(tmp_path) is None          # a state without its checkpoint is no state
 
 
 # --- real runs ------------------------------------------------------------------------------------

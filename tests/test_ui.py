@@ -14,7 +14,7 @@ import pytest
 
 from flows import champion
 from flows.retrain import stop_group
-from stages import common
+from stages import config
 from tests.conftest import (BIN, TINY_TRAIN, env, free_port, make_project, run,
                             wait_until_serving, write_song)
 
@@ -33,7 +33,7 @@ def promoted(tmp_path_factory) -> Path:
     write_song(raw / "two.flac", 2, 3.0, rate=48000, subtype="PCM_24")
     write_song(raw / "three.wav", 3, 3.0)
     run(["dvc", "repro"], project)
-    decision = champion.promote(project, common.load_params(project / "params.yaml"))
+    decision = champion.promote(project, config.load_params(project / "params.yaml"))
     assert decision["decision"] == "promoted"
     return project
 

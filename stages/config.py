@@ -1,0 +1,165 @@
+"""Parameters, the product's error type and the command-line wrapper: every stage reads params.yaml
+through here, and every user mistake leaves a stage as one sentence.
+
+The settings several stages share are typed once: `AudioConfig` (what the audio data is: rate,
+scale, block size, layout), validated once and compared as a whole, and `TrackingConfig` (where
+MLflow is). Each stage's own section is read by that stage's config class.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import yaml
+
+log = logging.getLogger("rawtune")
+
+PARAMS_FILE = "params.yaml"
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad params, no usable audio); its message is one sentence."""
+
+
+# --- params -----------------------------------------------------------------------------------
+
+def load_params(path: str | Path = PARAMS_FILE) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"Parameter file {path} not found; run from the project root.")
+    try:
+        params = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"Parameter file {path} is not valid YAML ({err.__class__.__name__}).") from err
+    return params
+
+
+def param(params: dict, key: str, kind: type | tuple = object, choices: Iterable | None = None,
+          minimum: float | None = None) -> Any:
+    """Return `params[key]` for a dotted key ("fft_blocks.block_size"), checked against its type,
+    allowed values and lower bound, with one sentence naming the key when it is wrong."""
+    node: Any = params
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise UserError(f"params.yaml has no value for '{key}'.")
+        node = node[part]
+    if kind is int and isinstance(node, bool) or not isinstance(node, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise UserError(f"params.yaml '{key}' must be {names}, got {node!r}.")
+    if choices is not None and node not in choices:
+        raise UserError(f"params.yaml '{key}' is {node!r}; allowed values are "
+                        f"{', '.join(repr(c) for c in choices)}.")
+    if minimum is not None and node < minimum:
+        raise UserError(f"params.yaml '{key}' must be at least {minimum}, got {node!r}.")
+    return node
+
+
+# --- the settings that travel with the data and the model --------------------------------------
+
+LAYOUTS = ("rfft", "full")
+SCALES = (32768, 32767)
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """What the audio data is: every array of the pipeline, and every model trained on it, holds
+    blocks of `block_size` samples at `sample_rate` Hz, scaled by 1/`scale`, in `layout`. Written
+    beside the tensors and saved with every model; data and model must agree before any audio is
+    written. The keys are params.yaml's, so a mismatch names what to change."""
+    sample_rate: int        # decode.sample_rate
+    scale: int              # wav_to_npy.scale
+    block_size: int         # fft_blocks.block_size
+    layout: str             # fft_blocks.fft
+
+    KEYS = {"sample_rate": "decode.sample_rate", "scale": "wav_to_npy.scale",
+            "block_size": "fft_blocks.block_size", "layout": "fft_blocks.fft"}
+
+    @classmethod
+    def from_params(cls, params: dict) -> "AudioConfig":
+        return cls(sample_rate=param(params, "decode.sample_rate", int, minimum=1000),
+                   scale=int(param(params, "wav_to_npy.scale", (int, float), choices=SCALES)),
+                   block_size=param(params, "fft_blocks.block_size", int, minimum=2),
+                   layout=param(params, "fft_blocks.fft", str, choices=LAYOUTS))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AudioConfig":
+        return cls(**{f.name: d[f.name] for f in fields(cls)})
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def differences(self, other: "AudioConfig") -> list[str]:
+        """'key: ours vs theirs' for every setting that differs, in params.yaml's names."""
+        return [f"{self.KEYS[f.name]} {getattr(self, f.name)!r} vs {getattr(other, f.name)!r}"
+                for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+
+
+def check_same_audio(model: AudioConfig, data: AudioConfig, model_name: str, data_name: str) -> None:
+    """Refuse a model made for other audio than the data, in one sentence naming each key."""
+    diff = model.differences(data)
+    if diff:
+        raise UserError(f"The model '{model_name}' was trained on other audio settings than the "
+                        f"data in '{data_name}' (model vs data: {'; '.join(diff)}); retrain with "
+                        "`dvc repro train` or use a model made for these settings.")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Where MLflow keeps runs and models. `MLFLOW_TRACKING_URI` wins over tracking.uri."""
+    uri: str
+    experiment: str
+    model_name: str
+    timeout_s: float
+
+    @classmethod
+    def from_params(cls, params: dict) -> "TrackingConfig":
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or param(params, "tracking.uri", str)
+        return cls(uri=uri, experiment=param(params, "tracking.experiment", str),
+                   model_name=param(params, "tracking.model_name", str),
+                   timeout_s=float(param(params, "tracking.timeout_s", (int, float), minimum=1)))
+
+    def rooted(self, project: str | Path) -> "TrackingConfig":
+        """The same store with a relative sqlite path taken from `project`, not the cwd."""
+        prefix = "sqlite:///"
+        if self.uri.startswith(prefix) and not Path(self.uri[len(prefix):]).is_absolute():
+            uri = f"{prefix}{Path(project).resolve() / self.uri[len(prefix):]}"
+            return TrackingConfig(uri, self.experiment, self.model_name, self.timeout_s)
+        return self
+
+
+def tensors_name(params: dict) -> str:
+    """tensors.name: the prefix of every file the tensors stage writes."""
+    return param(params, "tensors.name", str)
+
+
+# --- command line -----------------------------------------------------------------------------
+
+def cli(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser) -> None:
+    """Parse args, run `main`, and turn a UserError into its sentence and exit status 1."""
+    args = parser.parse_args()
+    logging.basicConfig(level=os.environ.get("RAWTUNE_LOG", "INFO"),
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        main(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("error: interrupted; finished outputs are kept and the next run continues.",
+              file=sys.stderr)
+        sys.exit(130)
+
+
+def stage_parser(description: str) -> argparse.ArgumentParser:
+    spec = getattr(sys.modules["__main__"], "__spec__", None)   # run as `python -m stages.x`
+    parser = argparse.ArgumentParser(prog=f"python -m {spec.name}" if spec else None,
+                                     description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default=PARAMS_FILE,
+                        help="parameter file to read (default: %(default)s)")
+    return parser

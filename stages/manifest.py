@@ -1,0 +1,26 @@
+"""The manifest: decode's account of every input file (one row each: path, content id, status,
+reason, duration, ...), read by the later stages to know which songs are usable.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from stages.files import atomic_path
+
+MANIFEST_COLUMNS = [("path", "string"), ("id", "string"), ("status", "string"),
+                    ("reason", "string"), ("seconds", "float64"), ("sample_rate_in", "int64"),
+                    ("channels_in", "int64"), ("frames", "int64"), ("peak_dbfs", "float64"),
+                    ("size", "int64"), ("mtime_ns", "int64")]
+
+
+def read_manifest(path: str | Path) -> list[dict]:
+    import pyarrow.parquet as pq  # here, not at the top: the array stages start faster without it
+    return pq.ParquetFile(path).read().to_pylist()  # (read_table would import pandas)
+
+
+def write_manifest(path: str | Path, rows: list[dict]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in MANIFEST_COLUMNS])
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
