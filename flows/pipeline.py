@@ -16,7 +16,6 @@ import argparse
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,18 +26,10 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 from prefect import flow, get_run_logger, task          # noqa: E402
 from prefect.runtime import task_run as current_task   # noqa: E402
 
-from stages import config, files                               # noqa: E402
+from flows.project import (STAGES, Paths, RunInProgress, load_params,  # noqa: E402
+                           repro_stage, retry_settings)
+from stages import files                                # noqa: E402
 from stages.config import UserError                     # noqa: E402
-
-STAGES = ("decode", "wav_to_npy", "fft_blocks", "tensors", "train", "generate", "evaluate")
-LOCK_MESSAGE = "Unable to acquire lock"
-BUSY = ("another run is in progress in {project} (the DVC lock is held); "
-        "wait for it to finish, or delete .dvc/tmp/lock if no DVC process is running.")
-
-
-class RunInProgress(Exception):
-    """Another DVC process holds the project's lock: worth retrying."""
-
 
 class NoTracebackForUserErrors(logging.Filter):
     """Prefect logs every failed flow and task run with its traceback; for a user's mistake or a
@@ -52,44 +43,6 @@ class NoTracebackForUserErrors(logging.Filter):
 
 for _name in ("prefect.flow_runs", "prefect.task_runs"):
     logging.getLogger(_name).addFilter(NoTracebackForUserErrors())
-
-
-def dvc_executable() -> str:
-    """The `dvc` beside this Python (the project's venv), else the one on PATH."""
-    beside = Path(sys.executable).with_name("dvc")
-    return str(beside) if beside.is_file() else "dvc"
-
-
-def stage_error(output: str, stage: str) -> str:
-    """The stage's own one-sentence error ("error: ..."), else DVC's, else a generic sentence."""
-    lines = [line.strip() for line in output.splitlines()]
-    ours = [line[len("error: "):] for line in lines if line.startswith("error: ")]
-    if ours:
-        return ours[-1]
-    dvcs = [line[len("ERROR: "):] for line in lines if line.startswith("ERROR: ")]
-    return dvcs[-1] if dvcs else f"stage '{stage}' failed; its output is above."
-
-
-def run_dvc_stage(stage: str, project: Path, log) -> bool:
-    """`dvc repro --single-item <stage>` in `project`, its output relayed line by line to `log`.
-    Returns whether the stage ran (False: DVC found it up to date)."""
-    cmd = [dvc_executable(), "repro", "--single-item", stage]
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, bufsize=1)
-    lines = []
-    for line in proc.stdout:
-        line = line.rstrip("\r\n")
-        lines.append(line)
-        if line.strip():
-            log.info("%s | %s", stage, line.split("\r")[-1])
-    proc.wait()
-    output = "\n".join(lines)
-    if proc.returncode != 0:
-        if LOCK_MESSAGE in output:
-            raise RunInProgress(BUSY.format(project=project))
-        raise UserError(stage_error(output, stage))
-    return f"Running stage '{stage}'" in output
 
 
 def only_transient(task, task_run, state) -> bool:
@@ -119,15 +72,16 @@ def not_user_error(task, task_run, state) -> bool:
 def stage_task(stage: str, project: str) -> dict:
     log = get_run_logger()
     t0 = time.perf_counter()
-    ran = run_dvc_stage(stage, Path(project), log)
+    ran = repro_stage(stage, Path(project), log)
     seconds = round(time.perf_counter() - t0, 1)
     log.info("%s: %s in %.1f s", stage, "ran" if ran else "up to date", seconds)
     return dict(stage=stage, ran=ran, seconds=seconds, attempts=current_task.run_count)
 
 
 def summarise(project: Path, results: list[dict]) -> dict:
-    train = files.read_json(project / "metrics" / "train.json") or {}
-    evaluation = files.read_json(project / "metrics" / "eval.json") or {}
+    paths = Paths.of(project)
+    train = files.read_json(paths.train_metrics) or {}
+    evaluation = files.read_json(paths.eval_metrics) or {}
     return dict(
         ran=[r["stage"] for r in results if r["ran"]],
         up_to_date=[r["stage"] for r in results if not r["ran"]],
@@ -140,22 +94,13 @@ def summarise(project: Path, results: list[dict]) -> dict:
     )
 
 
-def project_params(project: Path) -> dict:
-    return config.load_params(Path(project) / config.PARAMS_FILE)
-
-
-def retry_settings(params: dict) -> tuple[int, float]:
-    return (config.param(params, "flows.retries", int, minimum=0),
-            config.param(params, "flows.retry_delay_s", (int, float), minimum=0))
-
-
 @flow(name="rawtune-pipeline", log_prints=True)
 def pipeline(project: str = ".", stages: list[str] | None = None) -> dict:
     """Run the DVC stages in order (all of them unless `stages` names some); DVC skips what is
     up to date. Returns the summary."""
     log = get_run_logger()
     root = Path(project).resolve()
-    retries, delay = retry_settings(project_params(root))
+    retries, delay = retry_settings(load_params(root))
     unknown = [s for s in stages or () if s not in STAGES]
     if unknown:
         raise UserError(f"unknown stage {unknown[0]!r}; the stages are {', '.join(STAGES)}.")
@@ -181,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        retry_settings(project_params(args.project))   # a params mistake is told before Prefect starts
+        retry_settings(load_params(args.project))   # a params mistake is told before Prefect starts
         summary = pipeline(project=args.project, stages=args.stages)
     except (UserError, RunInProgress) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -15,49 +15,37 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from flows.pipeline import (BUSY, LOCK_MESSAGE, RunInProgress, dvc_executable, not_user_error,
-                            only_transient, pipeline, project_params,
-                            retry_settings)
+from flows.pipeline import not_user_error, only_transient, pipeline
+from flows.project import RunInProgress, changed_stages, load_params, retry_settings
+from flows.services import DidNotStart, stop_group, wait_until_serving
 from prefect import flow, get_run_logger, task
 
-from stages import config
-from stages.config import UserError
+from stages import config, registry
+from stages.config import TrackingConfig, UserError
 
 
 @task(name="dvc-status", retry_condition_fn=only_transient)
-def changed_stages(project: str) -> list[str]:
+def changed_stages_task(project: str) -> list[str]:
     """The stages DVC would run: songs, params or code changed since the last run."""
-    proc = subprocess.run([dvc_executable(), "status", "--json"], cwd=project, text=True,
-                          capture_output=True, env=dict(os.environ, DVC_NO_ANALYTICS="1"))
-    if proc.returncode != 0:
-        if LOCK_MESSAGE in proc.stdout + proc.stderr:
-            raise RunInProgress(BUSY.format(project=project))
-        raise UserError(f"`dvc status` failed in {project}: "
-                        f"{(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
-    status = json.loads(proc.stdout or "{}")
-    return sorted(name.split(":")[-1] for name in status)
+    return changed_stages(Path(project))
 
 
 def has_champion(params: dict, project: Path) -> bool:
-    from mlflow import MlflowClient
-    from flows import champion
-    uri = champion.project_uri(params, project)
-    return champion.champion_version(MlflowClient(uri, uri),
-                                     config.param(params, "tracking.model_name", str)) is not None
+    tracking = TrackingConfig.from_params(params).rooted(project)
+    return registry.champion_version(registry.client_for(tracking.uri),
+                                     tracking.model_name) is not None
 
 
 @task(name="promote", retry_condition_fn=not_user_error)
 def promote_task(project: str) -> dict:
     from flows import champion
     root = Path(project)
-    return champion.promote(root, project_params(root))
+    return champion.promote(root, load_params(root))
 
 
 @flow(name="rawtune-retrain", log_prints=True)
@@ -65,9 +53,10 @@ def retrain(project: str = ".") -> dict:
     """Retrain when something changed; promote the challenger only when it wins."""
     log = get_run_logger()
     root = Path(project).resolve()
-    params = project_params(root)
+    params = load_params(root)
     retries, delay = retry_settings(params)
-    changed = changed_stages.with_options(retries=retries, retry_delay_seconds=delay)(str(root))
+    changed = changed_stages_task.with_options(retries=retries,
+                                               retry_delay_seconds=delay)(str(root))
     if not changed and has_champion(params, root):
         log.info("nothing changed since the last run (no new songs, same params); the champion "
                  "stays.")
@@ -83,7 +72,6 @@ def retrain(project: str = ".") -> dict:
 def local_server(port: int, timeout_s: float = 90):
     """`prefect server start` on 127.0.0.1:`port` for as long as the block runs; its API URL is
     put in PREFECT_API_URL. The server's log goes to .prefect-server.log."""
-    import httpx
     api = f"http://127.0.0.1:{port}/api"
     env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_API_URL=api)
     prefect = Path(sys.executable).with_name("prefect")
@@ -93,17 +81,11 @@ def local_server(port: int, timeout_s: float = 90):
                                   env=env, stdout=out, stderr=subprocess.STDOUT,
                                   start_new_session=True)
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise UserError(f"The Prefect server did not start on 127.0.0.1:{port} (is the "
-                                "port taken?); its log is in .prefect-server.log.")
-            time.sleep(0.5)
+        try:
+            wait_until_serving(f"{api}/health", server, timeout_s)
+        except DidNotStart as err:
+            raise UserError(f"The Prefect server did not start on 127.0.0.1:{port} ({err}; is the "
+                            "port taken?); its log is in .prefect-server.log.") from err
         print(f"Prefect server on http://127.0.0.1:{port} (UI and API); log: "
               ".prefect-server.log", flush=True)
         os.environ["PREFECT_API_URL"] = api
@@ -112,25 +94,13 @@ def local_server(port: int, timeout_s: float = 90):
         stop_group(server)
 
 
-def stop_group(proc: subprocess.Popen, timeout_s: float = 20) -> None:
-    """Stop a process started with `start_new_session=True` and everything it started: SIGTERM
-    to its process group, SIGKILL after `timeout_s`."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 def serve(project: Path) -> None:
     """Serve the retraining deployment on the cron in params until interrupted."""
     if not os.environ.get("PREFECT_API_URL"):
         raise UserError("`serve` needs a Prefect server: run `make serve`, or start `prefect "
                         "server start` and set PREFECT_API_URL (the ephemeral API cannot "
                         "schedule runs).")
-    params = project_params(project)
+    params = load_params(project)
     cron = config.param(params, "flows.schedule", str)
     name = config.param(params, "flows.deployment", str)
     retrain.serve(name=name, cron=cron, parameters={"project": str(project.resolve())},

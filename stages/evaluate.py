@@ -9,15 +9,15 @@ clicks / copy, with the figure that decided it. Definitions are in `stages/quali
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from stages import config, files, quality
-from stages.config import UserError
+from stages import audio, config, files, quality
+from stages.config import AudioConfig, UserError
+from stages.tensor_files import Tensors
 
 log = logging.getLogger("rawtune")
 
@@ -148,49 +148,51 @@ def read_songs(npy_dir: Path, ids: list[str], seconds: float, rate: int) -> list
     return songs
 
 
-def main(args) -> None:
+def song_ids(tensors: Tensors) -> tuple[list[str], list[str]]:
+    """(training song ids, validation song ids) from the tensors' index."""
     import pyarrow.parquet as pq
-    import soundfile as sf
-    from stages import tracking
-    params = config.load_params(args.params)
-    th = Thresholds.from_params(params)
-    rate = config.param(params, "decode.sample_rate", int, minimum=1)
-    block_size = config.param(params, "fft_blocks.block_size", int, minimum=1)
-    name = config.param(params, "tensors.name", str)
-    index_path = Path(args.data) / f"{name}_index.parquet"
-    if not index_path.is_file():
-        raise UserError(f"'{index_path}' not found; run `dvc repro tensors` first.")
-    index = pq.read_table(index_path, columns=["split", "song_id"]).to_pylist()
-    val_ids = sorted({r["song_id"] for r in index if r["split"] == "val"})
-    train_ids = sorted({r["song_id"] for r in index if r["split"] == "train"})
-    songs = sorted(p for p in Path(args.generated).glob("*.wav") if not p.name.startswith("."))
-    songs += sorted(p for p in Path(args.generated).glob("*.mp3") if not p.name.startswith("."))
-    if not songs:
-        raise UserError(f"No generated songs in '{args.generated}'; run `dvc repro generate` "
-                        "first.")
+    if not tensors.index_path.is_file():
+        raise UserError(f"'{tensors.index_path}' not found; run `dvc repro tensors` first.")
+    index = pq.read_table(tensors.index_path, columns=["split", "song_id"]).to_pylist()
+    return (sorted({r["song_id"] for r in index if r["split"] == "train"}),
+            sorted({r["song_id"] for r in index if r["split"] == "val"}))
 
-    npy = Path(args.npy)
-    ref = Reference(read_songs(npy, val_ids, th.reference_seconds, rate),
-                    read_songs(npy, train_ids, th.reference_seconds, rate), rate, block_size)
-    log.info("calibration: frame FD real %.1f / noise %.1f, texture FD real %.1f / noise %.1f",
-             ref.figures["fd_frames_real"], ref.figures["fd_frames_noise"],
-             ref.figures["fd_texture_real"], ref.figures["fd_texture_noise"])
+
+def generated_songs(folder: Path) -> list[Path]:
+    songs = sorted(p for p in folder.glob("*.wav") if not p.name.startswith("."))
+    songs += sorted(p for p in folder.glob("*.mp3") if not p.name.startswith("."))
+    if not songs:
+        raise UserError(f"No generated songs in '{folder}'; run `dvc repro generate` first.")
+    return songs
+
+
+def check_songs_made_for(data: AudioConfig, tensors: Tensors, generate_metrics: Path) -> None:
+    """Refuse songs of a model made for other audio than the data (generate records the model
+    and its settings); songs without that record are only checked for their sample rate."""
+    made = files.read_json(generate_metrics) or {}
+    if "audio" not in made:
+        log.warning("'%s' does not say which audio settings made the songs; only their sample "
+                    "rate is checked.", generate_metrics)
+        return
+    config.check_same_audio(AudioConfig.from_dict(made["audio"]), data, made.get("model", "?"),
+                            str(tensors.folder))
+
+
+def judge_songs(songs: list[Path], ref: Reference, th: Thresholds) -> list[dict]:
     results = []
     for path in songs:
-        x, sr = sf.read(str(path), dtype="float64", always_2d=True)
-        if sr != rate:
-            raise UserError(f"'{path}' is at {sr} Hz, not decode.sample_rate {rate}; run "
-                            "`dvc repro generate` again.")
-        fig = ref.judge(x.mean(axis=1))
+        x, rate = audio.read_mono(path)
+        if rate != ref.rate:
+            raise UserError(f"'{path}' is at {rate} Hz, not the data's {ref.rate} Hz "
+                            "(decode.sample_rate); run `dvc repro generate` again.")
+        fig = ref.judge(x)
         fig["verdict"], fig["reason"] = verdict(fig, ref.figures, th)
         results.append(dict(file=path.name, **fig))
         log.info("%s: %s (%s)", path.name, fig["verdict"], fig["reason"])
+    return results
 
-    train = {}
-    try:
-        train = json.loads(Path(args.train_metrics).read_text())
-    except (OSError, ValueError):
-        log.warning("'%s' not found: the validation loss is left out.", args.train_metrics)
+
+def summarise(results: list[dict], ref: Reference, train: dict) -> dict:
     summary = dict(val_loss=train.get("val_loss"), baselines=train.get("baselines"),
                    ratio_to_best_baseline=train.get("ratio_to_best_baseline"),
                    calibration=ref.figures, songs=results,
@@ -202,19 +204,45 @@ def main(args) -> None:
         values = [r[key] for r in results if r.get(key) is not None]
         if values:
             summary[f"mean_{key}"] = round(float(np.mean(values)), 4)
-    files.write_json(args.metrics, summary)
+    return summary
 
-    tracker = tracking.join_run(params, train.get("mlflow_run_id"))
-    if tracker is not None:
-        tracker.log_changing_params({"evaluate": params.get("evaluate", {})})
-        tracker.log_metrics({f"eval_{k}": v for k, v in summary.items()
-                             if k.startswith("mean_")})
-        tracker.log_metrics({f"eval_calibration_{k}": v for k, v in ref.figures.items()})
-        tracker.log_metrics({"eval_songs_ok": summary["verdicts"].get("ok", 0)})
-        tracker.set_tags({f"eval.{r['file']}": f"{r['verdict']}: {r['reason']}"
-                          for r in results})
-        tracker.log_artifact(args.metrics, "evaluation")
-        tracker.end()
+
+def log_to_run(params: dict, summary: dict, metrics_path: str, run_id: str | None) -> None:
+    from stages import tracking
+    tracker = tracking.join_run(config.TrackingConfig.from_params(params), run_id)
+    if tracker is None:
+        return
+    tracker.log_changing_params({"evaluate": params.get("evaluate", {})})
+    tracker.log_metrics({f"eval_{k}": v for k, v in summary.items() if k.startswith("mean_")})
+    tracker.log_metrics({f"eval_calibration_{k}": v for k, v in summary["calibration"].items()})
+    tracker.log_metrics({"eval_songs_ok": summary["verdicts"].get("ok", 0)})
+    tracker.set_tags({f"eval.{r['file']}": f"{r['verdict']}: {r['reason']}"
+                      for r in summary["songs"]})
+    tracker.log_artifact(metrics_path, "evaluation")
+    tracker.end()
+
+
+def main(args) -> None:
+    params = config.load_params(args.params)
+    th = Thresholds.from_params(params)
+    tensors = Tensors.from_params(args.data, params)
+    train_ids, val_ids = song_ids(tensors)
+    songs = generated_songs(Path(args.generated))
+    data = tensors.audio()
+    check_songs_made_for(data, tensors, Path(args.generate_metrics))
+    rate, npy = data.sample_rate, Path(args.npy)
+    ref = Reference(read_songs(npy, val_ids, th.reference_seconds, rate),
+                    read_songs(npy, train_ids, th.reference_seconds, rate), rate, data.block_size)
+    log.info("calibration: frame FD real %.1f / noise %.1f, texture FD real %.1f / noise %.1f",
+             ref.figures["fd_frames_real"], ref.figures["fd_frames_noise"],
+             ref.figures["fd_texture_real"], ref.figures["fd_texture_noise"])
+    results = judge_songs(songs, ref, th)
+    train = files.read_json(args.train_metrics)
+    if train is None:
+        log.warning("'%s' not found: the validation loss is left out.", args.train_metrics)
+    summary = summarise(results, ref, train or {})
+    files.write_json(args.metrics, summary)
+    log_to_run(params, summary, args.metrics, (train or {}).get("mlflow_run_id"))
 
 
 def build_parser():
@@ -229,6 +257,9 @@ def build_parser():
                         help="the figures and verdicts (default: %(default)s)")
     parser.add_argument("--train-metrics", default="metrics/train.json",
                         help="train's metrics: validation loss and MLflow run (default: %(default)s)")
+    parser.add_argument("--generate-metrics", default="metrics/generate.json",
+                        help="generate's summary: the model and its audio settings "
+                             "(default: %(default)s)")
     return parser
 
 

@@ -8,13 +8,16 @@ Predicted blocks are de-normalised with the training mean/variance, turned back 
 the inverse of `fft_blocks.pack`, joined (optionally cross-faded), clipped to [-1, 1] (the clipped
 fraction is logged; never an int16 wrap-around) and written as 16-bit WAV, atomically, with a
 spectrogram PNG beside each song.
+
+Before anything is written, the model's audio settings (saved with it by `train`) are checked
+against the data's (`<name>_audio.json` beside the tensors): a model made for another rate,
+scale, block size or layout is refused in one sentence naming each difference.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
-import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +25,9 @@ import numpy as np
 from tqdm import tqdm
 
 from stages import arrays, audio, config, fft_blocks, files, model as netlib
-from stages.batches import Normaliser, Tensors
-from stages.config import UserError
+from stages.batches import Normaliser
+from stages.config import AudioConfig, UserError
+from stages.tensor_files import Tensors
 
 log = logging.getLogger("rawtune")
 
@@ -63,21 +67,6 @@ class GenerateConfig:
 
 
 # --- the model, one step at a time -------------------------------------------------------------
-
-def load_model(source: str):
-    """A trained model from a .keras file or an MLflow model URI (models:/name@alias)."""
-    keras = netlib.import_keras()
-    if source.startswith(("models:/", "runs:/")):
-        import mlflow
-        try:
-            return mlflow.keras.load_model(source, load_model_kwargs={"safe_mode": True})
-        except Exception as err:  # noqa: BLE001 - any registry failure is the user's to fix
-            raise UserError(f"MLflow model '{source}' could not be loaded "
-                            f"({type(err).__name__}); check the name and alias.") from err
-    if not Path(source).is_file():
-        raise UserError(f"No trained model at '{source}'; run `dvc repro train` first.")
-    return keras.saving.load_model(source, safe_mode=True)
-
 
 class Stepper:
     """The trained network as a one-block step: (block, states) -> (next block, states)."""
@@ -176,16 +165,6 @@ def peak_safe(samples: np.ndarray) -> tuple[np.ndarray, float]:
     return np.clip(samples, -1.0, 1.0).astype(np.float32), float(over.mean()) if len(samples) else 0.0
 
 
-def write_song(samples: np.ndarray, path: Path, sample_rate: int, fmt: str) -> None:
-    import soundfile as sf
-    with files.atomic_path(path) as tmp:
-        if fmt == "mp3":
-            sf.write(str(tmp), samples, sample_rate, format="MP3")
-        else:
-            sf.write(str(tmp), audio.to_int16(samples)[0], sample_rate, subtype="PCM_16",
-                     format="WAV")
-
-
 # --- seeds ---------------------------------------------------------------------------------------
 
 def seed_from_tensors(tensors: Tensors, split: str, k: int, n_songs: int,
@@ -202,25 +181,31 @@ def seed_from_tensors(tensors: Tensors, split: str, k: int, n_songs: int,
     return norm.forward(np.asarray(x[picks, :k])), picks
 
 
-def seed_from_file(path: str, k: int, n_songs: int, sample_rate: int, scale: float,
-                   block_size: int, layout: str, norm: Normaliser) -> np.ndarray:
+def seed_from_file(path: str, k: int, n_songs: int, audio_cfg: AudioConfig,
+                   norm: Normaliser) -> np.ndarray:
     """The first k blocks of the user's own audio file, decoded exactly as training songs are."""
-    import soundfile as sf
-    src = Path(path)
-    if not src.is_file():
+    if not Path(path).is_file():
         raise UserError(f"Seed file '{path}' (generate.seed_file) not found.")
-    with tempfile.TemporaryDirectory() as tmp:
-        wav = Path(tmp) / "seed.wav"
-        try:
-            audio.decode_to_wav(src, wav, sample_rate)
-        except audio.AudioError as err:
-            raise UserError(f"Seed file '{path}' {err}.") from err
-        samples = sf.read(str(wav), dtype="int16")[0].astype(np.float32) / scale
-    blocks = fft_blocks.pack(fft_blocks.to_blocks(samples, block_size), layout)
+    try:
+        samples = audio.decode_samples(path, audio_cfg.sample_rate, audio_cfg.scale)
+    except audio.AudioError as err:
+        raise UserError(f"Seed file '{path}' {err}.") from err
+    blocks = fft_blocks.pack(fft_blocks.to_blocks(samples, audio_cfg.block_size), audio_cfg.layout)
     if len(blocks) < k:
-        raise UserError(f"Seed file '{path}' has {len(blocks)} block(s) of {block_size} samples; "
-                        f"'generate.seed_blocks' asks for {k}.")
+        raise UserError(f"Seed file '{path}' has {len(blocks)} block(s) of {audio_cfg.block_size} "
+                        f"samples; 'generate.seed_blocks' asks for {k}.")
     return np.repeat(norm.forward(blocks[:k])[None], n_songs, axis=0)
+
+
+def choose_seeds(cfg: GenerateConfig, tensors: Tensors, audio_cfg: AudioConfig,
+                 norm: Normaliser, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
+    """The normalised seed blocks (n_songs, seed_blocks, features) and where each came from."""
+    if cfg.seed_source == "file":
+        seed = seed_from_file(cfg.seed_file, cfg.seed_blocks, cfg.n_songs, audio_cfg, norm)
+        return seed, [cfg.seed_file] * cfg.n_songs
+    split = "" if cfg.seed_source == "train" else "val_"
+    seed, picks = seed_from_tensors(tensors, split, cfg.seed_blocks, cfg.n_songs, rng, norm)
+    return seed, [f"{cfg.seed_source} sequence {i}" for i in picks]
 
 
 # --- the stage ---------------------------------------------------------------------------------
@@ -233,93 +218,115 @@ def segment_levels(samples: np.ndarray, sample_rate: int, seconds: float = 10.0)
 
 
 def train_run_id(path: Path) -> str | None:
-    try:
-        return json.loads(path.read_text()).get("mlflow_run_id")
-    except (OSError, ValueError):
-        return None
+    return (files.read_json(path) or {}).get("mlflow_run_id")
 
 
-def main(args) -> None:
-    import time
-    from stages import plots, tracking
-    params = config.load_params(args.params)
-    cfg = GenerateConfig.from_params(params)
-    block_size = config.param(params, "fft_blocks.block_size", int, minimum=1)
-    layout = config.param(params, "fft_blocks.fft", str, fft_blocks.LAYOUTS)
-    sample_rate = config.param(params, "decode.sample_rate", int, minimum=1)
-    scale = config.param(params, "wav_to_npy.scale", (int, float))
-    normalise = config.param(params, "train.normalise", bool)
-    tensors = Tensors(Path(args.data), config.param(params, "tensors.name", str))
-    tensors.check()
-    model_source = args.model or cfg.model
-    n_feat = tensors.shape()[1]
-    if n_feat != fft_blocks.n_features(block_size, layout):
-        raise UserError(f"The tensors have {n_feat} features but params.yaml's fft_blocks settings "
-                        f"make {fft_blocks.n_features(block_size, layout)}; run `dvc repro` first.")
-
-    model = load_model(model_source)
-    stepper = Stepper(model)
-    if stepper.n_features != n_feat:
-        raise UserError(f"The model '{model_source}' predicts {stepper.n_features} features but the "
-                        f"tensors have {n_feat}; run `dvc repro train` first.")
-    norm = Normaliser.load(tensors, normalise)
-    rng = np.random.default_rng(cfg.random_seed)
-    if cfg.seed_source == "file":
-        seed = seed_from_file(cfg.seed_file, cfg.seed_blocks, cfg.n_songs, sample_rate, scale,
-                              block_size, layout, norm)
-        seeds = [cfg.seed_file] * cfg.n_songs
+def model_for(source: str, data: AudioConfig, tensors: Tensors, params: dict) -> "Stepper":
+    """The model as a one-block step, refused (one sentence) when it was made for other audio
+    than the data: other settings, or, for a model that records none, another feature count."""
+    model, model_audio = netlib.load(source, config.TrackingConfig.from_params(params))
+    if model_audio is not None:
+        config.check_same_audio(model_audio, data, source, str(tensors.folder))
     else:
-        split = "" if cfg.seed_source == "train" else "val_"
-        seed, picks = seed_from_tensors(tensors, split, cfg.seed_blocks, cfg.n_songs, rng, norm)
-        seeds = [f"{cfg.seed_source} sequence {i}" for i in picks]
+        log.warning("the model '%s' records no audio settings (saved by an older version); only "
+                    "its feature count is checked against the data.", source)
+    stepper = Stepper(model)
+    n_feat = tensors.shape()[1]
+    if stepper.n_features != n_feat:
+        raise UserError(f"The model '{source}' predicts {stepper.n_features} features but the "
+                        f"tensors have {n_feat}; run `dvc repro train` first.")
+    return stepper
 
-    n_blocks = math.ceil(cfg.seconds * sample_rate / block_size)
-    log.info("generating %d song(s) of %d blocks (%.1f s) from %d seed block(s), temperature %g",
-             cfg.n_songs, n_blocks, n_blocks * block_size / sample_rate, cfg.seed_blocks,
-             cfg.temperature)
-    t0 = time.perf_counter()
-    made = generate_blocks(stepper, seed, n_blocks, cfg.temperature, rng)
-    wall = time.perf_counter() - t0
 
-    out_dir = Path(args.out)
+def data_settings(tensors: Tensors, wanted: AudioConfig) -> AudioConfig:
+    """The audio settings of the tensors, which must be params.yaml's (else they are stale)."""
+    data = tensors.audio()
+    diff = data.differences(wanted)
+    if diff:
+        raise UserError(f"The tensors in '{tensors.folder}' were made with other audio settings "
+                        f"than params.yaml's (data vs params: {'; '.join(diff)}); run `dvc repro` "
+                        "first.")
+    return data
+
+
+def write_songs(made: np.ndarray, norm: Normaliser, audio_cfg: AudioConfig, cfg: GenerateConfig,
+                out_dir: Path, seeds: list[str]) -> list[dict]:
+    """Each song's blocks back to samples, peak-safe, written with a spectrogram beside it (the
+    folder's earlier songs removed first); returns one summary per song."""
+    from stages import plots
+    rate = audio_cfg.sample_rate
     out_dir.mkdir(parents=True, exist_ok=True)
     files.remove_stale_tmp(out_dir)
     for old in out_dir.glob("song_*"):
         old.unlink()
     songs = []
-    for i in tqdm(range(cfg.n_songs), desc="generate: writing", unit="song", disable=None,
+    for i in tqdm(range(len(made)), desc="generate: writing", unit="song", disable=None,
                   leave=False):   # WAV/MP3 + spectrogram; quiet when not a terminal
-        samples = blocks_to_samples(norm.inverse(made[i]), layout, block_size, cfg.crossfade)
-        samples = samples[: int(round(cfg.seconds * sample_rate))]
-        samples, clipped = peak_safe(samples)
-        path = out_dir / f"song_{i + 1:02d}.{cfg.format}"
-        write_song(samples, path, sample_rate, cfg.format)
-        plots.spectrogram(samples, sample_rate, path.with_suffix(".png"),
+        samples = blocks_to_samples(norm.inverse(made[i]), audio_cfg.layout, audio_cfg.block_size,
+                                    cfg.crossfade)
+        samples, clipped = peak_safe(samples[: int(round(cfg.seconds * rate))])
+        path = audio.write_song(out_dir / f"song_{i + 1:02d}.{cfg.format}", samples, rate,
+                                cfg.format)
+        plots.spectrogram(samples, rate, path.with_suffix(".png"),
                           title=f"{path.name}: seeded from {seeds[i]}")
-        songs.append(dict(file=path.name, seed=seeds[i], seconds=round(len(samples) / sample_rate, 3),
+        songs.append(dict(file=path.name, seed=seeds[i], seconds=round(len(samples) / rate, 3),
                           clipped_fraction=clipped, peak=float(np.abs(samples).max()),
-                          rms_dbfs_per_10s=segment_levels(samples, sample_rate)))
+                          rms_dbfs_per_10s=segment_levels(samples, rate)))
         if clipped > 0:
             log.warning("%s: %.3f%% of the samples were above full scale and were clipped.",
                         path.name, 100 * clipped)
-    audio_seconds = cfg.n_songs * n_blocks * block_size / sample_rate
+    return songs
+
+
+def log_to_run(params: dict, summary: dict, out_dir: Path, train_metrics: Path) -> None:
+    """Add the songs, their spectrograms and generate's params to the training run."""
+    from stages import tracking
+    tracker = tracking.join_run(config.TrackingConfig.from_params(params),
+                                train_run_id(train_metrics))
+    if tracker is None:
+        return
+    tracker.log_changing_params({"generate": params["generate"]})
+    tracker.log_metrics({"generate_realtime_factor": summary["realtime_factor"],
+                         "generate_clipped_fraction": max(s["clipped_fraction"]
+                                                          for s in summary["songs"])})
+    for s in summary["songs"]:
+        tracker.log_artifact(out_dir / s["file"], "generated")
+        tracker.log_artifact((out_dir / s["file"]).with_suffix(".png"), "generated")
+    tracker.end()
+
+
+def main(args) -> None:
+    params = config.load_params(args.params)
+    cfg = GenerateConfig.from_params(params)
+    wanted = AudioConfig.from_params(params)
+    normalise = config.param(params, "train.normalise", bool)
+    tensors = Tensors.from_params(args.data, params)
+    tensors.check()
+    audio_cfg = data_settings(tensors, wanted)
+    model_source = args.model or cfg.model
+    stepper = model_for(model_source, audio_cfg, tensors, params)
+    norm = Normaliser.load(tensors, normalise)
+    rng = np.random.default_rng(cfg.random_seed)
+    seed, seeds = choose_seeds(cfg, tensors, audio_cfg, norm, rng)
+
+    rate, block_size = audio_cfg.sample_rate, audio_cfg.block_size
+    n_blocks = math.ceil(cfg.seconds * rate / block_size)
+    log.info("generating %d song(s) of %d blocks (%.1f s) from %d seed block(s), temperature %g",
+             cfg.n_songs, n_blocks, n_blocks * block_size / rate, cfg.seed_blocks, cfg.temperature)
+    t0 = time.perf_counter()
+    made = generate_blocks(stepper, seed, n_blocks, cfg.temperature, rng)
+    wall = time.perf_counter() - t0
+
+    out_dir = Path(args.out)
+    songs = write_songs(made, norm, audio_cfg, cfg, out_dir, seeds)
+    audio_seconds = cfg.n_songs * n_blocks * block_size / rate
     summary = dict(songs=songs, n_songs=cfg.n_songs, seconds=cfg.seconds, blocks=n_blocks,
                    generation_s=round(wall, 3), realtime_factor=round(audio_seconds / wall, 1),
-                   model=model_source)
+                   model=model_source, audio=audio_cfg.as_dict())
     files.write_json(args.metrics, summary)
     log.info("%d song(s) -> %s (%.1f s of audio in %.1f s: %.0fx real time)", cfg.n_songs, out_dir,
              audio_seconds, wall, audio_seconds / wall)
-
-    tracker = tracking.join_run(params, train_run_id(Path(args.train_metrics)))
-    if tracker is not None:
-        tracker.log_changing_params({"generate": params["generate"]})
-        tracker.log_metrics({"generate_realtime_factor": summary["realtime_factor"],
-                             "generate_clipped_fraction": max(s["clipped_fraction"]
-                                                              for s in songs)})
-        for s in songs:
-            tracker.log_artifact(out_dir / s["file"], "generated")
-            tracker.log_artifact((out_dir / s["file"]).with_suffix(".png"), "generated")
-        tracker.end()
+    log_to_run(params, summary, out_dir, Path(args.train_metrics))
 
 
 def build_parser():

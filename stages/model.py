@@ -158,10 +158,10 @@ def load(source: str, tracking: config.TrackingConfig | None = None):
     """A trained model and its audio settings (None when it has none) from a .keras file or an
     MLflow model URI (models:/name@alias, models:/name/version, runs:/...)."""
     if source.startswith(("models:/", "runs:/")):
-        from stages import tracking as tracking_lib
+        from stages import registry
         if tracking is None:
             raise UserError(f"MLflow model '{source}' needs a tracking store to load from.")
-        return tracking_lib.load_model(source, tracking.uri)
+        return registry.load_model(source, tracking.uri)
     if not Path(source).is_file():
         raise UserError(f"No trained model at '{source}'; run `dvc repro train` first.")
     keras = import_keras()

@@ -95,3 +95,12 @@ def registered(client, tracking_uri: str, name: str, version: str) -> Registered
     mv = client.get_model_version(name, version)
     model, audio = load_model(f"models:/{name}/{version}", tracking_uri)
     return Registered(str(version), model, audio, run_normaliser(client, mv.run_id))
+
+
+def cannot_read(contender: Registered, tensors) -> str | None:
+    """Why a registered model cannot be scored on the tensors ('key: model vs data; ...'), or
+    None. A model saved without audio settings is judged by its feature count alone."""
+    if contender.audio is not None:
+        return "; ".join(contender.audio.differences(tensors.audio())) or None
+    n_model, n_data = contender.model.input_shape[-1], tensors.shape()[1]
+    return f"{n_model} features vs {n_data}" if n_model != n_data else None

@@ -44,6 +44,8 @@ class Tensors:
 
     def audio(self) -> AudioConfig:
         """The audio settings the tensors were made with."""
+        if not self.audio_path.is_file():
+            raise UserError(f"'{self.audio_path}' not found; run `dvc repro tensors` first.")
         settings = read_json(self.audio_path)
         try:
             return AudioConfig.from_dict(settings)

@@ -111,9 +111,9 @@ class Tracker:
         # bound every HTTP call instead of mlflow's default minutes of retries
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(1, timeout_s))))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-        why = unreachable(uri, timeout_s)
+        why = unreachable(self.uri, timeout_s)
         if why:
-            self._off(f"the MLflow tracking server {uri} cannot be reached ({why})")
+            self._off(f"the MLflow tracking server {self.uri} cannot be reached ({why})")
             return
         self.active = True
 

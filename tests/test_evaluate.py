@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from stages import evaluate, quality, synth
-from tests.conftest import ROOT, run, run_stage, set_params
+from stages import evaluate, files, quality, synth
+from stages.config import AudioConfig
+from tests.conftest import ROOT, assert_one_line_error, run, run_stage, set_params, write_song
 
 RATE, BLOCK = 44100, 2048
 SECONDS = 12
@@ -113,6 +114,26 @@ def test_missing_inputs_are_one_sentence(tmp_path):
                                   str(tmp_path / "gen")], tmp_path, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "No generated songs in" in proc.stderr and "run `dvc repro generate` first" in proc.stderr
+
+
+def test_songs_of_a_model_made_for_other_audio_are_refused(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    data = tmp_path / "data"
+    data.mkdir()
+    pq.write_table(pa.table({"split": ["val"], "song_id": ["a"]}), data / "music_index.parquet")
+    files.write_json(data / "music_audio.json", AudioConfig(44100, 32768, 1024, "full").as_dict())
+    write_song(tmp_path / "gen" / "song_01.wav", 1, 0.5, channels=1)
+    files.write_json(tmp_path / "generate.json", {
+        "model": "models:/rawtune/3", "audio": AudioConfig(44100, 32768, 2048, "rfft").as_dict()})
+    proc = run_stage("evaluate", ["--data", "data", "--generated", "gen", "--metrics", "e.json",
+                                  "--generate-metrics", "generate.json"], tmp_path, check=False)
+    assert_one_line_error(proc, "The model 'models:/rawtune/3' was trained on other audio "
+                                "settings than the data in 'data' (model vs data: "
+                                "fft_blocks.block_size 2048 vs 1024; fft_blocks.fft 'rfft' vs "
+                                "'full')")
+    assert not (tmp_path / "e.json").exists()
 
 
 @pytest.mark.slow

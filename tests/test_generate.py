@@ -7,12 +7,10 @@ import json
 
 import numpy as np
 import pytest
-import soundfile as sf
-
-from stages import decode, fft_blocks, generate, model as netlib, wav_to_npy
+from stages import audio, decode, fft_blocks, files, generate, model as netlib, wav_to_npy
 from stages.batches import Normaliser
-from stages.config import UserError
-from tests.conftest import ROOT, run, run_stage, set_params, write_song
+from stages.config import AudioConfig, UserError
+from tests.conftest import ROOT, assert_one_line_error, run, run_stage, set_params, write_song
 
 
 @pytest.mark.parametrize("cell, layers", [("lstm", 1), ("gru", 1), ("lstm", 2)])
@@ -78,10 +76,10 @@ def test_a_loud_prediction_is_clipped_never_wrapped(tmp_path):
     samples, fraction = generate.peak_safe(np.array([2.0, -3.0, 0.5, 0.25], np.float32))
     np.testing.assert_array_equal(samples, [1.0, -1.0, 0.5, 0.25])
     assert fraction == 0.5
-    generate.write_song(samples, tmp_path / "loud.wav", 44100, "wav")
-    pcm, rate = sf.read(str(tmp_path / "loud.wav"), dtype="int16")
-    assert rate == 44100 and sf.info(str(tmp_path / "loud.wav")).subtype == "PCM_16"
-    assert pcm[0] == 32767 and pcm[1] == -32768 and pcm[2] == 16384
+    audio.write_song(tmp_path / "loud.wav", samples, 44100, "wav")
+    pcm, rate = audio.read(tmp_path / "loud.wav", dtype="int16")
+    assert rate == 44100 and audio.info(tmp_path / "loud.wav").subtype == "PCM_16"
+    assert pcm[0, 0] == 32767 and pcm[1, 0] == -32768 and pcm[2, 0] == 16384
 
 
 @pytest.mark.parametrize("name, kwargs", [
@@ -97,23 +95,85 @@ def test_seed_from_a_users_file_is_what_preprocessing_makes_of_it(tmp_path, name
     fft_blocks.fft_song(str(tmp_path / "s.npy"), str(tmp_path / "f.npy"), block, "rfft")
     expected = np.load(tmp_path / "f.npy")[:k]
     norm = Normaliser(expected.mean(0), expected.var(0) + 1.0)
-    seed = generate.seed_from_file(str(src), k, 2, 44100, 32768, block, "rfft", norm)
+    seed = generate.seed_from_file(str(src), k, 2, AudioConfig(44100, 32768, block, "rfft"), norm)
     assert seed.shape == (2, k, block)
     np.testing.assert_allclose(seed[1], norm.forward(expected), rtol=1e-5, atol=1e-5)
 
 
 def test_seed_file_errors_are_one_sentence(tmp_path):
     norm = Normaliser(np.zeros(1024), np.ones(1024))
+    cfg = AudioConfig(44100, 32768, 1024, "rfft")
     with pytest.raises(UserError, match=r"Seed file '.*nope.wav' \(generate.seed_file\) not found"):
-        generate.seed_from_file(str(tmp_path / "nope.wav"), 2, 1, 44100, 32768, 1024, "rfft", norm)
+        generate.seed_from_file(str(tmp_path / "nope.wav"), 2, 1, cfg, norm)
     (tmp_path / "notes.txt").write_text("not audio")
     with pytest.raises(UserError, match=r"notes.txt' is not a readable audio file"):
-        generate.seed_from_file(str(tmp_path / "notes.txt"), 2, 1, 44100, 32768, 1024, "rfft",
-                                norm)
+        generate.seed_from_file(str(tmp_path / "notes.txt"), 2, 1, cfg, norm)
     short = write_song(tmp_path / "short.wav", 1, 0.05, channels=1)
     with pytest.raises(UserError, match=r"has 3 block\(s\) of 1024 samples; 'generate.seed_blocks' "
                                         r"asks for 8"):
-        generate.seed_from_file(str(short), 8, 1, 44100, 32768, 1024, "rfft", norm)
+        generate.seed_from_file(str(short), 8, 1, cfg, norm)
+
+
+# --- a model is only used on the audio it was made for --------------------------------------------
+
+DATA_AUDIO = AudioConfig(sample_rate=44100, scale=32768, block_size=1024, layout="full")
+
+
+def data_and_model(tmp_path, model_audio: AudioConfig | None):
+    """A project's tensors made with 1024-sample blocks in the full layout (2048 features), and a
+    model of the same feature count saved with `model_audio`."""
+    project = tmp_path / "p"
+    (project / "data").mkdir(parents=True)
+    params = project / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    set_params(params, {"fft_blocks.block_size": 1024, "fft_blocks.fft": "full",
+                        "generate.seconds": 0.1, "generate.n_songs": 1, "generate.seed_blocks": 1})
+    n_feat = 2048
+    rng = np.random.default_rng(0)
+    for suffix, shape in (("x", (2, 4, n_feat)), ("y", (2, 4, n_feat)), ("val_x", (1, 4, n_feat)),
+                          ("val_y", (1, 4, n_feat)), ("mean", (n_feat,)), ("var", (n_feat,))):
+        np.save(project / "data" / f"music_{suffix}.npy",
+                np.abs(rng.normal(size=shape)).astype(np.float32))
+    files.write_json(project / "data" / "music_audio.json", DATA_AUDIO.as_dict())
+    model = netlib.build_model(netlib.ModelConfig(hidden=4), None, n_feat)
+    netlib.save(model, project / "model.keras", model_audio)
+    return project
+
+
+def generate_with(project):
+    return run_stage("generate", ["--data", "data", "--model", "model.keras", "--out", "gen",
+                                  "--metrics", "g.json", "--train-metrics", "none.json"],
+                     project, check=False)
+
+
+@pytest.mark.parametrize("model_audio, says", [
+    (AudioConfig(44100, 32768, 2048, "rfft"),
+     "(model vs data: fft_blocks.block_size 2048 vs 1024; fft_blocks.fft 'rfft' vs 'full')"),
+    (AudioConfig(22050, 32768, 1024, "full"), "(model vs data: decode.sample_rate 22050 vs 44100)"),
+])
+def test_a_model_made_for_other_audio_is_refused_and_nothing_is_written(tmp_path, model_audio,
+                                                                        says):
+    project = data_and_model(tmp_path, model_audio)
+    proc = generate_with(project)
+    assert_one_line_error(proc, "The model 'model.keras' was trained on other audio settings "
+                                "than the data in 'data'", says)
+    assert not (project / "gen").exists() and not (project / "g.json").exists()
+
+
+def test_a_model_made_for_the_datas_audio_writes_songs(tmp_path):
+    project = data_and_model(tmp_path, DATA_AUDIO)
+    proc = generate_with(project)
+    assert proc.returncode == 0, proc.stderr
+    assert audio.info(project / "gen" / "song_01.wav").frames == round(0.1 * 44100)
+    assert json.loads((project / "g.json").read_text())["audio"] == DATA_AUDIO.as_dict()
+
+
+def test_stale_tensors_are_refused_before_any_model_is_read(tmp_path):
+    project = data_and_model(tmp_path, DATA_AUDIO)
+    set_params(project / "params.yaml", {"decode.sample_rate": 22050})
+    assert_one_line_error(generate_with(project), "were made with other audio settings than "
+                          "params.yaml's (data vs params: decode.sample_rate 44100 vs 22050)",
+                          "run `dvc repro` first")
 
 
 @pytest.mark.parametrize("key, value, sentence", [
@@ -147,7 +207,7 @@ def test_repro_generate_writes_songs_and_attaches_them_to_the_training_run(train
     assert "Traceback" not in proc.stderr
     out = trained / "data/generated"
     for i in (1, 2):
-        info = sf.info(str(out / f"song_{i:02d}.wav"))
+        info = audio.info(out / f"song_{i:02d}.wav")
         assert (info.samplerate, info.channels, info.subtype) == (44100, 1, "PCM_16")
         assert info.frames == 2 * 44100
         assert (out / f"song_{i:02d}.png").read_bytes().startswith(b"\x89PNG")
@@ -180,7 +240,7 @@ def test_mp3_output_and_a_registry_model_uri(trained, tmp_path):
                            "--metrics", str(tmp_path / "g.json"), "--train-metrics", "/nowhere"],
                           cwd=trained, env={**env(), **e}, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    info = sf.info(str(tmp_path / "gen" / "song_01.mp3"))
+    info = audio.info(tmp_path / "gen" / "song_01.mp3")
     assert info.format == "MP3" and info.samplerate == 44100 and info.channels == 1
     assert abs(info.frames - 2 * 44100) < 0.05 * 2 * 44100
     assert json.loads((tmp_path / "g.json").read_text())["model"] == f"models:/rawtune/{version}"

@@ -270,16 +270,19 @@ def test_mlflow_run_holds_params_epoch_metrics_dataset_and_model(trained):
 
 
 @pytest.mark.slow
-def test_registered_model_predicts_like_the_model_file(trained, monkeypatch):
-    import keras
-    import mlflow
+def test_registered_model_predicts_like_the_model_file_and_both_carry_the_audio(trained):
+    from stages import registry
+    from stages.config import AudioConfig
     m = metrics(trained)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{trained / 'mlflow.db'}")
-    registered = mlflow.keras.load_model(f"models:/rawtune/{m['model_version']}")
-    local = keras.saving.load_model(trained / "models/model.keras", safe_mode=True)
+    registered, reg_audio = registry.load_model(f"models:/rawtune/{m['model_version']}",
+                                                f"sqlite:///{trained / 'mlflow.db'}")
+    local, local_audio = netlib.load(str(trained / "models/model.keras"))
     x = np.load(trained / "data/processed/music_val_x.npy")[:2]
     np.testing.assert_allclose(registered.predict(x, verbose=0), local.predict(x, verbose=0),
                                rtol=1e-5, atol=1e-6)
+    data_audio = Tensors(trained / "data/processed", "music").audio()
+    assert reg_audio == local_audio == data_audio == AudioConfig(44100, 32768, 2048, "rfft")
+    assert m["audio"] == data_audio.as_dict()
 
 
 @pytest.mark.slow

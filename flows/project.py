@@ -1,0 +1,118 @@
+"""The project as the flows see it: its params, the paths its dvc.yaml declares, and every call
+of the `dvc` command line (repro, status), with the one way a held DVC lock is recognised.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from stages import config
+from stages.config import UserError
+
+STAGES = ("decode", "wav_to_npy", "fft_blocks", "tensors", "train", "generate", "evaluate")
+LOCK_MESSAGE = "Unable to acquire lock"
+BUSY = ("another run is in progress in {project} (the DVC lock is held); "
+        "wait for it to finish, or delete .dvc/tmp/lock if no DVC process is running.")
+
+
+class RunInProgress(Exception):
+    """Another DVC process holds the project's lock: worth retrying."""
+
+
+def load_params(project: str | Path) -> dict:
+    return config.load_params(Path(project) / config.PARAMS_FILE)
+
+
+def retry_settings(params: dict) -> tuple[int, float]:
+    return (config.param(params, "flows.retries", int, minimum=0),
+            config.param(params, "flows.retry_delay_s", (int, float), minimum=0))
+
+
+# --- what dvc.yaml declares ---------------------------------------------------------------------
+
+def _declared(entries: list) -> list[str]:
+    """dvc.yaml outs/metrics entries (a path, or {path: options}) -> their paths."""
+    return [next(iter(e)) if isinstance(e, dict) else e for e in entries or []]
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The outputs the flows read, where the project's dvc.yaml puts them."""
+    tensors: Path           # the tensors stage's folder
+    train_metrics: Path     # train's summary: model version, MLflow run
+    eval_metrics: Path      # evaluate's verdicts
+
+    @classmethod
+    def of(cls, project: str | Path) -> "Paths":
+        root = Path(project)
+        try:
+            stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+            return cls(root / _declared(stages["tensors"]["outs"])[0],
+                       root / _declared(stages["train"]["metrics"])[0],
+                       root / _declared(stages["evaluate"]["metrics"])[0])
+        except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError) as err:
+            raise UserError(f"'{root / 'dvc.yaml'}' does not declare the tensors folder and the "
+                            f"train and evaluate metrics ({type(err).__name__}); restore it from "
+                            "git.") from err
+
+
+# --- the dvc command line -----------------------------------------------------------------------
+
+def dvc_executable() -> str:
+    """The `dvc` beside this Python (the project's venv), else the one on PATH."""
+    beside = Path(sys.executable).with_name("dvc")
+    return str(beside) if beside.is_file() else "dvc"
+
+
+def stage_error(output: str, stage: str) -> str:
+    """The stage's own one-sentence error ("error: ..."), else DVC's, else a generic sentence."""
+    lines = [line.strip() for line in output.splitlines()]
+    ours = [line[len("error: "):] for line in lines if line.startswith("error: ")]
+    if ours:
+        return ours[-1]
+    dvcs = [line[len("ERROR: "):] for line in lines if line.startswith("ERROR: ")]
+    return dvcs[-1] if dvcs else f"stage '{stage}' failed; its output is above."
+
+
+def run_dvc(args: list[str], project: Path, on_line=None) -> str:
+    """`dvc <args>` in `project` with this venv first on PATH (the stages' `python`); each output
+    line goes to `on_line` as it comes. Returns the output; a held lock raises RunInProgress,
+    any other failure UserError with the stage's (or DVC's) one sentence."""
+    env = dict(os.environ, DVC_NO_ANALYTICS="1",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    proc = subprocess.Popen([dvc_executable(), *args], cwd=project, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    lines = []
+    for line in proc.stdout:
+        line = line.rstrip("\r\n")
+        lines.append(line)
+        if on_line is not None and line.strip():
+            on_line(line.split("\r")[-1])
+    proc.wait()
+    output = "\n".join(lines)
+    if proc.returncode != 0:
+        if LOCK_MESSAGE in output:
+            raise RunInProgress(BUSY.format(project=project))
+        raise UserError(stage_error(output, args[-1]))
+    return output
+
+
+def repro_stage(stage: str, project: Path, log) -> bool:
+    """`dvc repro --single-item <stage>`, its output relayed to `log`. Returns whether the stage
+    ran (False: DVC found it up to date)."""
+    output = run_dvc(["repro", "--single-item", stage], project,
+                     lambda line: log.info("%s | %s", stage, line))
+    return f"Running stage '{stage}'" in output
+
+
+def changed_stages(project: Path) -> list[str]:
+    """The stages DVC would run: songs, params or code changed since the last run."""
+    output = run_dvc(["status", "--json"], project)
+    found = [line for line in output.splitlines() if line.startswith("{")]   # not a warning
+    return sorted(name.split(":")[-1] for name in json.loads(found[-1]) if found)
