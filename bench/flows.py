@@ -27,7 +27,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from preprocess import ENV, demo_corpus, make_project, scaled_copy  # noqa: E402  the other benchmark's
+from preprocess import ENV, corpus_project, demo_corpus, scaled_copy  # noqa: E402
 
 TARGETS = dict(flow_overhead_s="<= Prefect's start-up (~10 s)", dask_vs_local="<= 1.2")
 EMPTY_FLOW = ("import os; os.environ['PREFECT_SERVER_ANALYTICS_ENABLED'] = 'false'\n"
@@ -45,13 +45,6 @@ def timed(cmd: list[str], cwd: Path, log: Path) -> float:
     return time.perf_counter() - t
 
 
-def set_params(project: Path, updates: dict) -> None:
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    for section, values in updates.items():
-        params[section].update(values)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
 def flow_overhead(tmp: Path, epochs: int) -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     corpus = demo_corpus(tmp / "demo", params["demo"]["songs"], params["demo"])
@@ -59,8 +52,8 @@ def flow_overhead(tmp: Path, epochs: int) -> dict:
             "flow": [sys.executable, "-m", "flows.pipeline", "--project"]}
     out = {"prefect_startup_s": timed([sys.executable, "-c", EMPTY_FLOW], ROOT, tmp / "empty.log")}
     for way, cmd in ways.items():
-        project = make_project(tmp / way, corpus, params["fft_blocks"]["block_size"])
-        set_params(project, {"train": {"epochs": epochs}})
+        project = corpus_project(tmp / way, corpus, params["fft_blocks"]["block_size"],
+                                 {"train.epochs": epochs})
         full = cmd + [str(project)] if way == "flow" else cmd
         cwd = ROOT if way == "flow" else project
         out[f"{way}_s"] = timed(full, cwd, tmp / f"{way}.log")
@@ -83,16 +76,17 @@ def dask_vs_local(tmp: Path, corpus: Path, workers: int) -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     out = {}
     for way in ("local", "dask_per_stage", "dask_cluster"):
-        project = make_project(tmp / f"pre-{way}", corpus, params["fft_blocks"]["block_size"])
         cluster, t0 = None, time.perf_counter()
         if way == "dask_cluster":
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                    dashboard_address=None, host="127.0.0.1")
         start_s = time.perf_counter() - t0
-        set_params(project, {"preprocess": {
-            "executor": "local" if way == "local" else "dask", "workers": workers,
-            "dask_address": cluster.scheduler_address if cluster else ""}})
+        executor = {"preprocess.executor": "local" if way == "local" else "dask",
+                    "preprocess.workers": workers,
+                    "preprocess.dask_address": cluster.scheduler_address if cluster else ""}
         try:
+            project = corpus_project(tmp / f"pre-{way}", corpus, params["fft_blocks"]["block_size"],
+                                     executor)
             out[f"{way}_s"] = start_s + timed(["dvc", "repro", "fft_blocks"], project,
                                               tmp / f"pre-{way}.log")
         finally:

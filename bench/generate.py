@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stages import config, generate, model as netlib  # noqa: E402
+from stages import config, fft_blocks, generate, model as netlib  # noqa: E402
 
 
 def ours(stepper, seed: np.ndarray, n_blocks: int, layout: str, block: int) -> float:
@@ -59,12 +59,11 @@ def main() -> None:
     keras = netlib.import_keras()
     params = config.load_params(args.params)
     cfg = netlib.ModelConfig.from_params(params)
-    block = config.param(params, "fft_blocks.block_size", int)
-    layout = config.param(params, "fft_blocks.fft", str)
-    rate = config.param(params, "decode.sample_rate", int)
-    n_songs = config.param(params, "generate.n_songs", int)
-    k = config.param(params, "generate.seed_blocks", int)
-    n_feat = block if layout == "rfft" else 2 * block
+    audio = config.AudioConfig.from_params(params)
+    block, layout, rate = audio.block_size, audio.layout, audio.sample_rate
+    gen = generate.GenerateConfig.from_params(params)
+    n_songs, k = gen.n_songs, gen.seed_blocks
+    n_feat = fft_blocks.n_features(block, layout)
     keras.utils.set_random_seed(0)
     model = netlib.build_model(cfg, None, n_feat)
     stepper = generate.Stepper(model)

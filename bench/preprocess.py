@@ -30,15 +30,10 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
-import soundfile as sf  # noqa: E402
-import soxr  # noqa: E402
-import yaml  # noqa: E402
 
-from stages import config, synth  # noqa: E402
+from stages import audio, config, synth  # noqa: E402
 from stages.fft_blocks import to_blocks  # noqa: E402
 
-PROJECT_FILES = ["stages", "dvc.yaml", "params.yaml", ".gitignore", "data/.gitignore",
-                 "data/interim/.gitignore"]
 RATE = 44100
 WAYS = ("seed", "ours", "floor")
 ENV = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -50,8 +45,8 @@ TARGETS = dict(speedup_vs_seed=">= 5", ours_vs_floor="<= 2", ours_compute_vs_flo
 
 def seconds(path: Path) -> float:
     try:
-        return sf.info(str(path)).duration
-    except (sf.LibsndfileError, RuntimeError):
+        return audio.info(path).duration
+    except RuntimeError:                               # libsndfile cannot read it
         return 0.0
 
 
@@ -64,28 +59,24 @@ def audio_files(corpus: Path) -> list[Path]:
 # --- the seed's way: its functions as its authors wrote them, file discovery aside ---------------
 
 def seed_mono_wav(src: Path, tmp_dir: Path, wav_dir: Path) -> Path:
-    """`lame -a -m m` then `lame --decode --resample 44.1`, done with libsndfile's LAME/mpg123."""
-    from scipy.io import wavfile
-    data, rate = sf.read(str(src))
-    mono = data.mean(axis=1) if data.ndim == 2 else data
+    """`lame -a -m m` then `lame --decode --resample 44.1`, done with libsndfile's LAME/mpg123,
+    whole files in memory as the seed's tools held them."""
+    mono, rate = audio.read_mono(src)
     if rate > 48000:                                   # lame resamples what MP3 cannot hold
-        mono, rate = soxr.resample(mono, rate, RATE), RATE
-    with sf.SoundFile(str(tmp_dir / (src.stem + ".mp3")), "w", rate, 1, format="MP3",
-                      bitrate_mode="CONSTANT", compression_level=0.667) as f:
-        f.write(mono)                                  # lame's default: 128 kbit/s CBR
-    mono, rate = sf.read(str(tmp_dir / (src.stem + ".mp3")))
-    if rate != RATE:
-        mono = soxr.resample(mono, rate, RATE)
+        mono, rate = audio.resample(mono, rate, RATE), RATE
+    mp3 = audio.write_lame_mp3(tmp_dir / (src.stem + ".mp3"), mono, rate)
+    mono, rate = audio.read_mono(mp3)
+    mono = audio.resample(mono, rate, RATE)
     wav = wav_dir / (src.stem + ".wav")
-    wavfile.write(str(wav), RATE, np.clip(np.round(mono * 32767), -32768, 32767).astype(np.int16))
+    audio.write(wav, np.clip(np.round(mono * 32767), -32768, 32767).astype(np.int16), RATE, "WAV",
+                "PCM_16")
     return wav
 
 
 def read_wav_as_np(filename):
-    from scipy.io import wavfile
-    data = wavfile.read(filename)
-    np_arr = data[1].astype('float32') / 32767.0
-    return np_arr, data[0]
+    data = audio.read(filename, "int16")               # the seed: scipy.io.wavfile.read
+    np_arr = data[0][:, 0].astype('float32') / 32767.0
+    return np_arr, data[1]
 
 
 def convert_np_audio_to_sample_blocks(song_np, block_size):
@@ -151,10 +142,8 @@ def seed_way(corpus: Path, out: Path, block_size: int, max_seq_len: int) -> None
 
 def floor_way(corpus: Path, block_size: int) -> None:
     for f in audio_files(corpus):
-        data, rate = sf.read(str(f), dtype="float32", always_2d=True)
-        mono = data.mean(axis=1, dtype=np.float32)
-        if rate != RATE:
-            mono = soxr.resample(mono, rate, RATE, quality="HQ")
+        mono, rate = audio.read_mono(f, "float32")
+        mono = audio.resample(mono, rate, RATE)
         np.fft.rfft(to_blocks(mono, block_size), axis=-1)
 
 
@@ -192,19 +181,14 @@ def measure(cmd: list[str], log: Path, cwd: Path | None = None, interval: float 
                 stages={k: b - a for k, (a, b) in spans.items()})
 
 
-def make_project(dst: Path, corpus: Path, block_size: int) -> Path:
-    """A fresh git + DVC copy of the project whose `data.raw_dir` is the corpus."""
-    for name in PROJECT_FILES:
-        (dst / name).parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, dst / name)
-    params = yaml.safe_load((dst / "params.yaml").read_text())
-    params["data"]["raw_dir"] = str(corpus)
-    params["fft_blocks"]["block_size"] = block_size
-    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in ("git init -q", "dvc init -q", "dvc config core.analytics false",
-                f"dvc config --local core.site_cache_dir {dst / '.dvc' / 'site'}", "git add -A",
-                "git -c user.name=bench -c user.email=bench@localhost commit -qm bench"):
-        subprocess.run(cmd.split(), cwd=dst, env=ENV, check=True, capture_output=True)
+def corpus_project(dst: Path, corpus: Path, block_size: int, updates: dict | None = None) -> Path:
+    """A fresh git + DVC copy of the project (the tests' `make_project`, with params.yaml's own
+    values) whose `data.raw_dir` is the corpus, with `updates` ({"section.key": value}) applied."""
+    from tests.conftest import make_project      # here, not at the top: the timed workers skip it
+    make_project(dst, {"data.raw_dir": str(corpus), "fft_blocks.block_size": block_size,
+                       **(updates or {})}, small=False)
+    subprocess.run(["dvc", "config", "--local", "core.site_cache_dir", str(dst / ".dvc" / "site")],
+                   cwd=dst, env=ENV, check=True, capture_output=True)
     return dst
 
 
@@ -231,13 +215,10 @@ def scaled_copy(src: Path, dst: Path, scale: int) -> Path:
     (same format and rate, distinct content, so no way can skip them as duplicates)."""
     shutil.copytree(src, dst)
     for f in audio_files(src):
-        info, (data, rate) = sf.info(str(f)), sf.read(str(f), dtype="float32")
+        info, (data, rate) = audio.info(f), audio.read(f, "float32")
         for k in range(1, scale):
             out = dst / f.relative_to(src).with_name(f"{f.stem} x{k}{f.suffix}")
-            with sf.SoundFile(str(out), "w", rate, info.channels, format=info.format,
-                              subtype=info.subtype) as w:
-                for start in range(0, len(data), 1 << 16):  # libsndfile's Vorbis encoder
-                    w.write(data[start:start + (1 << 16)] * (1 - 0.01 * k))  # crashes on big writes
+            audio.write(out, data * np.float32(1 - 0.01 * k), rate, info.format, info.subtype)
     return dst
 
 
@@ -252,7 +233,7 @@ def run_size(label: str, corpus: Path, tmp: Path, params: dict, skip_seed: bool)
               "more than 70% of the available memory.", flush=True)
     elif not skip_seed:
         row["seed"] = worker("seed", corpus, tmp / f"seed-{label}", block_size)
-    row["project"] = make_project(tmp / f"ours-{label}", corpus, block_size)
+    row["project"] = corpus_project(tmp / f"ours-{label}", corpus, block_size)
     row["ours"] = repro(row["project"], tmp / f"ours-{label}.log")
     row["noop"] = repro(row["project"], tmp / f"noop-{label}.log")
     row["floor"] = worker("floor", corpus, tmp / f"floor-{label}", block_size)
@@ -269,7 +250,7 @@ def add_one_song(rows: list[dict], n_songs: int, demo: dict, tmp: Path, block_si
         project, corpus, full = same[0]["project"], same[0]["corpus"], same[0]["ours"]
     else:
         corpus = demo_corpus(tmp / f"corpus-{n_songs}", n_songs, demo)
-        project = make_project(tmp / "ours-add-one", corpus, block_size)
+        project = corpus_project(tmp / "ours-add-one", corpus, block_size)
         full = repro(project, tmp / "full.log")
     demo_corpus(corpus, n_songs + 1, demo)             # writes only the new song
     again = repro(project, tmp / "add-one.log")

@@ -21,12 +21,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from preprocess import ENV, make_project  # noqa: E402  the project copy of the other benchmark
+from preprocess import ENV, corpus_project  # noqa: E402  the project copy of the other benchmark
 
 CONFIGS = {
     "ours": {},
-    "seed": {"fft_blocks": {"fft": "full"}, "train": {"normalise": False},
-             "generate": {"seed_blocks": 1}},
+    "seed": {"fft_blocks.fft": "full", "train.normalise": False, "generate.seed_blocks": 1},
 }
 KEYS = ("verdict", "level_vs_train_db", "dynamics_db", "tonal_fraction", "clicks", "fd_frames",
         "fd_texture", "copy_score", "flatness")
@@ -34,12 +33,8 @@ KEYS = ("verdict", "level_vs_train_db", "dynamics_db", "tonal_fraction", "clicks
 
 def run_config(name: str, corpus: Path, epochs: int, tmp: Path) -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    project = make_project(tmp / name, corpus, params["fft_blocks"]["block_size"])
-    p = yaml.safe_load((project / "params.yaml").read_text())
-    for section, values in CONFIGS[name].items():
-        p[section].update(values)
-    p["train"].update(epochs=epochs)
-    (project / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    project = corpus_project(tmp / name, corpus, params["fft_blocks"]["block_size"],
+                             {**CONFIGS[name], "train.epochs": epochs})
     env = dict(ENV)
     env.pop("MLFLOW_TRACKING_URI", None)
     t = time.perf_counter()

@@ -36,8 +36,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stages import config, model as netlib  # noqa: E402
-from stages.batches import EpochClock, Normaliser, Tensors, dataset  # noqa: E402
+from stages import config, fft_blocks, model as netlib, train  # noqa: E402
+from stages.batches import EpochClock, Normaliser, dataset  # noqa: E402
+from stages.tensor_files import Tensors  # noqa: E402
 
 
 def matmul_peak(dtype: str, n: int = 4096, reps: int = 5) -> float:
@@ -99,18 +100,15 @@ def step_time(cfg: netlib.ModelConfig, tensors: Tensors, batch: int, steps: int)
 def real_corpus(corpus: Path, epochs: int, tmp: Path) -> dict:
     """`dvc repro tensors` on the corpus, then the train stage for `epochs` epochs, in a fresh
     git + DVC copy of the project; returns the stage's own timing figures."""
-    import yaml
     sys.path.insert(0, str(ROOT / "bench"))
-    from preprocess import ENV, make_project  # the preprocessing benchmark's project copy
+    from preprocess import ENV, corpus_project  # the preprocessing benchmark's project copy
     params = config.load_params(ROOT / "params.yaml")
-    project = make_project(tmp / "project", corpus, params["fft_blocks"]["block_size"])
+    project = corpus_project(tmp / "project", corpus, config.audio_setting(params, "block_size"),
+                             {"train.epochs": epochs, "train.patience": 0})
     t = time.perf_counter()
     subprocess.run(["dvc", "repro", "tensors"], cwd=project, env=ENV, check=True,
                    capture_output=True)
     prep_s = time.perf_counter() - t
-    p = yaml.safe_load((project / "params.yaml").read_text())
-    p["train"].update(epochs=epochs, patience=0)
-    (project / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     env = dict(ENV, MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}")
     env.pop("RAWTUNE_LOG", None)
     t = time.perf_counter()
@@ -148,12 +146,11 @@ def main() -> None:
     netlib.import_keras()
     params = config.load_params(args.params)
     base = netlib.ModelConfig.from_params(params)
-    block = config.param(params, "fft_blocks.block_size", int)
-    layout = config.param(params, "fft_blocks.fft", str)
-    n_feat = block if layout == "rfft" else 2 * block
+    audio = config.AudioConfig.from_params(params)
+    block, rate = audio.block_size, audio.sample_rate
+    n_feat = fft_blocks.n_features(block, audio.layout)
     seq_len = config.param(params, "tensors.max_seq_len", int)
-    rate = config.param(params, "decode.sample_rate", int)
-    default_batch = config.param(params, "train.batch_size", int)
+    default_batch = train.TrainConfig.from_params(params).batch_size
     seq_per_minute = 60 * rate / block / seq_len
 
     peak32, peak16 = matmul_peak("float32"), matmul_peak("bfloat16")

@@ -99,7 +99,6 @@ def decode_to_wav(src: str | Path, dst: str | Path, sample_rate: int) -> Decoded
                    frames_out=frames_out, peak=peak)
 
 
-
 def decode_samples(src: str | Path, sample_rate: int, scale: float) -> np.ndarray:
     """A file's mono samples exactly as the pipeline makes them (decode to 16-bit WAV, then
     int16 / scale), for audio that is not part of the dataset (a user's seed file)."""
@@ -150,11 +149,25 @@ def write(path: str | Path, samples: np.ndarray, rate: int, fmt: str | None = No
     """Write samples ((n,) or (n, channels); float in [-1, 1] or int16) atomically, in chunks,
     in `fmt` (from the suffix unless given). An Ogg file gets the fixed stream serial
     `ogg_serial`, so the same samples always give the same bytes (and the same content id)."""
+    return _write(path, samples, rate, fmt, subtype, ogg_serial)
+
+
+def write_lame_mp3(path: str | Path, samples: np.ndarray, rate: int) -> Path:
+    """An MP3 as the `lame` command line writes one by default, 128 kbit/s CBR (what the seed's
+    code made; the benchmark imitates it)."""
+    return _write(path, samples, rate, "MP3", None, 0, bitrate_mode="CONSTANT",
+                  compression_level=0.667)
+
+
+def _write(path: str | Path, samples: np.ndarray, rate: int, fmt: str | None,
+           subtype: str | None, ogg_serial: int, **encoder) -> Path:
+    """`write`, with libsndfile's encoder settings (`bitrate_mode`, `compression_level`)."""
     path = Path(path)
     fmt = fmt or FORMATS[path.suffix.lower()]
     channels = samples.shape[1] if samples.ndim == 2 else 1
     with atomic_path(path) as tmp:
-        with sf.SoundFile(str(tmp), "w", rate, channels, format=fmt, subtype=subtype) as f:
+        with sf.SoundFile(str(tmp), "w", rate, channels, format=fmt, subtype=subtype,
+                          **encoder) as f:
             for start in range(0, len(samples), WRITE_FRAMES):
                 f.write(samples[start:start + WRITE_FRAMES])
         if fmt == "OGG":

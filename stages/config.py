@@ -63,6 +63,21 @@ def param(params: dict, key: str, kind: type | tuple = object, choices: Iterable
 
 LAYOUTS = ("rfft", "full")
 SCALES = (32768, 32767)
+AUDIO_PARAMS = {  # AudioConfig field: (params.yaml key, type, checks), the one reader of each
+    "sample_rate": ("decode.sample_rate", int, dict(minimum=1000)),
+    "scale": ("wav_to_npy.scale", (int, float), dict(choices=SCALES)),
+    "block_size": ("fft_blocks.block_size", int, dict(minimum=2)),
+    "layout": ("fft_blocks.fft", str, dict(choices=LAYOUTS)),
+}
+
+
+def audio_setting(params: dict, name: str):
+    """One audio setting ("sample_rate", "scale", "block_size", "layout"), checked the one way it
+    is checked everywhere; for a stage that uses only some of them (a bad value of another then
+    stops the stage that uses it, after the earlier stages' work)."""
+    key, kind, checks = AUDIO_PARAMS[name]
+    value = param(params, key, kind, **checks)
+    return int(value) if name == "scale" else value
 
 
 @dataclass(frozen=True)
@@ -76,15 +91,9 @@ class AudioConfig:
     block_size: int         # fft_blocks.block_size
     layout: str             # fft_blocks.fft
 
-    KEYS = {"sample_rate": "decode.sample_rate", "scale": "wav_to_npy.scale",
-            "block_size": "fft_blocks.block_size", "layout": "fft_blocks.fft"}
-
     @classmethod
     def from_params(cls, params: dict) -> "AudioConfig":
-        return cls(sample_rate=param(params, "decode.sample_rate", int, minimum=1000),
-                   scale=int(param(params, "wav_to_npy.scale", (int, float), choices=SCALES)),
-                   block_size=param(params, "fft_blocks.block_size", int, minimum=2),
-                   layout=param(params, "fft_blocks.fft", str, choices=LAYOUTS))
+        return cls(**{f.name: audio_setting(params, f.name) for f in fields(cls)})
 
     @classmethod
     def from_dict(cls, d: dict) -> "AudioConfig":
@@ -95,7 +104,7 @@ class AudioConfig:
 
     def differences(self, other: "AudioConfig") -> list[str]:
         """'key: ours vs theirs' for every setting that differs, in params.yaml's names."""
-        return [f"{self.KEYS[f.name]} {getattr(self, f.name)!r} vs {getattr(other, f.name)!r}"
+        return [f"{AUDIO_PARAMS[f.name][0]} {getattr(self, f.name)!r} vs {getattr(other, f.name)!r}"
                 for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
 
 

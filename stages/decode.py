@@ -141,8 +141,9 @@ def plan(candidates: list[Path], raw_dir: Path, old: list[dict], wav_dir: Path, 
 def main(args) -> None:
     params = config.load_params(args.params)
     raw_dir = Path(args.raw if args.raw is not None else config.param(params, "data.raw_dir", str))
-    audio_cfg = config.AudioConfig.from_params(params)
-    sample_rate, block_size = audio_cfg.sample_rate, audio_cfg.block_size
+    # only the settings decode uses: a bad fft_blocks value stops fft_blocks, after this work
+    sample_rate = config.audio_setting(params, "sample_rate")
+    block_size = config.audio_setting(params, "block_size")
     silence_dbfs = config.param(params, "decode.silence_dbfs", (int, float))
     song_pool = pool.SongPool.from_params(params)
     wav_dir, manifest_path = Path(args.out), Path(args.manifest)

@@ -11,9 +11,8 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
-from stages import config, files
+from stages import audio, config, files
 
 log = logging.getLogger("rawtune.synth")
 
@@ -25,8 +24,6 @@ FORMATS = [("MP3", None, 44100, "mp3"), ("FLAC", "PCM_24", 48000, "flac"),
            ("OGG", "VORBIS", 48000, "ogg"), ("WAV", "PCM_24", 48000, "wav"),
            ("MP3", None, 48000, "mp3")]
 
-
-WRITE_FRAMES = 1 << 14
 KIT_SEED = 808
 
 
@@ -119,40 +116,6 @@ def make_song(seed: int, seconds: float, rate: int = 44100, bpm: float | None = 
     return (song * (0.8 / max(float(np.abs(song).max()), 1e-9))).astype(np.float32)
 
 
-def resample_for_file(song: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
-    if rate_in == rate_out:
-        return song
-    import soxr
-    return soxr.resample(song, rate_in, rate_out).astype(np.float32)
-
-
-def _ogg_crc_table() -> list[int]:
-    table = []
-    for i in range(256):
-        r = i << 24
-        for _ in range(8):
-            r = ((r << 1) ^ 0x04C11DB7) if r & 0x80000000 else r << 1
-        table.append(r & 0xFFFFFFFF)
-    return table
-
-
-def fix_ogg_serial(path: Path, serial: int) -> None:
-    """libsndfile gives each Ogg stream a random serial number, so the same song would get new
-    bytes (and a new content id) on every machine: set it, and each page's checksum, to fixed ones."""
-    data, table, pos = bytearray(path.read_bytes()), _ogg_crc_table(), 0
-    while pos < len(data) and data[pos:pos + 4] == b"OggS":
-        n_segments = data[pos + 26]
-        end = pos + 27 + n_segments + sum(data[pos + 27:pos + 27 + n_segments])
-        data[pos + 14:pos + 18] = serial.to_bytes(4, "little")
-        data[pos + 22:pos + 26] = bytes(4)
-        crc = 0
-        for byte in data[pos:end]:
-            crc = ((crc << 8) & 0xFFFFFFFF) ^ table[(crc >> 24) ^ byte]
-        data[pos + 22:pos + 26] = crc.to_bytes(4, "little")
-        pos = end
-    path.write_bytes(data)
-
-
 def write_demo(folder: str | Path, n_songs: int, min_seconds: float, max_seconds: float,
                seed: int, bpm: float | None = None) -> list[Path]:
     """Write `n_songs` demo songs, cycling through the formats; existing files are left alone."""
@@ -168,14 +131,8 @@ def write_demo(folder: str | Path, n_songs: int, min_seconds: float, max_seconds
         written.append(path)
         if path.exists():
             continue
-        song = resample_for_file(make_song(seed * 1000 + i, seconds, bpm=bpm), 44100, rate)
-        with files.atomic_path(path) as tmp:
-            with sf.SoundFile(str(tmp), "w", rate, song.shape[1], format=container,
-                              subtype=subtype) as f:
-                for start in range(0, len(song), WRITE_FRAMES):  # libsndfile's Vorbis encoder
-                    f.write(song[start:start + WRITE_FRAMES])     # crashes on very large writes
-            if container == "OGG":
-                fix_ogg_serial(tmp, seed * 1000 + i)
+        song = audio.resample(make_song(seed * 1000 + i, seconds, bpm=bpm), 44100, rate)
+        audio.write(path, song, rate, container, subtype, ogg_serial=seed * 1000 + i)
         log.info("wrote %s (%.0f s, %s, %d Hz, stereo)", path, seconds, container, rate)
     return written
 

@@ -9,34 +9,35 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
-from stages import arrays, config, pool
+from stages import arrays, audio, config, pool
 
 CHUNK = 1 << 20
 
 
 def wav_to_npy(src: str, dst: str, scale: float) -> int:
     """Pure per-song work: stream a 16-bit WAV into a float32 .npy of shape (n_samples,)."""
-    with sf.SoundFile(src) as f:
-        n = f.frames
-        with arrays.NpyWriter(dst, (n,)) as out:
-            start = 0
-            for block in f.blocks(CHUNK, dtype="int16"):
-                out.write(start, block.astype(np.float32) / np.float32(scale))
-                start += len(block)
+    n = audio.info(src).frames
+    with arrays.NpyWriter(dst, (n,)) as out:
+        start = 0
+        for block in audio.int16_chunks(src, CHUNK):
+            out.write(start, block.astype(np.float32) / np.float32(scale))
+            start += len(block)
     return n
 
 
 def main(args) -> None:
     params = config.load_params(args.params)
-    audio = config.AudioConfig.from_params(params)
+    # only the settings this stage uses (its params in dvc.yaml): a bad fft_blocks value stops
+    # fft_blocks, and the arrays made before it are kept
+    sample_rate = config.audio_setting(params, "sample_rate")
+    scale = config.audio_setting(params, "scale")
     song_pool = pool.SongPool.from_params(params)
     # the rate too: a song decoded again at a new rate keeps its id, not its samples
-    stamp = dict(sample_rate=audio.sample_rate, scale=audio.scale,
-                 code=pool.source_digest("stages.arrays", "stages.wav_to_npy"))
-    pool.sync_songs(Path(args.wav), ".wav", Path(args.out), stamp, wav_to_npy, (audio.scale,),
-                    song_pool, "wav_to_npy")
+    stamp = dict(sample_rate=sample_rate, scale=scale,
+                 code=pool.source_digest("stages.arrays", "stages.audio", "stages.wav_to_npy"))
+    pool.sync_songs(Path(args.wav), ".wav", Path(args.out), stamp, wav_to_npy, (scale,), song_pool,
+                    "wav_to_npy")
 
 
 def build_parser():

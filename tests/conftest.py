@@ -1,5 +1,6 @@
 """Shared fixtures: real audio files in real formats (made by the demo's own generator at tiny sizes),
-a real git + DVC repository in a tmp dir with the project's stages, and helpers to run the CLIs."""
+a copy of the project in a tmp dir (a real git + DVC repository, or a plain folder for stages run
+directly), helpers to run the CLIs and to check that a failure is one sentence."""
 from __future__ import annotations
 
 import os
@@ -7,15 +8,14 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import yaml
 
-from stages import synth
+from flows import services
+from stages import audio, synth
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -44,19 +44,12 @@ def free_port() -> int:
 
 def wait_until_serving(url: str, proc: subprocess.Popen, timeout_s: float = 120,
                        log: Path | None = None) -> None:
-    """Poll `url` until it answers 200; fail if `proc` exits first or time runs out."""
-    import httpx
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"{url} did not answer (exit {proc.poll()}):\n"
-                                 + (log.read_text()[-2000:] if log and log.is_file() else ""))
-        time.sleep(0.5)
+    """The product's own wait (flows.services), failing the test with the tail of `log`."""
+    try:
+        services.wait_until_serving(url, proc, timeout_s)
+    except services.DidNotStart as err:
+        tail = log.read_text()[-2000:] if log and log.is_file() else ""
+        raise AssertionError(f"{err}:\n{tail}") from None
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -70,36 +63,64 @@ def run_stage(module: str, args: list[str], cwd: Path, check: bool = True):
     return run([sys.executable, "-m", f"stages.{module}", *args], cwd, check)
 
 
+def _parent(params: dict, key: str) -> tuple[dict, str]:
+    """The section holding the dotted `key`, and the key's last part."""
+    *parents, last = key.split(".")
+    for part in parents:
+        params = params[part]
+    return params, last
+
+
 def set_params(params_file: Path, updates: dict) -> None:
     params = yaml.safe_load(params_file.read_text())
     for key, value in updates.items():
-        node = params
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node[part]
+        node, last = _parent(params, key)
         node[last] = value
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def drop_param(params_file: Path, key: str) -> None:
+    """Remove the dotted `key` from a params file, as a user who deleted its line would."""
+    params = yaml.safe_load(params_file.read_text())
+    node, last = _parent(params, key)
+    del node[last]
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def assert_clean_output(proc) -> None:
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+
+
+def assert_one_line_error(proc, *fragments: str) -> str:
+    """Exit 1, and all of stderr is one `error: ...` sentence holding each fragment; returns it."""
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    assert_clean_output(proc)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    line = lines[0]
+    assert line.startswith("error: ") and line.endswith("."), line
+    for fragment in fragments:
+        assert fragment in line, line
+    return line
+
+
 def write_song(path: Path, seed: int, seconds: float = 2.0, rate: int = 44100, channels: int = 2,
                fmt: str | None = None, subtype: str | None = None) -> Path:
-    """A short synthetic song written in a real format (chosen from the suffix unless given)."""
-    song = synth.resample_for_file(synth.make_song(seed, seconds), 44100, rate)
+    """A short synthetic song written in a real format (chosen from the suffix unless given);
+    the same arguments always give the same bytes (an Ogg stream's serial is the seed)."""
+    song = audio.resample(synth.make_song(seed, seconds), 44100, rate)
     if channels == 1:
         song = song.mean(axis=1)
     elif channels > 2:
         song = np.tile(song, (1, (channels + 1) // 2))[:, :channels]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = fmt or {".mp3": "MP3", ".flac": "FLAC", ".ogg": "OGG", ".wav": "WAV"}[path.suffix.lower()]
-    with sf.SoundFile(str(path), "w", rate, song.shape[1] if song.ndim == 2 else 1,
-                      format=fmt, subtype=subtype) as f:
-        for start in range(0, len(song), 1 << 14):
-            f.write(song[start:start + (1 << 14)])
-    return path
+    return audio.write(path, song, rate, fmt, subtype, ogg_serial=seed)
 
 
-def make_project(repo: Path, updates: dict | None = None) -> Path:
-    """A fresh copy of the project in a real git + DVC repo, with small params and no songs yet."""
+def make_project(repo: Path, updates: dict | None = None, vcs: bool = True,
+                 small: bool = True) -> Path:
+    """A fresh copy of the project with no songs yet: params.yaml with SMALL_PARAMS (unless not
+    `small`) and then `updates`; in a real git + DVC repo, or with `vcs=False` in a plain folder
+    (cheap: enough for a stage run directly, which never uses git or DVC)."""
     repo.mkdir(parents=True)
     for name in ("stages", "dvc.yaml", "params.yaml", ".gitignore", "data"):
         src = ROOT / name
@@ -110,7 +131,9 @@ def make_project(repo: Path, updates: dict | None = None) -> Path:
             shutil.copy(src, repo / name)
     (repo / "data" / "interim").mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "data" / "interim" / ".gitignore", repo / "data" / "interim" / ".gitignore")
-    set_params(repo / "params.yaml", {**SMALL_PARAMS, **(updates or {})})
+    set_params(repo / "params.yaml", {**(SMALL_PARAMS if small else {}), **(updates or {})})
+    if not vcs:
+        return repo
     run(["git", "init", "-q"], repo)
     run(["git", "config", "user.email", "test@localhost"], repo)
     run(["git", "config", "user.name", "test"], repo)
@@ -124,6 +147,12 @@ def make_project(repo: Path, updates: dict | None = None) -> Path:
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     return make_project(tmp_path / "project")
+
+
+@pytest.fixture
+def proj(tmp_path: Path) -> Path:
+    """A plain copy of the project (no git, no DVC) for tests that run one stage directly."""
+    return make_project(tmp_path / "project", vcs=False)
 
 
 @pytest.fixture

@@ -1,10 +1,10 @@
 """Stage `decode` on real files through its real command line: the format matrix, recognition by
 content, the bad-input matrix (DESIGN.md "Bad input"), clean failures, incremental runs, bad params.
 
-Every test runs `python -m stages.decode` in a copy of the project holding what the stage reads
-(stages/ and params.yaml with conftest.SMALL_PARAMS, so block_size = 2048). Unlike conftest's
-`project` fixture it has no git/DVC repository, which decode does not use; that makes it cheap
-enough to decode a whole matrix once per module and check it file by file.
+Every test runs `python -m stages.decode` in a plain copy of the project (conftest's `proj`, or
+`make_project(..., vcs=False)`: params.yaml with conftest.SMALL_PARAMS, so block_size = 2048, and
+no git/DVC repository, which decode does not use); that makes it cheap enough to decode a whole
+matrix once per module and check it file by file.
 """
 from __future__ import annotations
 
@@ -16,12 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import soundfile as sf
-import soxr
-import yaml
 
-from tests.conftest import ROOT, SMALL_PARAMS, run_stage, set_params, write_song
-from stages import synth
+from stages import audio, synth
+from tests.conftest import (assert_clean_output, assert_one_line_error, drop_param, make_project,
+                            run_stage, set_params, write_song)
 
 RATE = 44100  # decode.sample_rate in params.yaml
 WAV_DIR = "data/interim/wav"
@@ -31,19 +29,6 @@ MP3_FRAME = 1152  # samples per MPEG-1 Layer III frame
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-def make_project(dest: Path) -> Path:
-    dest.mkdir(parents=True)
-    shutil.copytree(ROOT / "stages", dest / "stages", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "params.yaml", dest / "params.yaml")
-    set_params(dest / "params.yaml", SMALL_PARAMS)
-    return dest
-
-
-@pytest.fixture
-def proj(tmp_path: Path) -> Path:
-    return make_project(tmp_path / "project")
-
 
 def decode(project: Path, raw: Path):
     return run_stage("decode", ["--raw", str(raw), "--out", WAV_DIR, "--manifest", MANIFEST],
@@ -77,9 +62,9 @@ def n_to_decode(proc) -> int:
 
 
 def read_decoded(path: Path) -> np.ndarray:
-    info = sf.info(str(path))
+    info = audio.info(path)
     assert (info.format, info.subtype, info.channels, info.samplerate) == ("WAV", "PCM_16", 1, RATE)
-    return sf.read(str(path), dtype="int16")[0].astype(np.float64) / 32768
+    return audio.read(path, "int16")[0][:, 0].astype(np.float64) / 32768
 
 
 def assert_sentence_about(reason: str, name: str) -> None:
@@ -89,10 +74,6 @@ def assert_sentence_about(reason: str, name: str) -> None:
     assert ". " not in reason[len(name):], f"more than one sentence: {reason!r}"
 
 
-def assert_clean_output(proc) -> None:
-    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
-
-
 def assert_succeeded_with_wavs_for_ok_rows(project: Path, proc) -> pd.DataFrame:
     """Exit 0, no traceback, and exactly the `ok` songs have a finished WAV; returns the manifest."""
     assert proc.returncode == 0, proc.stderr
@@ -100,18 +81,6 @@ def assert_succeeded_with_wavs_for_ok_rows(project: Path, proc) -> pd.DataFrame:
     m = manifest(project)
     assert set(wav_files(project)) == {f"{i}.wav" for i in m.loc[m.status == "ok", "id"]}
     return m
-
-
-def assert_one_line_error(proc, *names: str) -> str:
-    assert proc.returncode == 1, (proc.returncode, proc.stderr)
-    assert_clean_output(proc)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    line = lines[0]
-    assert line.startswith("error: ") and line.endswith("."), line
-    for name in names:
-        assert name in line, line
-    return line
 
 
 def tone(freq: float, seconds: float, rate: int, amp: float) -> np.ndarray:
@@ -155,15 +124,15 @@ TONE_HZ, TONE_AMP, TONE_RATE = 1000.0, 0.5, 48000
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory):
     """One decode run over every format plus two stereo tone files; returns (project, raw, proc)."""
-    project = make_project(tmp_path_factory.mktemp("matrix") / "project")
+    project = make_project(tmp_path_factory.mktemp("matrix") / "project", vcs=False)
     raw = project / "data" / "raw"
     for name, seed, rate, channels, fmt, subtype in FORMATS:
         write_song(raw / name, seed, SONG_SECONDS, rate, channels, fmt=fmt, subtype=subtype)
     t = tone(TONE_HZ, SONG_SECONDS, TONE_RATE, TONE_AMP)
-    sf.write(str(raw / "tone opposite phase.wav"), np.stack([t, -t], axis=1), TONE_RATE,
-             subtype="FLOAT")
-    sf.write(str(raw / "tone left only.wav"), np.stack([t, np.zeros_like(t)], axis=1), TONE_RATE,
-             subtype="FLOAT")
+    audio.write(raw / "tone opposite phase.wav", np.stack([t, -t], axis=1), TONE_RATE,
+                subtype="FLOAT")
+    audio.write(raw / "tone left only.wav", np.stack([t, np.zeros_like(t)], axis=1), TONE_RATE,
+                subtype="FLOAT")
     proc = decode(project, raw)
     return project, raw, proc
 
@@ -194,14 +163,13 @@ def test_format_decodes_to_mono_16bit_at_pipeline_rate(matrix, name, seed, rate,
     assert abs(row.seconds - SONG_SECONDS) <= tolerance / rate
     assert abs(len(out) - SONG_SECONDS * RATE) <= tolerance
 
-    # Content 1: the input file as libsndfile reads it, mean of channels, resampled with soxr in
-    # one go. The stage streams the same thing chunk by chunk and rounds to int16, so the two
-    # agree to a few LSB (measured: under 1 LSB); a wrong channel mix or resampler breaks this.
-    data, file_rate = sf.read(str(raw / name), dtype="float32", always_2d=True)
+    # Content 1: the input file as libsndfile reads it, mean of channels, resampled in one go
+    # (audio.resample). The stage streams the same thing chunk by chunk and rounds to int16, so
+    # the two agree to a few LSB (measured: under 1 LSB); a wrong channel mix or resampler breaks
+    # this.
+    expected, file_rate = audio.read_mono(raw / name, "float32")
     assert file_rate == rate
-    expected = data.mean(axis=1)
-    if rate != RATE:
-        expected = soxr.resample(expected, rate, RATE, "HQ")
+    expected = audio.resample(expected, rate, RATE)
     n = min(len(out), len(expected))
     assert abs(len(out) - len(expected)) <= 1
     assert np.abs(out[:n] - expected[:n]).max() < 8 * LSB
@@ -267,7 +235,7 @@ def flipped(data: bytes, seed: int, n: int) -> bytes:
 @pytest.fixture(scope="module")
 def bad(tmp_path_factory):
     """Every kind of bad input beside good songs in one folder, decoded in one run."""
-    project = make_project(tmp_path_factory.mktemp("bad") / "project")
+    project = make_project(tmp_path_factory.mktemp("bad") / "project", vcs=False)
     raw = project / "data" / "raw"
     for i, name in enumerate(GOOD):
         write_song(raw / name, 20 + i, SONG_SECONDS)
@@ -275,14 +243,14 @@ def bad(tmp_path_factory):
     (raw / "broken 'ü' \"x\" $y.mp3").write_bytes(b"ID3" + bytes(range(256)) * 8)
     (raw / "empty.mp3").touch()
     write_song(raw / "short.wav", 30, 0.02)  # 882 samples < one block of 2048
-    sf.write(str(raw / "silence.flac"), np.zeros((RATE, 2), np.int16), RATE)
+    audio.write(raw / "silence.flac", np.zeros((RATE, 2), np.int16), RATE)
     nan = np.full((RATE, 2), 0.1, np.float32)
     nan[RATE // 2, 1] = np.nan
-    sf.write(str(raw / "nan.wav"), nan, RATE, subtype="FLOAT")
+    audio.write(raw / "nan.wav", nan, RATE, subtype="FLOAT")
     nan[RATE // 2, 1] = np.inf
-    sf.write(str(raw / "inf.wav"), nan, RATE, subtype="FLOAT")
+    audio.write(raw / "inf.wav", nan, RATE, subtype="FLOAT")
     shutil.copy(raw / "good one.mp3", raw / "zz copy of good one.mp3")
-    sf.write(str(raw / "header says 1 Hz.wav"), np.full(3000, 0.1, np.float32), 1)
+    audio.write(raw / "header says 1 Hz.wav", np.full(3000, 0.1, np.float32), 1)
     shutil.copy(raw / "good2.flac", raw / NOT_UTF8)
     full = write_song(project / "full.mp3", 31, FULL_MP3_SECONDS).read_bytes()
     (raw / "truncated.mp3").write_bytes(full[: int(len(full) * 0.4)])
@@ -421,7 +389,7 @@ def test_folder_of_only_bad_files_fails_but_writes_the_manifest(proj):
     raw.mkdir(parents=True)
     (raw / "notes.txt").write_text("not audio\n")
     (raw / "empty.wav").touch()
-    sf.write(str(raw / "silence.wav"), np.zeros(RATE, np.int16), RATE)
+    audio.write(raw / "silence.wav", np.zeros(RATE, np.int16), RATE)
     write_song(raw / "short.flac", 1, 0.01)
     proc = decode(proj, raw)
     assert proc.returncode == 1
@@ -520,7 +488,7 @@ def test_changing_the_sample_rate_decodes_everything_again(proj):
     m = manifest(proj)
     assert (m.status == "ok").all()
     for r in m.itertuples():
-        info = sf.info(str(proj / WAV_DIR / f"{r.id}.wav"))
+        info = audio.info(proj / WAV_DIR / f"{r.id}.wav")
         assert (info.samplerate, info.frames, info.channels) == (22050, 22050, 1)
 
 
@@ -543,12 +511,6 @@ def test_leftover_temp_file_of_a_killed_run_is_removed(proj):
 
 # --- 6: bad params -----------------------------------------------------------------------------
 
-def drop_key(params_file: Path, section: str, key: str) -> None:
-    params = yaml.safe_load(params_file.read_text())
-    del params[section][key]
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
 @pytest.mark.parametrize("key, value, says", [
     ("decode.sample_rate", "abc", "must be int, got 'abc'"),
     ("decode.sample_rate", None, "has no value for"),
@@ -559,7 +521,7 @@ def test_bad_param_fails_with_one_sentence_naming_the_key(proj, key, value, says
     raw = proj / "data" / "raw"
     write_song(raw / "song.flac", 1, SONG_SECONDS)
     if value is None:
-        drop_key(proj / "params.yaml", *key.split("."))
+        drop_param(proj / "params.yaml", key)
     else:
         set_params(proj / "params.yaml", {key: value})
     line = assert_one_line_error(decode(proj, raw), f"'{key}'", says)

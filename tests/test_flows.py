@@ -18,7 +18,8 @@ import pytest
 
 from flows import champion
 from flows.pipeline import STAGES, RunInProgress, pipeline
-from flows.retrain import retrain, stop_group
+from flows.retrain import retrain
+from flows.services import stop_group
 from stages.config import UserError
 from tests.conftest import (BIN, ROOT, TINY_TRAIN, env, free_port, make_project, run, run_stage,
                             set_params, wait_until_serving, write_song)
@@ -61,6 +62,7 @@ def registry(project: Path):
 
 # --- the pipeline flow -------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_pipeline_flow_runs_every_stage_then_everything_is_up_to_date(tmp_path):
     project = flow_project(tmp_path / "p")
     summary = pipeline(project=str(project))
@@ -79,6 +81,7 @@ def test_pipeline_flow_runs_every_stage_then_everything_is_up_to_date(tmp_path):
     assert all(n == 1 for n in again["attempts"].values())
 
 
+@pytest.mark.slow
 def test_a_held_dvc_lock_is_retried_then_the_stage_runs(tmp_path):
     project = flow_project(tmp_path / "p")
     holder = subprocess.Popen(
@@ -96,6 +99,7 @@ def test_a_held_dvc_lock_is_retried_then_the_stage_runs(tmp_path):
     assert (project / "data" / "interim" / "manifest.parquet").is_file()
 
 
+@pytest.mark.slow
 def test_a_lock_held_past_the_retries_is_one_sentence_and_plain_dvc_says_so_too(tmp_path):
     project = flow_project(tmp_path / "p", {"flows.retries": 0})
     holder = subprocess.Popen(
@@ -117,8 +121,11 @@ def test_a_lock_held_past_the_retries_is_one_sentence_and_plain_dvc_says_so_too(
         stop_group(holder)
 
 
+@pytest.mark.slow
 def test_a_user_error_fails_the_flow_at_once_with_its_sentence(tmp_path):
-    project = flow_project(tmp_path / "p", {"fft_blocks.fft": "bogus"})
+    project = flow_project(tmp_path / "p")
+    pipeline(project=str(project), stages=["decode", "wav_to_npy"])
+    set_params(project / "params.yaml", {"fft_blocks.fft": "bogus"})
     with pytest.raises(UserError, match=r"fft_blocks\.fft.*'bogus'.*allowed values"):
         pipeline(project=str(project), stages=["decode", "wav_to_npy", "fft_blocks"])
     failed = [r for r in task_runs("fft_blocks") if r.state_type.value == "FAILED"]
@@ -126,6 +133,7 @@ def test_a_user_error_fails_the_flow_at_once_with_its_sentence(tmp_path):
     assert (project / "data" / "interim" / "npy").is_dir(), "earlier stages' work is kept"
 
 
+@pytest.mark.slow
 def test_pipeline_cli_prints_one_sentence_for_bad_params(tmp_path):
     project = flow_project(tmp_path / "p", {"flows.retries": -1})
     proc = subprocess.run([sys.executable, "-m", "flows.pipeline", "--project", str(project)],
@@ -149,6 +157,7 @@ def served_project(tmp_path_factory) -> Path:
     return project
 
 
+@pytest.mark.slow
 def test_retrain_promotes_only_a_challenger_that_beats_the_champion(served_project):
     project, client = served_project, registry(served_project)
     assert str(client.get_model_version_by_alias("rawtune", "champion").version) == "1"
@@ -206,6 +215,7 @@ def wait_for(check, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+@pytest.mark.slow
 def test_serve_registers_the_cron_deployment_and_runs_a_triggered_run(served_project, tmp_path):
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
@@ -255,6 +265,7 @@ def test_serve_registers_the_cron_deployment_and_runs_a_triggered_run(served_pro
         stop_group(server)
 
 
+@pytest.mark.slow
 def test_serve_without_a_server_says_how_to_start_one(served_project):
     proc = subprocess.run([sys.executable, "-m", "flows.retrain", "serve", "--project",
                            str(served_project)], cwd=ROOT, env=dict(env(), PREFECT_API_URL=""),
@@ -274,6 +285,7 @@ def preprocess(project: Path) -> None:
     run_stage("fft_blocks", [], project)
 
 
+@pytest.mark.slow
 def test_dask_executor_output_equals_the_local_one_byte_for_byte(tmp_path):
     local = flow_project(tmp_path / "local")
     dask = make_project(tmp_path / "dask", {**FLOW_PARAMS, "preprocess.executor": "dask"})
@@ -292,6 +304,7 @@ def test_dask_executor_output_equals_the_local_one_byte_for_byte(tmp_path):
         pd.read_parquet(dask / "data/interim/manifest.parquet")[cols].sort_values("id", ignore_index=True))
 
 
+@pytest.mark.slow
 def test_an_unreachable_dask_scheduler_is_one_sentence(tmp_path):
     project = flow_project(tmp_path / "p", {"preprocess.executor": "dask",
                                             "preprocess.dask_address": f"tcp://127.0.0.1:{free_port()}"})
@@ -303,6 +316,7 @@ def test_an_unreachable_dask_scheduler_is_one_sentence(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_trains_with_the_same_loss_curve(tmp_path):
     project = flow_project(tmp_path / "p", {"train.epochs": 5})
     run(["dvc", "repro", "tensors"], project)

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from flows.retrain import stop_group
+from flows.services import stop_group
 from tests.conftest import (ROOT, SMALL_PARAMS, TINY_TRAIN, env, free_port, set_params,
                             wait_until_serving)
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from flows import champion
-from flows.retrain import stop_group
+from flows.services import stop_group
 from stages import config
 from tests.conftest import (BIN, TINY_TRAIN, env, free_port, make_project, run,
                             wait_until_serving, write_song)

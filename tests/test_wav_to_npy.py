@@ -2,21 +2,20 @@
 default, the seed's /32767 on request), one sample per WAV frame, incremental runs, bad params.
 
 The WAVs are written directly (every int16 value from -32768 to 32767, and seeded noise), so the
-expected arrays are known exactly. The project copy holds stages/ and params.yaml with
-conftest.SMALL_PARAMS, without the git/DVC repository the stage does not use.
+expected arrays are known exactly, into a plain copy of the project (conftest's `proj`: params.yaml
+with conftest.SMALL_PARAMS, without the git/DVC repository the stage does not use).
 """
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
-import yaml
 
-from tests.conftest import ROOT, SMALL_PARAMS, run_stage, set_params, write_song
+from stages import audio
+from tests.conftest import (assert_one_line_error, drop_param, make_project, run_stage, set_params,
+                            write_song)
 
 WAV_DIR = "data/interim/wav"
 NPY_DIR = "data/interim/npy"
@@ -27,20 +26,17 @@ SONGS = {  # the decode stage's naming: <content id>.wav
 }
 
 
-def make_project(dest: Path) -> Path:
-    dest.mkdir(parents=True)
-    shutil.copytree(ROOT / "stages", dest / "stages", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "params.yaml", dest / "params.yaml")
-    set_params(dest / "params.yaml", SMALL_PARAMS)
+def with_wavs(project: Path) -> Path:
+    """`project` with the SONGS written where decode leaves its WAVs."""
     for song_id, pcm in SONGS.items():
-        (dest / WAV_DIR).mkdir(parents=True, exist_ok=True)
-        sf.write(str(dest / WAV_DIR / f"{song_id}.wav"), pcm, RATE, subtype="PCM_16")
-    return dest
+        audio.write(project / WAV_DIR / f"{song_id}.wav", pcm, RATE, subtype="PCM_16")
+    return project
 
 
 @pytest.fixture
-def proj(tmp_path: Path) -> Path:
-    return make_project(tmp_path / "project")
+def proj(proj: Path) -> Path:
+    """conftest's plain project copy, with the SONGS' WAVs."""
+    return with_wavs(proj)
 
 
 def wav_to_npy(project: Path, wav_dir: str = WAV_DIR):
@@ -57,18 +53,9 @@ def npy_files(project: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in (project / NPY_DIR).glob("*.npy")}
 
 
-def assert_one_line_error(proc, *names: str) -> None:
-    assert proc.returncode == 1, (proc.returncode, proc.stderr)
-    assert "Traceback" not in proc.stdout + proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and lines[0].endswith("."), lines
-    for name in names:
-        assert name in lines[0], lines[0]
-
-
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
-    project = make_project(tmp_path_factory.mktemp("npy") / "project")
+    project = with_wavs(make_project(tmp_path_factory.mktemp("npy") / "project", vcs=False))
     return project, wav_to_npy(project)
 
 
@@ -85,8 +72,8 @@ def test_default_scale_is_int16_over_32768_exactly(default_run, song_id):
     project, _ = default_run
     x = np.load(project / NPY_DIR / f"{song_id}.npy")
     wav = project / WAV_DIR / f"{song_id}.wav"
-    pcm = sf.read(str(wav), dtype="int16")[0]
-    assert x.dtype == np.float32 and x.shape == (sf.info(str(wav)).frames,) == pcm.shape
+    pcm = audio.read(wav, "int16")[0][:, 0]
+    assert x.dtype == np.float32 and x.shape == (audio.info(wav).frames,) == pcm.shape
     assert np.array_equal(x, pcm.astype(np.float32) / np.float32(32768))
     assert x.min() >= -1 and x.max() <= 1
     assert np.array_equal(x * 32768, pcm)  # lossless: exactly the inverse of decode's int16
@@ -140,8 +127,8 @@ def test_reads_what_decode_writes(proj):
     (wav,) = (proj / WAV_DIR).glob("*.wav")  # decode replaced the hand-written WAVs
     x = np.load(proj / NPY_DIR / f"{wav.stem}.npy")
     assert sorted(npy_files(proj)) == [f"{wav.stem}.npy"]
-    assert x.shape == (sf.info(str(wav)).frames,) and x.shape[0] > 0.95 * RATE
-    assert np.array_equal(x, sf.read(str(wav), dtype="int16")[0] / np.float32(32768))
+    assert x.shape == (audio.info(wav).frames,) and x.shape[0] > 0.95 * RATE
+    assert np.array_equal(x, audio.read(wav, "int16")[0][:, 0] / np.float32(32768))
 
 
 @pytest.mark.parametrize("value, says", [
@@ -150,15 +137,19 @@ def test_reads_what_decode_writes(proj):
     (None, "has no value for"),
 ], ids=["not a number", "not allowed", "missing"])
 def test_bad_scale_fails_with_one_sentence_naming_the_key(proj, value, says):
-    params_file = proj / "params.yaml"
     if value is None:
-        params = yaml.safe_load(params_file.read_text())
-        del params["wav_to_npy"]["scale"]
-        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        drop_param(proj / "params.yaml", "wav_to_npy.scale")
     else:
-        set_params(params_file, {"wav_to_npy.scale": value})
+        set_params(proj / "params.yaml", {"wav_to_npy.scale": value})
     assert_one_line_error(wav_to_npy(proj), "'wav_to_npy.scale'", says)
     assert not (proj / NPY_DIR).exists()
+
+
+def test_bad_settings_of_later_stages_do_not_stop_it(proj):
+    """A wrong fft_blocks value stops fft_blocks; the arrays before it are still made and kept."""
+    set_params(proj / "params.yaml", {"fft_blocks.fft": "dct", "fft_blocks.block_size": "big"})
+    proc = wav_to_npy(proj)
+    assert proc.returncode == 0 and n_to_compute(proc) == len(SONGS), proc.stderr
 
 
 def test_no_wavs_fails_with_one_sentence_naming_the_folder(proj):
