@@ -24,14 +24,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stages import config, fft_blocks, generate, model as netlib  # noqa: E402
+from stages import config, generate, layouts, model as netlib  # noqa: E402
 
 
 def ours(stepper, seed: np.ndarray, n_blocks: int, layout: str, block: int) -> float:
     t = time.perf_counter()
     made = generate.generate_blocks(stepper, seed, n_blocks, 0.0, np.random.default_rng(0))
     for song in made:
-        generate.blocks_to_samples(song, layout, block, 0)
+        layouts.blocks_to_samples(song, layout, block, 0)
     return time.perf_counter() - t
 
 
@@ -43,7 +43,7 @@ def seeds_way(model, seed: np.ndarray, n_blocks: int, layout: str, block: int) -
         nxt = model.predict_on_batch(seq)
         seq = np.concatenate([seq, np.asarray(nxt)[:, -1:]], axis=1)
     for song in seq[:, seed.shape[1]:]:
-        generate.blocks_to_samples(song, layout, block, 0)
+        layouts.blocks_to_samples(song, layout, block, 0)
     return time.perf_counter() - t
 
 
@@ -63,7 +63,7 @@ def main() -> None:
     block, layout, rate = audio.block_size, audio.layout, audio.sample_rate
     gen = generate.GenerateConfig.from_params(params)
     n_songs, k = gen.n_songs, gen.seed_blocks
-    n_feat = fft_blocks.n_features(block, layout)
+    n_feat = layouts.n_features(block, layout)
     keras.utils.set_random_seed(0)
     model = netlib.build_model(cfg, None, n_feat)
     stepper = generate.Stepper(model)

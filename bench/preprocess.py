@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
 from stages import audio, config, synth  # noqa: E402
-from stages.fft_blocks import to_blocks  # noqa: E402
+from stages.layouts import to_blocks  # noqa: E402
 
 RATE = 44100
 WAYS = ("seed", "ours", "floor")

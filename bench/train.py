@@ -36,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stages import config, fft_blocks, model as netlib, train  # noqa: E402
+from stages import config, layouts, model as netlib, train  # noqa: E402
 from stages.batches import EpochClock, Normaliser, dataset  # noqa: E402
 from stages.tensor_files import Tensors  # noqa: E402
 
@@ -148,7 +148,7 @@ def main() -> None:
     base = netlib.ModelConfig.from_params(params)
     audio = config.AudioConfig.from_params(params)
     block, rate = audio.block_size, audio.sample_rate
-    n_feat = fft_blocks.n_features(block, audio.layout)
+    n_feat = layouts.n_features(block, audio.layout)
     seq_len = config.param(params, "tensors.max_seq_len", int)
     default_batch = train.TrainConfig.from_params(params).batch_size
     seq_per_minute = 60 * rate / block / seq_len

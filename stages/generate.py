@@ -5,7 +5,7 @@ The trained network's own layers are stepped one block at a time carrying the re
 seed re-predicted the whole growing sequence for every new block. The state is first warmed up
 on `seed_blocks` blocks of a training or validation sequence, or of the user's own audio file.
 Predicted blocks are de-normalised with the training mean/variance, turned back into samples with
-the inverse of `fft_blocks.pack`, joined (optionally cross-faded), clipped to [-1, 1] (the clipped
+the inverse of the data's layout (`stages/layouts.py`), joined (optionally cross-faded), clipped to [-1, 1] (the clipped
 fraction is logged; never an int16 wrap-around) and written as 16-bit WAV, atomically, with a
 spectrogram PNG beside each song.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from stages import arrays, audio, config, fft_blocks, files, model as netlib
+from stages import arrays, audio, config, files, layouts, model as netlib
 from stages.batches import Normaliser
 from stages.config import AudioConfig, UserError
 from stages.tensor_files import Tensors
@@ -144,21 +144,6 @@ def generate_blocks(stepper: Stepper, seed: np.ndarray, n_blocks: int, temperatu
 
 # --- from blocks to audio ----------------------------------------------------------------------
 
-def blocks_to_samples(blocks: np.ndarray, layout: str, block_size: int, crossfade: int) -> np.ndarray:
-    """(n_blocks, features) spectra -> samples. With `crossfade` > 0 each block edge is blended
-    over that many samples (equal-power), which removes the click of a hard joint."""
-    frames = fft_blocks.unpack(blocks, layout, block_size)          # (n_blocks, block_size)
-    if crossfade <= 0 or len(frames) == 1:
-        return frames.reshape(-1)
-    c = min(crossfade, block_size // 2)
-    fade_in = np.sin(np.linspace(0, np.pi / 2, c, dtype=np.float32)) ** 2
-    out = frames[0].copy()
-    for frame in frames[1:]:
-        out[-c:] = out[-c:] * (1 - fade_in) + frame[:c] * fade_in
-        out = np.concatenate([out, frame[c:]])
-    return out
-
-
 def peak_safe(samples: np.ndarray) -> tuple[np.ndarray, float]:
     """Clip to [-1, 1]; return the samples and the fraction that had to be clipped."""
     over = np.abs(samples) > 1.0
@@ -190,7 +175,7 @@ def seed_from_file(path: str, k: int, n_songs: int, audio_cfg: AudioConfig,
         samples = audio.decode_samples(path, audio_cfg.sample_rate, audio_cfg.scale)
     except audio.AudioError as err:
         raise UserError(f"Seed file '{path}' {err}.") from err
-    blocks = fft_blocks.pack(fft_blocks.to_blocks(samples, audio_cfg.block_size), audio_cfg.layout)
+    blocks = layouts.pack(layouts.to_blocks(samples, audio_cfg.block_size), audio_cfg.layout)
     if len(blocks) < k:
         raise UserError(f"Seed file '{path}' has {len(blocks)} block(s) of {audio_cfg.block_size} "
                         f"samples; 'generate.seed_blocks' asks for {k}.")
@@ -262,7 +247,7 @@ def write_songs(made: np.ndarray, norm: Normaliser, audio_cfg: AudioConfig, cfg:
     songs = []
     for i in tqdm(range(len(made)), desc="generate: writing", unit="song", disable=None,
                   leave=False):   # WAV/MP3 + spectrogram; quiet when not a terminal
-        samples = blocks_to_samples(norm.inverse(made[i]), audio_cfg.layout, audio_cfg.block_size,
+        samples = layouts.blocks_to_samples(norm.inverse(made[i]), audio_cfg.layout, audio_cfg.block_size,
                                     cfg.crossfade)
         samples, clipped = peak_safe(samples[: int(round(cfg.seconds * rate))])
         path = audio.write_song(out_dir / f"song_{i + 1:02d}.{cfg.format}", samples, rate,

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays as np_arrays
 
-from stages import arrays, fft_blocks
+from stages import arrays, fft_blocks, layouts
 from tests.conftest import assert_one_line_error, run_stage, set_params
 
 
@@ -16,17 +16,17 @@ from tests.conftest import assert_one_line_error, run_stage, set_params
        seed=st.integers(0, 2**32 - 1))
 def test_pack_unpack_round_trip(block_size, n_blocks, layout, seed):
     blocks = np.random.default_rng(seed).uniform(-1, 1, (n_blocks, block_size)).astype(np.float32)
-    features = fft_blocks.pack(blocks, layout)
-    assert features.shape == (n_blocks, fft_blocks.n_features(block_size, layout))
+    features = layouts.pack(blocks, layout)
+    assert features.shape == (n_blocks, layouts.n_features(block_size, layout))
     assert features.dtype == np.float32
-    np.testing.assert_allclose(fft_blocks.unpack(features, layout, block_size), blocks, atol=2e-5)
+    np.testing.assert_allclose(layouts.unpack(features, layout, block_size), blocks, atol=2e-5)
 
 
 @settings(max_examples=30, deadline=None)
 @given(samples=np_arrays(np.float32, st.integers(1, 3000), elements=st.floats(-1, 1, width=32)),
        block_size=st.integers(2, 500))
 def test_blocks_zero_pad_only_the_last_block(samples, block_size):
-    blocks = fft_blocks.to_blocks(samples, block_size)
+    blocks = layouts.to_blocks(samples, block_size)
     assert blocks.shape == (-(-len(samples) // block_size), block_size)
     flat = blocks.reshape(-1)
     np.testing.assert_array_equal(flat[: len(samples)], samples)
@@ -37,7 +37,7 @@ def test_blocks_zero_pad_only_the_last_block(samples, block_size):
 @pytest.mark.parametrize("block_size", [2048, 11025, 7])
 def test_rfft_drops_exactly_the_always_zero_imaginary_parts(block_size):
     blocks = np.random.default_rng(1).standard_normal((3, block_size)).astype(np.float32)
-    features = fft_blocks.pack(blocks, "rfft")
+    features = layouts.pack(blocks, "rfft")
     assert features.shape[1] == block_size                       # lossless with no redundancy
     spectrum = np.fft.rfft(blocks.astype(np.float64), axis=-1)
     n_bins = block_size // 2 + 1
@@ -61,7 +61,7 @@ def seed_fft_blocks(song: np.ndarray, block_size: int) -> np.ndarray:
 
 def test_full_layout_is_the_seeds_fft_concatenation():
     song = np.random.default_rng(2).uniform(-1, 1, 5000).astype(np.float32)
-    ours = fft_blocks.pack(fft_blocks.to_blocks(song, 2048), "full")
+    ours = layouts.pack(layouts.to_blocks(song, 2048), "full")
     seed = seed_fft_blocks(song.astype(np.float64), 2048)
     assert ours.shape == seed.shape == (3, 4096)
     np.testing.assert_allclose(ours, seed, rtol=1e-4, atol=2e-3)
@@ -77,8 +77,8 @@ def test_fft_song_streams_chunks_into_the_same_result(tmp_path, layout):
                                    block_size, layout)
     got = np.load(tmp_path / "out.npy")
     assert n_blocks == got.shape[0] == fft_blocks.CHUNK_BLOCKS + 41
-    np.testing.assert_array_equal(got, fft_blocks.pack(fft_blocks.to_blocks(song, block_size), layout))
-    back = fft_blocks.unpack(got, layout, block_size).reshape(-1)
+    np.testing.assert_array_equal(got, layouts.pack(layouts.to_blocks(song, block_size), layout))
+    back = layouts.unpack(got, layout, block_size).reshape(-1)
     np.testing.assert_allclose(back[:n], song, atol=1e-5)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
 

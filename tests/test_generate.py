@@ -7,7 +7,8 @@ import json
 
 import numpy as np
 import pytest
-from stages import audio, decode, fft_blocks, files, generate, model as netlib, wav_to_npy
+from stages import (audio, decode, fft_blocks, files, generate, layouts, model as netlib,
+                    wav_to_npy)
 from stages.batches import Normaliser
 from stages.config import AudioConfig, UserError
 from tests.conftest import ROOT, assert_one_line_error, run, run_stage, set_params, write_song
@@ -55,18 +56,18 @@ def test_generated_blocks_feed_back_and_temperature_adds_noise():
 @pytest.mark.parametrize("layout, block_size", [("rfft", 64), ("rfft", 63), ("full", 64)])
 def test_blocks_back_to_the_same_samples(layout, block_size):
     samples = np.random.default_rng(0).uniform(-0.9, 0.9, 5 * block_size).astype(np.float32)
-    blocks = fft_blocks.pack(fft_blocks.to_blocks(samples, block_size), layout)
+    blocks = layouts.pack(layouts.to_blocks(samples, block_size), layout)
     norm = Normaliser(blocks.mean(0), blocks.var(0) + 1e-3)
-    back = generate.blocks_to_samples(norm.inverse(norm.forward(blocks)), layout, block_size, 0)
+    back = layouts.blocks_to_samples(norm.inverse(norm.forward(blocks)), layout, block_size, 0)
     np.testing.assert_allclose(back, samples, atol=1e-4)
 
 
 def test_crossfade_smooths_the_block_edge():
     block = 256
     frames = np.concatenate([np.full(block, 0.5), np.full(block, -0.5)]).astype(np.float32)
-    blocks = fft_blocks.pack(fft_blocks.to_blocks(frames, block), "rfft")
-    hard = generate.blocks_to_samples(blocks, "rfft", block, 0)
-    soft = generate.blocks_to_samples(blocks, "rfft", block, 64)
+    blocks = layouts.pack(layouts.to_blocks(frames, block), "rfft")
+    hard = layouts.blocks_to_samples(blocks, "rfft", block, 0)
+    soft = layouts.blocks_to_samples(blocks, "rfft", block, 64)
     assert np.abs(np.diff(hard)).max() > 0.9
     assert np.abs(np.diff(soft)).max() < 0.05
     assert len(soft) == 2 * block - 64
