@@ -40,9 +40,11 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict:
 
 
 def param(params: dict, key: str, kind: type | tuple = object, choices: Iterable | None = None,
-          minimum: float | None = None) -> Any:
+          minimum: float | None = None, above: float | None = None,
+          below: float | None = None) -> Any:
     """Return `params[key]` for a dotted key ("fft_blocks.block_size"), checked against its type,
-    allowed values and lower bound, with one sentence naming the key when it is wrong."""
+    allowed values and bounds (`minimum` inclusive, `above`/`below` exclusive), with one sentence
+    naming the key when it is wrong."""
     node: Any = params
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
@@ -56,7 +58,16 @@ def param(params: dict, key: str, kind: type | tuple = object, choices: Iterable
                         f"{', '.join(repr(c) for c in choices)}.")
     if minimum is not None and node < minimum:
         raise UserError(f"params.yaml '{key}' must be at least {minimum}, got {node!r}.")
+    if above is not None and node <= above:
+        raise UserError(f"params.yaml '{key}' must be above {above}, got {node!r}.")
+    if below is not None and node >= below:
+        raise UserError(f"params.yaml '{key}' must be below {below}, got {node!r}.")
     return node
+
+
+def section(params: dict, name: str) -> Callable[..., Any]:
+    """`param` for the keys of one params.yaml section: section(params, "train")("epochs", int)."""
+    return lambda key, *args, **checks: param(params, f"{name}.{key}", *args, **checks)
 
 
 # --- the settings that travel with the data and the model --------------------------------------

@@ -35,8 +35,8 @@ class Thresholds:
 
     @classmethod
     def from_params(cls, params: dict) -> "Thresholds":
-        p = lambda key: float(config.param(params, f"evaluate.{key}", (int, float)))  # noqa: E731
-        return cls(**{k: p(k) for k in cls.__dataclass_fields__})
+        p = config.section(params, "evaluate")
+        return cls(**{k: float(p(k, (int, float))) for k in cls.__dataclass_fields__})
 
 
 def verdict(fig: dict, ref: dict, th: Thresholds) -> tuple[str, str]:

@@ -50,10 +50,8 @@ class GenerateConfig:
 
     @classmethod
     def from_params(cls, params: dict) -> "GenerateConfig":
-        p = lambda key, *a, **k: config.param(params, f"generate.{key}", *a, **k)  # noqa: E731
-        seconds = p("seconds", (int, float))
-        if seconds <= 0:
-            raise UserError(f"params.yaml 'generate.seconds' must be above 0, got {seconds}.")
+        p = config.section(params, "generate")
+        seconds = p("seconds", (int, float), above=0)
         cfg = cls(model=p("model", str), seconds=float(seconds), n_songs=p("n_songs", int, minimum=1),
                   seed_source=p("seed_source", str, SEED_SOURCES), seed_file=p("seed_file", str),
                   seed_blocks=p("seed_blocks", int, minimum=1),

@@ -59,13 +59,9 @@ class ModelConfig:
 
     @classmethod
     def from_params(cls, params: dict) -> "ModelConfig":
-        p = lambda key, *a, **k: config.param(params, f"train.{key}", *a, **k)  # noqa: E731
-        dropout = p("dropout", (int, float), minimum=0)
-        if dropout >= 1:
-            raise config.UserError(f"params.yaml 'train.dropout' must be below 1, got {dropout}.")
-        lr = p("learning_rate", (int, float))
-        if lr <= 0:
-            raise config.UserError(f"params.yaml 'train.learning_rate' must be above 0, got {lr}.")
+        p = config.section(params, "train")
+        dropout = p("dropout", (int, float), minimum=0, below=1)
+        lr = p("learning_rate", (int, float), above=0)
         return cls(cell=p("cell", str, CELLS), hidden=p("hidden", int, minimum=1),
                    layers=p("layers", int, minimum=1), dropout=float(dropout),
                    loss=p("loss", str, LOSSES), optimizer=p("optimizer", str, OPTIMIZERS),

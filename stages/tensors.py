@@ -150,10 +150,8 @@ class TensorsConfig:
 
     @classmethod
     def from_params(cls, params: dict) -> "TensorsConfig":
-        p = lambda key, *a, **k: config.param(params, f"tensors.{key}", *a, **k)  # noqa: E731
-        val_fraction = p("val_fraction", (int, float), minimum=0)
-        if val_fraction >= 1:
-            raise UserError(f"params.yaml 'tensors.val_fraction' must be below 1, got {val_fraction}.")
+        p = config.section(params, "tensors")
+        val_fraction = p("val_fraction", (int, float), minimum=0, below=1)
         return cls(max_seq_len=p("max_seq_len", int, minimum=1), val_fraction=val_fraction,
                    split_seed=p("split_seed", int),
                    var_floor=p("var_floor", (int, float), minimum=0))
