@@ -15,6 +15,7 @@ from flows.project import Paths
 from stages import config, files, registry
 from stages.batches import Normaliser, model_loss
 from stages.config import TrackingConfig, UserError
+from stages.model import ModelConfig
 from stages.tensor_files import Tensors
 
 log = logging.getLogger("rawtune")
@@ -69,7 +70,7 @@ def promote(project: Path, params: dict) -> dict:
     decision and the figures, and move the alias when the challenger wins."""
     metric = config.param(params, "flows.metric", str, choices=METRICS)
     min_improvement = config.param(params, "flows.min_improvement", (int, float), minimum=0)
-    loss = config.param(params, "train.loss", str)
+    loss = ModelConfig.from_params(params).loss
     tracking = TrackingConfig.from_params(params).rooted(project)
     paths = Paths.of(project)
     version = challenger_version(paths)
@@ -81,7 +82,7 @@ def promote(project: Path, params: dict) -> dict:
         log.info("version %s is already the champion; nothing to compare", version)
         return dict(decision="already champion", champion=version, challenger=version)
 
-    current = Normaliser.load(tensors, config.param(params, "train.normalise", bool))
+    current = Normaliser.for_params(tensors, params)
     challenger = registry.registered(client, tracking.uri, name, version)
     why = registry.cannot_read(challenger, tensors)
     if why:

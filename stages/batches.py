@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stages import arrays
+from stages import arrays, config
 from stages.config import UserError
 from stages.tensor_files import Tensors
 
@@ -23,6 +23,12 @@ class Normaliser:
         self.train_mean = mean.astype(np.float32)
         self.mean = mean.astype(np.float32) if enabled else np.zeros(n, np.float32)
         self.std = np.sqrt(var).astype(np.float32) if enabled else np.ones(n, np.float32)
+
+    @classmethod
+    def for_params(cls, tensors: Tensors, params: dict) -> "Normaliser":
+        """The tensors' statistics, applied when params.yaml `train.normalise` says so (the one
+        reader of that setting: train, generate and the champion comparison all use it)."""
+        return cls.load(tensors, config.param(params, "train.normalise", bool))
 
     @classmethod
     def load(cls, tensors: Tensors, enabled: bool = True) -> "Normaliser":

@@ -282,13 +282,12 @@ def main(args) -> None:
     params = config.load_params(args.params)
     cfg = GenerateConfig.from_params(params)
     wanted = AudioConfig.from_params(params)
-    normalise = config.param(params, "train.normalise", bool)
     tensors = Tensors.from_params(args.data, params)
     tensors.check()
     audio_cfg = data_settings(tensors, wanted)
     model_source = args.model or cfg.model
     stepper = model_for(model_source, audio_cfg, tensors, params)
-    norm = Normaliser.load(tensors, normalise)
+    norm = Normaliser.for_params(tensors, params)
     rng = np.random.default_rng(cfg.random_seed)
     seed, seeds = choose_seeds(cfg, tensors, audio_cfg, norm, rng)
 

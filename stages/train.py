@@ -36,7 +36,6 @@ class TrainConfig:
     batch_size: int
     epochs: int
     patience: int
-    normalise: bool
     shuffle_seed: int
     seed: int
     threads: int
@@ -46,7 +45,7 @@ class TrainConfig:
     def from_params(cls, params: dict) -> "TrainConfig":
         p = config.section(params, "train")
         return cls(batch_size=p("batch_size", int, minimum=1), epochs=p("epochs", int, minimum=1),
-                   patience=p("patience", int, minimum=0), normalise=p("normalise", bool),
+                   patience=p("patience", int, minimum=0),
                    shuffle_seed=p("shuffle_seed", int), seed=p("seed", int),
                    threads=p("threads", int, minimum=0),
                    strategy=p("strategy", str, choices=STRATEGIES))
@@ -285,13 +284,13 @@ def main(args) -> None:
     model_name = config.TrackingConfig.from_params(params).model_name
     data, paths = Data.open(args.data, params), Paths.from_args(args)
     fp = fingerprint(dict(params["train"]), data.tensors)
+    norm = Normaliser.for_params(data.tensors, params)
 
     configure_threads(tc.threads)     # after the cheap checks: importing TensorFlow takes seconds
     strategy = distribution_strategy(tc.strategy)
     if tc.strategy != "default":
         log.info("tf.distribute %s: %d replica(s)", type(strategy).__name__,
                  strategy.num_replicas_in_sync)
-    norm = Normaliser.load(data.tensors, tc.normalise)
     model, state, first_epoch = start_or_resume(cfg, tc, data, norm, paths, fp, strategy)
     tracker = start_tracking(params, data, state, paths)
     train_seconds = fit(model, state, first_epoch, tc, cfg, data, norm, paths, tracker)
