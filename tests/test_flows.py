@@ -16,13 +16,14 @@ import httpx
 import pandas as pd
 import pytest
 
-from flows import champion
 from flows.pipeline import STAGES, RunInProgress, pipeline
 from flows.retrain import retrain
 from flows.services import stop_group
 from stages.config import UserError
 from tests.conftest import (BIN, ROOT, TINY_TRAIN, env, free_port, make_project, run, run_stage,
                             set_params, wait_until_serving, write_song)
+
+pytestmark = pytest.mark.slow      # every test here runs real flows on real DVC projects
 
 FLOW_PARAMS = {**TINY_TRAIN, "generate.seconds": 2, "generate.n_songs": 2,
                "evaluate.reference_seconds": 3, "flows.retries": 3, "flows.retry_delay_s": 1}
@@ -62,7 +63,6 @@ def registry(project: Path):
 
 # --- the pipeline flow -------------------------------------------------------------------------
 
-@pytest.mark.slow
 def test_pipeline_flow_runs_every_stage_then_everything_is_up_to_date(tmp_path):
     project = flow_project(tmp_path / "p")
     summary = pipeline(project=str(project))
@@ -81,7 +81,6 @@ def test_pipeline_flow_runs_every_stage_then_everything_is_up_to_date(tmp_path):
     assert all(n == 1 for n in again["attempts"].values())
 
 
-@pytest.mark.slow
 def test_a_held_dvc_lock_is_retried_then_the_stage_runs(tmp_path):
     project = flow_project(tmp_path / "p")
     holder = subprocess.Popen(
@@ -99,7 +98,6 @@ def test_a_held_dvc_lock_is_retried_then_the_stage_runs(tmp_path):
     assert (project / "data" / "interim" / "manifest.parquet").is_file()
 
 
-@pytest.mark.slow
 def test_a_lock_held_past_the_retries_is_one_sentence_and_plain_dvc_says_so_too(tmp_path):
     project = flow_project(tmp_path / "p", {"flows.retries": 0})
     holder = subprocess.Popen(
@@ -121,7 +119,6 @@ def test_a_lock_held_past_the_retries_is_one_sentence_and_plain_dvc_says_so_too(
         stop_group(holder)
 
 
-@pytest.mark.slow
 def test_a_user_error_fails_the_flow_at_once_with_its_sentence(tmp_path):
     project = flow_project(tmp_path / "p")
     pipeline(project=str(project), stages=["decode", "wav_to_npy"])
@@ -133,7 +130,6 @@ def test_a_user_error_fails_the_flow_at_once_with_its_sentence(tmp_path):
     assert (project / "data" / "interim" / "npy").is_dir(), "earlier stages' work is kept"
 
 
-@pytest.mark.slow
 def test_pipeline_cli_prints_one_sentence_for_bad_params(tmp_path):
     project = flow_project(tmp_path / "p", {"flows.retries": -1})
     proc = subprocess.run([sys.executable, "-m", "flows.pipeline", "--project", str(project)],
@@ -157,7 +153,6 @@ def served_project(tmp_path_factory) -> Path:
     return project
 
 
-@pytest.mark.slow
 def test_retrain_promotes_only_a_challenger_that_beats_the_champion(served_project):
     project, client = served_project, registry(served_project)
     assert str(client.get_model_version_by_alias("rawtune", "champion").version) == "1"
@@ -196,12 +191,6 @@ def test_retrain_promotes_only_a_challenger_that_beats_the_champion(served_proje
     assert str(client.get_model_version_by_alias("rawtune", "champion").version) == "4"
 
 
-def test_the_decision_rule_needs_the_minimum_improvement():
-    assert champion.decide(1.0, None, 0.0)
-    assert champion.decide(0.98, 1.0, 0.01) and not champion.decide(0.995, 1.0, 0.01)
-    assert not champion.decide(1.0, 1.0, 0.0)
-
-
 # --- serving on a real Prefect server ----------------------------------------------------------
 
 
@@ -215,7 +204,6 @@ def wait_for(check, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-@pytest.mark.slow
 def test_serve_registers_the_cron_deployment_and_runs_a_triggered_run(served_project, tmp_path):
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
@@ -265,7 +253,6 @@ def test_serve_registers_the_cron_deployment_and_runs_a_triggered_run(served_pro
         stop_group(server)
 
 
-@pytest.mark.slow
 def test_serve_without_a_server_says_how_to_start_one(served_project):
     proc = subprocess.run([sys.executable, "-m", "flows.retrain", "serve", "--project",
                            str(served_project)], cwd=ROOT, env=dict(env(), PREFECT_API_URL=""),
@@ -285,7 +272,6 @@ def preprocess(project: Path) -> None:
     run_stage("fft_blocks", [], project)
 
 
-@pytest.mark.slow
 def test_dask_executor_output_equals_the_local_one_byte_for_byte(tmp_path):
     local = flow_project(tmp_path / "local")
     dask = make_project(tmp_path / "dask", {**FLOW_PARAMS, "preprocess.executor": "dask"})
@@ -304,7 +290,6 @@ def test_dask_executor_output_equals_the_local_one_byte_for_byte(tmp_path):
         pd.read_parquet(dask / "data/interim/manifest.parquet")[cols].sort_values("id", ignore_index=True))
 
 
-@pytest.mark.slow
 def test_an_unreachable_dask_scheduler_is_one_sentence(tmp_path):
     project = flow_project(tmp_path / "p", {"preprocess.executor": "dask",
                                             "preprocess.dask_address": f"tcp://127.0.0.1:{free_port()}"})
@@ -316,7 +301,6 @@ def test_an_unreachable_dask_scheduler_is_one_sentence(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.slow
 def test_mirrored_strategy_trains_with_the_same_loss_curve(tmp_path):
     project = flow_project(tmp_path / "p", {"train.epochs": 5})
     run(["dvc", "repro", "tensors"], project)
