@@ -37,7 +37,8 @@ def main(args) -> None:
     song_pool = pool.SongPool.from_params(params)
     # every audio setting: a song's samples change with the rate and scale, not its id; the
     # tensors stage reads them from here and writes them beside the tensors
-    stamp = dict(audio=audio.as_dict(), code=pool.source_digest("stages.arrays", "stages.fft_blocks"))
+    stamp = dict(audio=audio.as_dict(),
+                 code=pool.source_digest("stages.arrays", "stages.layouts", "stages.fft_blocks"))
     pool.sync_songs(Path(args.npy), ".npy", Path(args.out), stamp, fft_song,
                     (audio.block_size, audio.layout), song_pool, "fft_blocks")
 

@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays as np_arrays
 
-from stages import arrays, fft_blocks, layouts
+from stages import arrays, fft_blocks, files, layouts
+from stages.config import AudioConfig
 from tests.conftest import assert_one_line_error, run_stage, set_params
 
 
@@ -98,6 +99,22 @@ def test_stage_writes_one_array_per_song_and_prunes(proj):
     set_params(proj / "params.yaml", {"fft_blocks.fft": "full"})      # new params: recompute
     run_stage("fft_blocks", ["--npy", str(npy), "--out", str(out)], proj)
     assert arrays.shape_of(out / "a.npy") == (3, 4096)
+    assert files.read_stamp(out)["audio"] == AudioConfig(44100, 32768, 2048, "full").as_dict()
+
+
+@pytest.mark.parametrize("key, value", [("decode.sample_rate", 22050), ("wav_to_npy.scale", 32767)])
+def test_new_samples_under_the_same_song_ids_are_transformed_again(proj, key, value):
+    # a song decoded at a new rate (or scaled anew) keeps its id: only the settings in the
+    # stamp tell that its blocks are stale
+    npy, out = proj / "npy", proj / "fft"
+    npy.mkdir()
+    np.save(npy / "a.npy", np.full(4096, 0.5, np.float32))
+    run_stage("fft_blocks", ["--npy", str(npy), "--out", str(out)], proj)
+    np.save(npy / "a.npy", np.full(4096, 0.25, np.float32))          # what the rerun upstream made
+    set_params(proj / "params.yaml", {key: value})
+    proc = run_stage("fft_blocks", ["--npy", str(npy), "--out", str(out)], proj)
+    assert "1 to compute" in proc.stderr
+    assert np.load(out / "a.npy")[0, 0] == pytest.approx(0.25 * 2048)
 
 
 def test_unknown_fft_layout_is_one_sentence(proj):

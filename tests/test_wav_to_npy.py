@@ -86,6 +86,15 @@ def test_default_scale_maps_the_int16_range_onto_minus_one_to_one(default_run):
     assert len(np.unique(x)) == 65536  # every int16 value stays distinct
 
 
+def test_a_new_sample_rate_recomputes_every_song(proj):
+    # decode writes the same song ids at the new rate: only the stamp tells the arrays are stale
+    assert wav_to_npy(proj).returncode == 0
+    set_params(proj / "params.yaml", {"decode.sample_rate": 22050})
+    proc = wav_to_npy(proj)
+    assert proc.returncode == 0, proc.stderr
+    assert n_to_compute(proc) == len(SONGS)
+
+
 def test_seed_scale_32767_recomputes_every_song(proj):
     assert wav_to_npy(proj).returncode == 0
     set_params(proj / "params.yaml", {"wav_to_npy.scale": 32767})
