@@ -27,9 +27,8 @@ $(VENV)/.synced: requirements.lock | $(UV)
 demo: setup
 	$(BIN)/python -m stages.synth data/raw/demo
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
-	@PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc metrics show
-	@echo "Done: new songs in data/generated/ (WAV + spectrogram PNG), model in models/model.keras, curves in metrics/train_curve.png."
-	@echo "Browse the runs, parameters, curves and registered model:  make ui   (then open http://127.0.0.1:5000)"
+	@echo
+	@$(BIN)/python -m stages.report --port $(MLFLOW_PORT) --html metrics/report.html
 
 # Debian's chromium, for the test that opens the MLflow UI (tests/test_ui.py); nothing downloads a
 # browser of its own. Without root the test is skipped and says why.
@@ -45,6 +44,8 @@ test: setup browser
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
 
 ui: setup
+	@echo "MLflow UI, the training runs: $$($(BIN)/python -m stages.report --ui-address --port $(MLFLOW_PORT))"
+	@echo "(it takes a few seconds to answer; Ctrl-C stops it)"
 	$(BIN)/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) --backend-store-uri sqlite:///mlflow.db
 
 serve: setup

@@ -17,6 +17,12 @@ and reports seconds per epoch and how many epochs fit in 20 minutes. Debian's ga
 
     python bench/train.py --corpus /usr/share/games --epochs 3
 
+With `--checkpoints N` it trains N epochs of the default model on the same songs twice, with
+resume checkpoints by time (`train.checkpoint_every_s`) and after every epoch (the old way), and
+reports megabytes written per epoch and the share of training time spent saving for both:
+
+    python bench/train.py --checkpoints 30 --only-checkpoints     # on the demo songs
+
 The last line is one JSON object of the headline figures.
 """
 from __future__ import annotations
@@ -36,7 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stages import config, layouts, model as netlib, train  # noqa: E402
+from stages import config, layouts, model as netlib, synth, train  # noqa: E402
 from stages.batches import EpochClock, Normaliser, dataset  # noqa: E402
 from stages.tensor_files import Tensors  # noqa: E402
 
@@ -97,14 +103,15 @@ def step_time(cfg: netlib.ModelConfig, tensors: Tensors, batch: int, steps: int)
     return float(np.median(timer.times))
 
 
-def real_corpus(corpus: Path, epochs: int, tmp: Path) -> dict:
+def real_corpus(corpus: Path, epochs: int, tmp: Path, updates: dict | None = None) -> dict:
     """`dvc repro tensors` on the corpus, then the train stage for `epochs` epochs, in a fresh
-    git + DVC copy of the project; returns the stage's own timing figures."""
+    git + DVC copy of the project (params.yaml with `updates`); returns the stage's own timing
+    figures."""
     sys.path.insert(0, str(ROOT / "bench"))
     from preprocess import ENV, corpus_project  # the preprocessing benchmark's project copy
     params = config.load_params(ROOT / "params.yaml")
     project = corpus_project(tmp / "project", corpus, config.audio_setting(params, "block_size"),
-                             {"train.epochs": epochs, "train.patience": 0})
+                             {"train.epochs": epochs, "train.patience": 0, **(updates or {})})
     t = time.perf_counter()
     subprocess.run(["dvc", "repro", "tensors"], cwd=project, env=ENV, check=True,
                    capture_output=True)
@@ -129,7 +136,34 @@ def real_corpus(corpus: Path, epochs: int, tmp: Path) -> dict:
                 epochs_in_20_min=round(1200 / epoch_s, 1),
                 epochs_in_20_min_for_20_min_audio=round(1200 / (epoch_s / minutes * 20), 1),
                 gflops=m["gflops_per_second"], val_loss=m["val_loss"],
-                ratio_to_best_baseline=m["ratio_to_best_baseline"])
+                ratio_to_best_baseline=m["ratio_to_best_baseline"],
+                saving_share=m["saving_share"], saving_s=m["saving_seconds"],
+                mb_written_per_epoch=round(m["bytes_written_per_epoch"] / 1e6, 1))
+
+
+def checkpoint_cost(corpus: Path | None, epochs: int, tmp: Path) -> dict:
+    """The train stage on the same songs twice, side by side: checkpoints by time
+    (params.yaml's `train.checkpoint_every_s`) and after every epoch (the old way)."""
+    if corpus is None:                                   # the demo songs, made here
+        params = config.load_params(ROOT / "params.yaml")
+        synth.write_demo(tmp / "demo", params["demo"]["songs"], params["demo"]["min_seconds"],
+                         params["demo"]["max_seconds"], params["demo"]["seed"],
+                         params["demo"]["bpm"] or None)
+        corpus = tmp / "demo"
+    ours = real_corpus(corpus, epochs, tmp / "by_time")
+    every = real_corpus(corpus, epochs, tmp / "every_epoch", {"train.checkpoint_every_s": 0})
+    row = dict(epochs=epochs, epoch_s=ours["epoch_s"],
+               ours_saving_share=ours["saving_share"],
+               ours_mb_per_epoch=ours["mb_written_per_epoch"],
+               every_epoch_saving_share=every["saving_share"],
+               every_epoch_mb_per_epoch=every["mb_written_per_epoch"],
+               bytes_ratio=round(ours["mb_written_per_epoch"]
+                                 / max(every["mb_written_per_epoch"], 1e-9), 3))
+    print(f"checkpoints over {epochs} epochs of {ours['epoch_s']} s: by time "
+          f"{row['ours_mb_per_epoch']} MB/epoch, {row['ours_saving_share']:.1%} of training "
+          f"time; every epoch {row['every_epoch_mb_per_epoch']} MB/epoch, "
+          f"{row['every_epoch_saving_share']:.1%} ({row['bytes_ratio']:.3f}x the bytes)")
+    return row
 
 
 def main() -> None:
@@ -141,7 +175,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="only the params.yaml setting")
     parser.add_argument("--corpus", type=Path, help="also train on this folder of real music")
     parser.add_argument("--epochs", type=int, default=3, help="epochs of the --corpus run")
+    parser.add_argument("--checkpoints", type=int, metavar="EPOCHS", default=0,
+                        help="also train EPOCHS epochs on the --corpus (default: the demo songs) "
+                             "with checkpoints by time and after every epoch, side by side")
+    parser.add_argument("--only-checkpoints", action="store_true",
+                        help="skip the step timings (with --checkpoints)")
     args = parser.parse_args()
+    if args.checkpoints and args.only_checkpoints:
+        with tempfile.TemporaryDirectory() as tmp:
+            row = checkpoint_cost(args.corpus, args.checkpoints, Path(tmp))
+        print(json.dumps(dict(checkpoints=row)))
+        return
 
     netlib.import_keras()
     params = config.load_params(args.params)
@@ -193,12 +237,16 @@ def main() -> None:
               f"{real['epochs_in_20_min']} epochs in 20 minutes "
               f"({real['epochs_in_20_min_for_20_min_audio']} for exactly 20 minutes of audio); "
               f"the whole stage ran {real['epochs']} epochs in {real['train_wall_s']:.0f} s")
+    checkpoints = None
+    if args.checkpoints:
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoints = checkpoint_cost(args.corpus, args.checkpoints, Path(tmp))
     print(json.dumps(dict(matmul_peak_gflops=round(peak32, 1),
                           matmul_peak_bf16_gflops=round(peak16, 1),
                           train_gflops=ours["gflops"], ratio_to_peak=ours["ratio_to_peak"],
                           epoch_s_per_audio_minute=ours["epoch_s_per_audio_minute"],
                           epochs_in_20_min_for_20_min_audio=round(epochs_20, 1),
-                          settings=rows, real_corpus=real)))
+                          settings=rows, real_corpus=real, checkpoints=checkpoints)))
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 from prefect import flow, get_run_logger, task          # noqa: E402
 from prefect.runtime import task_run as current_task   # noqa: E402
 
-from flows.project import (STAGES, Paths, RunInProgress, load_params,  # noqa: E402
-                           repro_stage, retry_settings)
+from flows.project import (STAGES, Paths, RunInProgress, check_audio_folder,  # noqa: E402
+                           load_params, repro_stage, retry_settings)
 from stages import files                                # noqa: E402
 from stages.config import UserError                     # noqa: E402
 
@@ -100,10 +100,13 @@ def pipeline(project: str = ".", stages: list[str] | None = None) -> dict:
     up to date. Returns the summary."""
     log = get_run_logger()
     root = Path(project).resolve()
-    retries, delay = retry_settings(load_params(root))
+    params = load_params(root)
+    retries, delay = retry_settings(params)
     unknown = [s for s in stages or () if s not in STAGES]
     if unknown:
         raise UserError(f"unknown stage {unknown[0]!r}; the stages are {', '.join(STAGES)}.")
+    if "decode" in (stages or STAGES):
+        check_audio_folder(root, params)
     step = stage_task.with_options(retries=retries, retry_delay_seconds=delay)
     results = [step(stage, str(root)) for stage in (stages or STAGES)]
     summary = summarise(root, results)
@@ -126,7 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        retry_settings(load_params(args.project))   # a params mistake is told before Prefect starts
+        params = load_params(args.project)          # mistakes are told before Prefect starts
+        retry_settings(params)
+        if "decode" in (args.stages or STAGES):
+            check_audio_folder(args.project, params)
         summary = pipeline(project=args.project, stages=args.stages)
     except (UserError, RunInProgress) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -29,6 +29,14 @@ def load_params(project: str | Path) -> dict:
     return config.load_params(Path(project) / config.PARAMS_FILE)
 
 
+def check_audio_folder(project: str | Path, params: dict) -> None:
+    """The one sentence decode would say about a missing or empty audio folder, said before DVC
+    tries to hash it (DVC's own words are a bare `[Errno 2]`)."""
+    from stages.decode import list_audio_candidates
+    raw_dir = Path(config.param(params, "data.raw_dir", str))
+    list_audio_candidates(raw_dir if raw_dir.is_absolute() else Path(project) / raw_dir)
+
+
 def retry_settings(params: dict) -> tuple[int, float]:
     return (config.param(params, "flows.retries", int, minimum=0),
             config.param(params, "flows.retry_delay_s", (int, float), minimum=0))

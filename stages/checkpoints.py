@@ -1,19 +1,26 @@
 """Training's commit points: the state that survives a kill (`TrainState`), the per-epoch
 callback that checkpoints and commits it, and the bookkeeping that goes with it (best model,
-history CSV, MLflow metrics). Imports Keras, so `train` imports this only after its cheap checks.
+history CSV, MLflow metrics, progress). Imports Keras, so `train` imports this only after its
+cheap checks.
 
-Order after each epoch: checkpoint (weights + optimizer), then the state file (the commit point),
-then the best model, the history and MLflow. A kill between any two leaves a state that points at
-a complete checkpoint; whatever came after the commit is redone from it.
+A commit happens every `train.checkpoint_every_s` seconds of training, and always after the last
+epoch run (the last one asked for, an early stop): a checkpoint (weights + optimizer), the best
+model if it changed since the last commit (kept in memory until then), then the state file,
+which is the commit point, then the best model moved to models/model.keras. A kill between any
+two leaves a state that points at complete files; the epochs after the last commit are redone.
+Saving every epoch wrote a 250 MB checkpoint per epoch of the default model.
 """
 from __future__ import annotations
 
 import csv
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+
+from tqdm import tqdm
 
 from stages import model as netlib, tracking
 from stages.batches import EpochClock
@@ -25,6 +32,7 @@ log = logging.getLogger("rawtune")
 
 STATE = "state.json"
 CKPT_PREFIX = "epoch-"
+BEST_PREFIX = "best-"
 
 
 @dataclass
@@ -43,6 +51,9 @@ class TrainState:
     best_epoch: int | None = None
     stopped: str | None = None            # early_stopping | nan
     nan_epoch: int | None = None
+    best_file: str | None = None          # the best model, committed, not yet models/model.keras
+    saving_s: float = 0.0                 # time spent writing checkpoints and models
+    bytes_written: int = 0                # their size
 
     def save(self, ckpt_dir: Path) -> None:
         write_json(ckpt_dir / STATE, asdict(self))
@@ -82,25 +93,44 @@ def log_pending_metrics(state: TrainState, tracker: tracking.Tracker, ckpt_dir: 
         state.save(ckpt_dir)
 
 
+def publish_best(state: TrainState, ckpt_dir: Path, model_path: Path) -> None:
+    """Move a committed best model into place (also what a resumed run does first), and note
+    in the state that it is there."""
+    if not state.best_file:
+        return
+    if (ckpt_dir / state.best_file).is_file():
+        os.replace(ckpt_dir / state.best_file, model_path)
+    state.best_file = None
+    state.save(ckpt_dir)
+
+
 @dataclass
 class Outputs:
     """Where the callback writes: checkpoints, the best model (with its audio settings), the
-    history CSV."""
+    history CSV; and how often it commits."""
     ckpt_dir: Path
     model_path: Path
     history_path: Path
     audio: AudioConfig | None
+    every_s: float = 0.0           # seconds of training between commits; 0 = every epoch
+    last_epoch: int = 0            # the last epoch asked for (counted from 0): always committed
 
 
 class EpochEnd(keras.callbacks.Callback):
-    """After each epoch: checkpoint, then commit the state file (the resume point), then the
-    best model, MLflow metrics and the history CSV. Patience counts epochs since the best."""
+    """After each epoch: record it (patience counts epochs since the best; the best weights are
+    kept in memory), and commit when the interval has passed or training ends here. Progress is
+    a bar on a terminal, else one line per commit."""
 
     def __init__(self, state: TrainState, out: Outputs, tracker: tracking.Tracker,
                  clock: EpochClock, patience: int, has_val: bool):
         super().__init__()
         self.state, self.out, self.tracker, self.clock = state, out, tracker, clock
         self.patience, self.has_val = patience, has_val
+        self.best_weights = None            # the best epoch's weights, not yet saved
+        self.last_commit = time.monotonic()
+        first = state.epoch + 1
+        self.bar = tqdm(total=out.last_epoch + 1, initial=first, desc="train", unit="epoch",
+                        disable=None, leave=False)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.clock.epoch = epoch
@@ -111,36 +141,78 @@ class EpochEnd(keras.callbacks.Callback):
         loss, val = logs.get("loss"), logs.get("val_loss")
         if not all(v is not None and math.isfinite(v) for v in (loss, val if self.has_val else 0)):
             self.state.stopped, self.state.nan_epoch = "nan", epoch
-            self.model.stop_training = True     # nothing saved from the broken weights
+            self.model.stop_training = True     # no checkpoint of the broken weights
+            self.save_pending_best(self.out.model_path)
             return
         row = dict(epoch=epoch + 1, loss=float(loss), val_loss=None if val is None else float(val),
                    seconds=round(time.perf_counter() - self.t0, 3))
-        improved = self.commit(epoch, row)
-        if improved:
-            netlib.save(self.model, self.out.model_path, self.out.audio)
-        write_history(self.out.history_path, self.state.history)
-        log_pending_metrics(self.state, self.tracker, self.out.ckpt_dir)
+        if self.record(epoch, row):
+            self.best_weights = self.model.get_weights()
+        self.bar.update()
+        self.bar.set_postfix(loss=f"{row['loss']:.4g}", val_loss=f"{row['val_loss'] or 0:.4g}")
+        ends = bool(self.state.stopped) or epoch >= self.out.last_epoch
+        if ends or time.monotonic() - self.last_commit >= self.out.every_s:
+            self.commit(epoch)
         if self.state.stopped:
             log.info("no val_loss improvement for %d epochs: stopping early (best epoch %d)",
                      self.patience, self.state.best_epoch + 1)
             self.model.stop_training = True
 
-    def commit(self, epoch: int, row: dict) -> bool:
-        """Checkpoint the epoch and commit the state; returns whether it is the best so far."""
-        state, ckpt_dir = self.state, self.out.ckpt_dir
+    def on_train_end(self, logs=None):
+        self.bar.close()
+
+    def record(self, epoch: int, row: dict) -> bool:
+        """Add the epoch to the state; returns whether it is the best so far."""
+        state = self.state
         monitor = row["val_loss"] if self.has_val else row["loss"]
         improved = state.best_loss is None or monitor < state.best_loss
-        name = f"{CKPT_PREFIX}{epoch:05d}.keras"
-        netlib.save(self.model, ckpt_dir / name, None, with_optimizer=True)
         state.history.append(row)
-        state.epoch, state.checkpoint = epoch, name
         state.wait = 0 if improved else state.wait + 1
         if improved:
             state.best_loss, state.best_epoch = monitor, epoch
         if self.patience and state.wait >= self.patience:
             state.stopped = "early_stopping"
+        return improved
+
+    def save_pending_best(self, path: Path) -> bool:
+        """Save the best weights kept in memory, as a model with the audio settings, to `path`."""
+        if self.best_weights is None:
+            return False
+        current = self.model.get_weights()
+        self.model.set_weights(self.best_weights)
+        try:
+            self.timed_save(path, self.out.audio, with_optimizer=False)
+        finally:
+            self.model.set_weights(current)
+        self.best_weights = None
+        return True
+
+    def timed_save(self, path: Path, audio, with_optimizer: bool) -> None:
+        t0 = time.perf_counter()
+        netlib.save(self.model, path, audio, with_optimizer=with_optimizer)
+        self.state.saving_s += time.perf_counter() - t0
+        self.state.bytes_written += path.stat().st_size
+
+    def commit(self, epoch: int) -> None:
+        """Checkpoint, pending best model, then the state file (the commit point), then the
+        best model into place, the history CSV and MLflow."""
+        state, ckpt_dir = self.state, self.out.ckpt_dir
+        name = f"{CKPT_PREFIX}{epoch:05d}.keras"
+        self.timed_save(ckpt_dir / name, None, with_optimizer=True)
+        if self.save_pending_best(ckpt_dir / f"{BEST_PREFIX}{state.best_epoch:05d}.keras"):
+            state.best_file = f"{BEST_PREFIX}{state.best_epoch:05d}.keras"
+        state.epoch, state.checkpoint = epoch, name
         state.save(ckpt_dir)                                  # the commit point
-        for old in ckpt_dir.glob(f"{CKPT_PREFIX}*.keras"):
+        publish_best(state, ckpt_dir, self.out.model_path)
+        for old in [*ckpt_dir.glob(f"{CKPT_PREFIX}*.keras"), *ckpt_dir.glob(f"{BEST_PREFIX}*.keras")]:
             if old.name != name:
                 old.unlink()
-        return improved
+        write_history(self.out.history_path, state.history)
+        log_pending_metrics(state, self.tracker, ckpt_dir)
+        self.last_commit = time.monotonic()
+        if self.bar.disable:           # no terminal: one line per commit, not one per epoch
+            row = state.history[-1]
+            log.info("epoch %d/%d: loss %.4g, val_loss %s (best %.4g, epoch %d)", row["epoch"],
+                     self.out.last_epoch + 1, row["loss"],
+                     "-" if row["val_loss"] is None else f"{row['val_loss']:.4g}",
+                     state.best_loss, state.best_epoch + 1)

@@ -20,8 +20,8 @@ log = logging.getLogger("rawtune.decode")
 def list_audio_candidates(raw_dir: Path) -> list[Path]:
     """Every regular, non-hidden file under `raw_dir` (audio is recognised later, by content)."""
     if not raw_dir.is_dir():
-        raise UserError(f"Audio folder '{raw_dir}' does not exist; put your songs there or set "
-                        "data.raw_dir in params.yaml.")
+        raise UserError(f"Audio folder '{raw_dir}' (params.yaml 'data.raw_dir') does not exist; "
+                        "put your songs there or set data.raw_dir to your music folder.")
     found = sorted(p for p in raw_dir.rglob("*") if p.is_file()
                    and not any(part.startswith(".") for part in p.relative_to(raw_dir).parts))
     if not found:
@@ -82,15 +82,17 @@ def renamed_reason(reason: str, old_name: str, new_name: str) -> str:
 
 
 def plan(candidates: list[Path], raw_dir: Path, old: list[dict], wav_dir: Path, sample_rate: int,
-         min_frames: int, silence_dbfs: float) -> tuple[list, list]:
-    """Split files into rows known already (same file, or same content already decoded) and
-    songs to decode. Returns (rows, todo) where todo items are (row, src, dst). A new block size
-    or silence threshold only re-judges the songs: none is decoded again for it."""
+         min_frames: int, silence_dbfs: float) -> tuple[list, list, int]:
+    """Split files into rows known already (same file, or same content already decoded), rows
+    skipped without decoding (empty, unreadable, a duplicate, a name that is not UTF-8) and songs
+    to decode. Returns (rows, todo, known) where todo items are (row, src, dst) and `n_known`
+    counts the rows known already. A new block size or silence threshold only re-judges the
+    songs: none is decoded again for it."""
     old_by_file = {(r["path"], r["size"], r["mtime_ns"]): r for r in old}
     old_by_id: dict[str, dict] = {}
     for r in old:  # first row per id: a later one is a duplicate ("same content as")
         old_by_id.setdefault(r["id"], r)
-    rows, todo, first_path = [], [], {}
+    rows, todo, first_path, n_known = [], [], {}, 0
     for f in candidates:
         rel = f.relative_to(raw_dir).as_posix()
         st = f.stat()
@@ -128,14 +130,16 @@ def plan(candidates: list[Path], raw_dir: Path, old: list[dict], wav_dir: Path, 
             if reason or wav.is_file():
                 rows.append(dict(base, **fields, status="skipped" if reason else "ok",
                                  reason=reason or ""))
+                n_known += 1
                 continue
         elif prev is not None and prev["status"] == "skipped" and prev["id"]:   # not decodable
             rows.append(dict(base, status="skipped",
                              reason=renamed_reason(prev["reason"], Path(prev["path"]).name, f.name)))
+            n_known += 1
             continue
         rows.append(base)
         todo.append((base, str(f), str(wav)))
-    return rows, todo
+    return rows, todo, n_known
 
 
 def main(args) -> None:
@@ -154,9 +158,11 @@ def main(args) -> None:
     kept = pool.prepare_out_dir(wav_dir, stamp)
     old = manifest.read_manifest(manifest_path) if kept and manifest_path.is_file() else []
 
-    rows, todo = plan(candidates, raw_dir, old, wav_dir, sample_rate, block_size, silence_dbfs)
-    log.info("%d files in %s: %d to decode, %d already done", len(candidates), raw_dir, len(todo),
-             len(rows) - len(todo))
+    rows, todo, known = plan(candidates, raw_dir, old, wav_dir, sample_rate, block_size,
+                             silence_dbfs)
+    log.info("%d files in %s: %d to decode, %d already done, %d skipped without decoding (empty, "
+             "unreadable or a duplicate)", len(candidates), raw_dir, len(todo), known,
+             len(rows) - len(todo) - known)
     results = pool.map_songs(decode_song, [(os.path.abspath(src), os.path.abspath(dst), sample_rate,
                                               block_size, silence_dbfs) for _, src, dst in todo],
                                song_pool, "decode")   # absolute: a Dask worker has its own cwd

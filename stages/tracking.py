@@ -23,6 +23,7 @@ log = logging.getLogger("rawtune")
 
 
 LATER_STAGES = ("generate", "evaluate")
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")   # model training
 AUDIO_KEY = "rawtune_audio"     # the audio settings in a logged model's metadata (MLmodel file)   # params sections logged by those stages themselves
 
 
@@ -140,7 +141,11 @@ class Tracker:
 
         def _start():
             mlflow.set_tracking_uri(self.uri)
-            mlflow.set_experiment(self.experiment)
+            experiment = mlflow.set_experiment(self.experiment)
+            if experiment.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+                # MLflow 3's UI shows an experiment of no kind as GenAI traces
+                mlflow.MlflowClient(self.uri).set_experiment_tag(experiment.experiment_id,
+                                                                 *EXPERIMENT_KIND)
             if resume_run_id:
                 try:
                     return mlflow.start_run(run_id=resume_run_id)

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ class TrainConfig:
     seed: int
     threads: int
     strategy: str
+    checkpoint_every_s: float
 
     @classmethod
     def from_params(cls, params: dict) -> "TrainConfig":
@@ -48,7 +48,8 @@ class TrainConfig:
                    patience=p("patience", int, minimum=0),
                    shuffle_seed=p("shuffle_seed", int), seed=p("seed", int),
                    threads=p("threads", int, minimum=0),
-                   strategy=p("strategy", str, choices=STRATEGIES))
+                   strategy=p("strategy", str, choices=STRATEGIES),
+                   checkpoint_every_s=float(p("checkpoint_every_s", (int, float), minimum=0)))
 
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -148,7 +149,7 @@ def start_or_resume(cfg: netlib.ModelConfig, tc: TrainConfig, data: Data, norm: 
                     paths: Paths, fp: str, strategy):
     """(model, state, first epoch to run): from the last committed checkpoint when its params and
     data are this run's, else a new model with the trivial baselines measured."""
-    from stages.checkpoints import TrainState
+    from stages.checkpoints import TrainState, publish_best
     keras = netlib.import_keras()
     netlib.remove_stale_tmp(paths.models)
     netlib.remove_stale_tmp(paths.ckpt_dir)
@@ -162,8 +163,9 @@ def start_or_resume(cfg: netlib.ModelConfig, tc: TrainConfig, data: Data, norm: 
         with strategy.scope():
             model = keras.saving.load_model(paths.ckpt_dir / state.checkpoint, safe_mode=True)
         log.info("resuming from the checkpoint of epoch %d of %d", state.epoch + 1, tc.epochs)
-        if state.best_epoch == state.epoch or not paths.model.is_file():
-            netlib.save(model, paths.model, data.audio)      # may have been cut short
+        publish_best(state, paths.ckpt_dir, paths.model)    # a kill may have come before it
+        if not paths.model.is_file():
+            netlib.save(model, paths.model, data.audio)
         return model, state, state.epoch + 1
     shutil.rmtree(paths.ckpt_dir, ignore_errors=True)
     paths.ckpt_dir.mkdir(parents=True)
@@ -207,7 +209,8 @@ def fit(model, state, first_epoch: int, tc: TrainConfig, cfg: netlib.ModelConfig
     clock = EpochClock(first_epoch)
     train_ds = dataset(data.tensors, "", tc.batch_size, norm, clock, tc.shuffle_seed)
     val_ds = dataset(data.tensors, "val_", tc.batch_size, norm) if data.n_val else None
-    out = Outputs(paths.ckpt_dir, paths.model, paths.history, data.audio)
+    out = Outputs(paths.ckpt_dir, paths.model, paths.history, data.audio,
+                  every_s=tc.checkpoint_every_s, last_epoch=tc.epochs - 1)
     callbacks = [keras.callbacks.TerminateOnNaN(),
                  EpochEnd(state, out, tracker, clock, tc.patience, data.n_val > 0)]
     t0 = time.perf_counter()
@@ -217,7 +220,7 @@ def fit(model, state, first_epoch: int, tc: TrainConfig, cfg: netlib.ModelConfig
                  tc.batch_size, first_epoch + 1, tc.epochs)
         model.fit(train_ds, validation_data=val_ds, epochs=tc.epochs, initial_epoch=first_epoch,
                   callbacks=callbacks, shuffle=False,   # the dataset shuffles, by epoch
-                  verbose=1 if sys.stdout.isatty() else 2)
+                  verbose=0)                            # EpochEnd shows the progress
     return time.perf_counter() - t0
 
 
@@ -232,13 +235,17 @@ def summarise(state, cfg: netlib.ModelConfig, data: Data, tracker: tracking.Trac
                     "%d is kept; lower 'train.learning_rate' to go further.",
                     state.nan_epoch + 1, state.best_epoch + 1)
     best = state.history[state.best_epoch]                # history holds every epoch from 0
-    epoch_s = sum(r["seconds"] for r in state.history) / len(state.history)
+    fit_s = sum(r["seconds"] for r in state.history)
+    epoch_s = fit_s / len(state.history)
     step_flops = netlib.flops_per_sequence(cfg, data.seq_len, data.n_features) * data.n_train
     summary = dict(val_loss=best["val_loss"], loss=best["loss"], best_epoch=best["epoch"],
                    epochs_run=len(state.history), stopped=state.stopped or "completed",
                    baselines=state.baselines, **verdict(best["val_loss"], state.baselines),
                    sequences_train=data.n_train, sequences_val=data.n_val,
                    seconds_per_epoch=round(epoch_s, 3),
+                   saving_seconds=round(state.saving_s, 3),
+                   saving_share=round(state.saving_s / max(fit_s + state.saving_s, 1e-9), 4),
+                   bytes_written_per_epoch=round(state.bytes_written / len(state.history)),
                    gflops_per_second=round(step_flops / max(epoch_s, 1e-9) / 1e9, 1),
                    audio=data.audio.as_dict(), mlflow_run_id=tracker.run_id,
                    tracking_uri=tracker.uri if tracker.run_id else None)

@@ -455,6 +455,18 @@ def test_unchanged_and_renamed_songs_are_not_decoded_again(proj):
     assert wav_files(proj) == wavs
 
 
+def test_the_counts_say_what_was_decoded_known_and_skipped(proj):
+    raw = proj / "data" / "raw"
+    write_song(raw / "song.wav", 80, SONG_SECONDS)
+    assert decode(proj, raw).returncode == 0
+    (raw / "notes.mp3").write_text("not audio at all")        # decoded, then found not audio
+    (raw / "empty.wav").touch()                               # skipped without decoding
+    proc = decode(proj, raw)
+    assert proc.returncode == 0
+    assert ": 1 to decode, 1 already done, 1 skipped without decoding" in proc.stderr
+    assert "1 songs ready" in proc.stderr and "2 skipped" in proc.stderr
+
+
 def test_adding_decodes_only_the_new_song_and_removing_deletes_its_wav(proj):
     raw = proj / "data" / "raw"
     for i in range(2):

@@ -140,6 +140,15 @@ def test_pipeline_cli_prints_one_sentence_for_bad_params(tmp_path):
         proc.stderr.splitlines()
     assert "Traceback" not in proc.stderr
 
+    set_params(project / "params.yaml", {"flows.retries": 1, "data.raw_dir": "no/such/folder"})
+    proc = subprocess.run([sys.executable, "-m", "flows.pipeline", "--project", str(project)],
+                          cwd=ROOT, env=dict(env(), PREFECT_API_URL=os.environ.get(
+                              "PREFECT_API_URL", "")), capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"error: Audio folder '{project / 'no/such/folder'}' (params.yaml 'data.raw_dir') " \
+           "does not exist; put your songs there or set data.raw_dir to your music folder." \
+        in proc.stderr.splitlines()
+
 
 # --- retraining and the champion ---------------------------------------------------------------
 

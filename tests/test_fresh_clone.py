@@ -33,23 +33,27 @@ def test_fresh_clone_make_demo_then_its_next_steps_work(tmp_path):
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     assert "Traceback" not in demo.stdout + demo.stderr
 
-    done = next(line for line in demo.stdout.splitlines() if line.startswith("Done:"))
-    for path in ("data/generated/", "models/model.keras", "metrics/train_curve.png"):
-        assert path in done and (clone / path).exists(), path
+    summary = demo.stdout[demo.stdout.index("New songs in data/generated/"):].splitlines()
+    assert max(len(line) for line in summary) <= 80, summary         # the last screen
     songs = sorted(p.name for p in (clone / "data/generated").iterdir())
     assert songs == ["song_01.png", "song_01.wav", "song_02.png", "song_02.wav"]
     evaluation = yaml.safe_load((clone / "metrics/eval.json").read_text())
     assert len(evaluation["songs"]) == 2
+    for song in evaluation["songs"]:                                  # every verdict, named
+        assert any(song["file"] in line and song["verdict"] in line for line in summary)
+    for path in ("models/model.keras", "metrics/report.html"):
+        assert path in "\n".join(summary) and (clone / path).exists(), path
+    assert summary[-1] == "Next: make ui, then open http://127.0.0.1:5000/#/experiments/1/runs"
 
-    browse = next(line for line in demo.stdout.splitlines() if line.startswith("Browse"))
-    assert "make ui" in browse and "http://127.0.0.1:5000" in browse
     port = free_port()
+    log = tmp_path / "ui.log"
     ui = subprocess.Popen(["make", "ui", f"VENV={venv}", f"MLFLOW_PORT={port}"], cwd=clone,
-                          env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          env=env(), stdout=log.open("w"), stderr=subprocess.STDOUT,
                           start_new_session=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        wait_until_serving(f"{base}/health", ui)
+        wait_until_serving(f"{base}/health", ui, log=log)
+        assert f"MLflow UI, the training runs: {base}/#/experiments/1/runs" in log.read_text()
         runs = httpx.post(f"{base}/api/2.0/mlflow/runs/search",
                           json={"experiment_ids": ["1"]}, timeout=10).json()["runs"]
         assert [r["info"]["status"] for r in runs] == ["FINISHED"]

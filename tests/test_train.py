@@ -183,8 +183,9 @@ def test_each_epoch_commits_a_state_that_a_new_process_resumes_from(tmp_path):
     tracker.active, tracker.run_id = False, None
     audio = AudioConfig(22050, 32768, 4, "rfft")
     state = TrainState(fingerprint="f", baselines={"zero_block": 1.0})
-    cb = EpochEnd(state, Outputs(tmp_path, tmp_path / "model.keras", tmp_path / "h.csv", audio),
-                  tracker, EpochClock(), patience=2, has_val=True)
+    cb = EpochEnd(state, Outputs(tmp_path, tmp_path / "model.keras", tmp_path / "h.csv", audio,
+                                 every_s=0, last_epoch=5), tracker, EpochClock(), patience=2,
+                  has_val=True)
     cb.set_model(m)
     for epoch, val in enumerate([0.9, 0.8, 0.85, 0.86]):
         cb.on_epoch_begin(epoch)
@@ -194,8 +195,42 @@ def test_each_epoch_commits_a_state_that_a_new_process_resumes_from(tmp_path):
     assert resumed.wait == 2 and resumed.stopped == "early_stopping" and m.stop_training
     assert sorted(p.name for p in tmp_path.glob("epoch-*.keras")) == ["epoch-00003.keras"]
     assert netlib.saved_audio(tmp_path / "model.keras") == audio     # the best, with its settings
+    assert resumed.bytes_written > 0 and resumed.saving_s > 0
     (tmp_path / "epoch-00003.keras").unlink()
     assert TrainState.load(tmp_path) is None          # a state without its checkpoint is no state
+
+
+def test_commits_come_by_time_and_the_best_epochs_weights_are_the_model(tmp_path):
+    from stages import tracking
+    from stages.checkpoints import EpochEnd, Outputs, TrainState
+    cfg = netlib.ModelConfig(hidden=4)
+    m = netlib.build_model(cfg, 3, 4)
+    netlib.compile_model(m, cfg)
+    tracker = tracking.Tracker.__new__(tracking.Tracker)
+    tracker.active, tracker.run_id = False, None
+    state = TrainState(fingerprint="f")
+    cb = EpochEnd(state, Outputs(tmp_path, tmp_path / "model.keras", tmp_path / "h.csv", None,
+                                 every_s=3600, last_epoch=3), tracker, EpochClock(), patience=0,
+                  has_val=True)
+    cb.set_model(m)
+    rng = np.random.default_rng(0)
+    weights = {}
+    for epoch, val in enumerate([0.9, 0.5, 0.7, 0.8]):          # epoch 1 is the best
+        m.set_weights([rng.normal(size=w.shape).astype(np.float32) for w in m.get_weights()])
+        weights[epoch] = m.get_weights()
+        cb.on_epoch_begin(epoch)
+        cb.on_epoch_end(epoch, {"loss": 1.0, "val_loss": val})
+        if epoch < 3:            # within the interval: nothing written, nothing to resume from
+            assert not list(tmp_path.glob("*.keras")) and TrainState.load(tmp_path) is None
+    assert sorted(p.name for p in tmp_path.glob("*.keras")) == ["epoch-00003.keras", "model.keras"]
+    best, _ = netlib.load(str(tmp_path / "model.keras"))
+    for got, want in zip(best.get_weights(), weights[1]):
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(m.get_weights(), weights[3]):           # training's own weights untouched
+        np.testing.assert_array_equal(got, want)
+    resumed = TrainState.load(tmp_path)
+    assert resumed.epoch == 3 and resumed.best_epoch == 1 and len(resumed.history) == 4
+    assert resumed.best_file is None and not list(tmp_path.glob("best-*"))
 
 
 # --- real runs ------------------------------------------------------------------------------------
@@ -312,7 +347,8 @@ def test_dvc_exp_run_changes_the_runs_params(trained):
 def test_resume_after_sigkill_continues_at_the_next_epoch_in_the_same_run(tmp_path):
     epochs = 12
     project = make_project(tmp_path / "project", {**TINY_TRAIN, "train.epochs": epochs,
-                                                   "train.batch_size": 2})
+                                                   "train.batch_size": 2,
+                                                   "train.checkpoint_every_s": 0.5})
     three_songs(project)
     run(["dvc", "repro", "tensors"], project)
     state_file = project / "models/checkpoints/state.json"
@@ -355,7 +391,8 @@ def test_kill_9_of_dvc_repro_train_at_a_random_moment_then_repro_finishes_the_jo
     import keras
     epochs = 8
     project = make_project(tmp_path / "project", {**TINY_TRAIN, "train.epochs": epochs,
-                                                   "train.batch_size": 2})
+                                                   "train.batch_size": 2,
+                                                   "train.checkpoint_every_s": 0.5})
     three_songs(project)
     run(["dvc", "repro", "tensors"], project)
     delay = float(np.random.default_rng(seed).uniform(2.0, 14.0))

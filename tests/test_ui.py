@@ -14,7 +14,8 @@ import pytest
 
 from flows import champion
 from flows.services import stop_group
-from stages import config
+from stages import config, report
+from stages.config import TrackingConfig
 from tests.conftest import (BIN, TINY_TRAIN, env, free_port, make_project, run,
                             wait_until_serving, write_song)
 
@@ -79,7 +80,11 @@ def test_mlflow_ui_shows_runs_params_curves_champion_and_audio(promoted, ui, tmp
             page.screenshot(path=shots / f"{name}.png", full_page=True)
             return page.inner_text("body")
 
-        runs = show("experiment", f"{ui}/#/experiments/{exp}/runs", run_name)
+        # the page `make ui` sends a newcomer to: the training runs, no click needed
+        cfg = TrackingConfig(f"sqlite:///{promoted / 'mlflow.db'}", "rawtune", "rawtune", 10)
+        landing = report.ui_address(cfg, int(ui.rsplit(":", 1)[1]))
+        assert landing == f"{ui}/#/experiments/{exp}/runs"
+        runs = show("landing", landing, run_name)
         assert "rawtune" in runs and f"v{version}" in runs          # run listed with its model
 
         show("run", f"{ui}/#/experiments/{exp}/runs/{run_id}", "val_loss")
@@ -124,5 +129,35 @@ def test_mlflow_ui_shows_runs_params_curves_champion_and_audio(promoted, ui, tmp
         page.screenshot(path=shots / "spectrogram.png")
         browser.close()
     assert sorted(p.name for p in shots.iterdir()) == [
-        "artifacts.png", "audio.png", "curves-val_loss.png", "curves.png", "experiment.png", "model.png", "run-search.png",
-        "run.png", "spectrogram.png"]
+        "artifacts.png", "audio.png", "curves-val_loss.png", "curves.png", "landing.png",
+        "model.png", "run-search.png", "run.png", "spectrogram.png"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed and `make test` "
+                                             "could not install it (it needs root)")
+def test_the_run_page_shows_curves_songs_and_verdicts_with_the_network_off(promoted, tmp_path):
+    from playwright.sync_api import sync_playwright
+    run([str(BIN / "python"), "-m", "stages.report", "--html", "metrics/report.html"], promoted)
+    page_path = promoted / "metrics" / "report.html"
+    assert "<script" not in page_path.read_text()
+    evaluation = json.loads((promoted / "metrics" / "eval.json").read_text())
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        context = browser.new_context(offline=True)
+        page = context.new_page()
+        failed = []
+        page.on("requestfailed", lambda request: failed.append(request.url))
+        page.goto(page_path.as_uri())
+        page.wait_for_load_state("load")
+        text = page.inner_text("body")
+        for song in evaluation["songs"]:
+            assert song["file"] in text and song["verdict"] in text
+        sizes = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.naturalWidth)")
+        assert len(sizes) == 1 + len(evaluation["songs"]) and min(sizes) > 100  # curve + songs
+        audio_ok = page.eval_on_selector_all(
+            "audio", "els => els.map(a => a.src.startsWith('file:'))")
+        assert audio_ok == [True] * len(evaluation["songs"])
+        page.screenshot(path=tmp_path / "report.png", full_page=True)
+        browser.close()
+    assert failed == []
