@@ -187,6 +187,16 @@ class Tracker:
         clean = {k: float(v) for k, v in metrics.items() if v is not None}
         self._call("log metrics", mlflow.log_metrics, clean, step=step)
 
+    def logged_steps(self, key: str) -> list[int]:
+        """The steps already logged for a metric of this run (a resumed run may have logged
+        epochs after its last commit, before it was killed)."""
+        import mlflow
+
+        def _steps():
+            client = mlflow.MlflowClient(self.uri)
+            return sorted(m.step for m in client.get_metric_history(self.run_id, key))
+        return self._call("read the metric history", _steps) or []
+
     def set_tags(self, tags: dict) -> None:
         import mlflow
         self._call("set tags", mlflow.set_tags, {k: str(v) for k, v in tags.items()

@@ -190,6 +190,8 @@ def start_tracking(params: dict, data: Data, state, paths: Paths) -> tracking.Tr
         "rawtune.stage": "train"}) or resumed
     if tracker.run_id != resumed:
         state.logged_through = 0               # a new run: send it every epoch so far
+    elif resumed:                              # a kill can fall after logging, before noting it
+        state.logged_through = max([state.logged_through, *tracker.logged_steps("loss")])
     if not resumed:
         # generate/evaluate log their own sections when they add to this run
         tracker.log_params({k: v for k, v in params.items() if k not in tracking.LATER_STAGES})

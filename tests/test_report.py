@@ -36,8 +36,9 @@ def test_the_summary_names_every_song_and_fits_80_columns(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()                         # nor made by asking
 
 
-def test_the_ui_address_is_the_runs_table_of_a_model_training_experiment(tmp_path):
+def test_the_ui_address_is_the_runs_table_of_a_model_training_experiment(tmp_path, monkeypatch):
     cfg = TrackingConfig(f"sqlite:///{tmp_path / 'mlflow.db'}", "rawtune", "rawtune", 10)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", cfg.uri)   # mlflow exports it; put back after
     tracker = tracking.Tracker(cfg)
     tracker.start()
     tracker.end()
