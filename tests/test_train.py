@@ -154,18 +154,27 @@ def test_model_config_names_the_bad_key_and_allowed_values():
         netlib.ModelConfig.from_params(params)
 
 
-def test_nan_epoch_stops_without_checkpoint_and_keeps_the_state(tmp_path):
+def epoch_end(folder: Path, state, audio=None, every_s: float = 0, last_epoch: int = 5,
+              patience: int = 0):
+    """The train stage's epoch callback on a tiny compiled model, with tracking off."""
     from stages import tracking
-    from stages.checkpoints import EpochEnd, Outputs, TrainState
+    from stages.checkpoints import EpochEnd, Outputs
     cfg = netlib.ModelConfig(hidden=4)
-    m = netlib.build_model(cfg, 3, 4)
-    netlib.compile_model(m, cfg)
-    state = TrainState(fingerprint="f", best_loss=0.5, best_epoch=0, epoch=0)
+    model = netlib.build_model(cfg, 3, 4)
+    netlib.compile_model(model, cfg)
     tracker = tracking.Tracker.__new__(tracking.Tracker)
     tracker.active, tracker.run_id = False, None
-    cb = EpochEnd(state, Outputs(tmp_path, tmp_path / "model.keras", tmp_path / "h.csv", None),
-                  tracker, EpochClock(), patience=0, has_val=True)
-    cb.set_model(m)
+    cb = EpochEnd(state, Outputs(folder, folder / "model.keras", folder / "h.csv", audio,
+                                 every_s=every_s, last_epoch=last_epoch), tracker, EpochClock(),
+                  patience=patience, has_val=True)
+    cb.set_model(model)
+    return cb, model
+
+
+def test_nan_epoch_stops_without_checkpoint_and_keeps_the_state(tmp_path):
+    from stages.checkpoints import TrainState
+    state = TrainState(fingerprint="f", best_loss=0.5, best_epoch=0, epoch=0)
+    cb, m = epoch_end(tmp_path, state)
     cb.on_epoch_begin(1)
     cb.on_epoch_end(1, {"loss": float("nan"), "val_loss": 1.0})
     assert m.stop_training and state.stopped == "nan" and state.nan_epoch == 1
@@ -173,20 +182,11 @@ def test_nan_epoch_stops_without_checkpoint_and_keeps_the_state(tmp_path):
 
 
 def test_each_epoch_commits_a_state_that_a_new_process_resumes_from(tmp_path):
-    from stages import tracking
-    from stages.checkpoints import EpochEnd, Outputs, TrainState
+    from stages.checkpoints import TrainState
     from stages.config import AudioConfig
-    cfg = netlib.ModelConfig(hidden=4)
-    m = netlib.build_model(cfg, 3, 4)
-    netlib.compile_model(m, cfg)
-    tracker = tracking.Tracker.__new__(tracking.Tracker)
-    tracker.active, tracker.run_id = False, None
     audio = AudioConfig(22050, 32768, 4, "rfft")
     state = TrainState(fingerprint="f", baselines={"zero_block": 1.0})
-    cb = EpochEnd(state, Outputs(tmp_path, tmp_path / "model.keras", tmp_path / "h.csv", audio,
-                                 every_s=0, last_epoch=5), tracker, EpochClock(), patience=2,
-                  has_val=True)
-    cb.set_model(m)
+    cb, m = epoch_end(tmp_path, state, audio, every_s=0, last_epoch=5, patience=2)
     for epoch, val in enumerate([0.9, 0.8, 0.85, 0.86]):
         cb.on_epoch_begin(epoch)
         cb.on_epoch_end(epoch, {"loss": 1.0, "val_loss": val})
@@ -201,18 +201,9 @@ def test_each_epoch_commits_a_state_that_a_new_process_resumes_from(tmp_path):
 
 
 def test_commits_come_by_time_and_the_best_epochs_weights_are_the_model(tmp_path):
-    from stages import tracking
-    from stages.checkpoints import EpochEnd, Outputs, TrainState
-    cfg = netlib.ModelConfig(hidden=4)
-    m = netlib.build_model(cfg, 3, 4)
-    netlib.compile_model(m, cfg)
-    tracker = tracking.Tracker.__new__(tracking.Tracker)
-    tracker.active, tracker.run_id = False, None
+    from stages.checkpoints import TrainState
     state = TrainState(fingerprint="f")
-    cb = EpochEnd(state, Outputs(tmp_path, tmp_path / "model.keras", tmp_path / "h.csv", None,
-                                 every_s=3600, last_epoch=3), tracker, EpochClock(), patience=0,
-                  has_val=True)
-    cb.set_model(m)
+    cb, m = epoch_end(tmp_path, state, every_s=3600, last_epoch=3)
     rng = np.random.default_rng(0)
     weights = {}
     for epoch, val in enumerate([0.9, 0.5, 0.7, 0.8]):          # epoch 1 is the best
