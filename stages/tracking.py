@@ -84,6 +84,24 @@ def dataset_identity(data_dir: str | Path, lock_file: str | Path = "dvc.lock",
     return ident
 
 
+def ensure_store(uri: str) -> None:
+    """Create a new local sqlite store under a temporary name and rename it into place: a run
+    killed while MLflow creates its tables would otherwise leave a store that no later run can
+    open ("table ... already exists")."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix) or Path(uri[len(prefix):]).exists():
+        return
+    from mlflow import MlflowClient
+    path = Path(uri[len(prefix):])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        MlflowClient(f"{prefix}{tmp}").search_experiments()     # creates every table
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def join_run(cfg: TrackingConfig, run_id: str | None) -> "Tracker | None":
     """The tracker of the training run `run_id`, reopened so a later stage (generate, evaluate)
     adds to it; None when there is no run or it cannot be reopened."""
@@ -140,6 +158,7 @@ class Tracker:
         import mlflow
 
         def _start():
+            ensure_store(self.uri)
             mlflow.set_tracking_uri(self.uri)
             experiment = mlflow.set_experiment(self.experiment)
             if experiment.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:

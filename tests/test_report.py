@@ -47,3 +47,12 @@ def test_the_ui_address_is_the_runs_table_of_a_model_training_experiment(tmp_pat
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert report.ui_address(cfg, 5000) == \
         f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs"
+
+
+def test_a_new_store_appears_only_when_complete(tmp_path):
+    # a run killed while MLflow creates its tables must not leave a store no run can open
+    db = tmp_path / "sub" / "mlflow.db"
+    tracking.ensure_store(f"sqlite:///{db}")
+    assert db.is_file() and [p.name for p in db.parent.iterdir()] == ["mlflow.db"]
+    from mlflow import MlflowClient
+    assert [e.name for e in MlflowClient(f"sqlite:///{db}").search_experiments()] == ["Default"]
