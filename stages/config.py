@@ -8,6 +8,7 @@ MLflow is). Each stage's own section is read by that stage's config class.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -72,18 +73,20 @@ def section(params: dict, name: str) -> Callable[..., Any]:
 
 # --- the settings that travel with the data and the model --------------------------------------
 
-LAYOUTS = ("rfft", "full")
+LAYOUTS = ("rfft", "full", "frames")
 SCALES = (32768, 32767)
 AUDIO_PARAMS = {  # AudioConfig field: (params.yaml key, type, checks), the one reader of each
     "sample_rate": ("decode.sample_rate", int, dict(minimum=1000)),
     "scale": ("wav_to_npy.scale", (int, float), dict(choices=SCALES)),
     "block_size": ("fft_blocks.block_size", int, dict(minimum=2)),
     "layout": ("fft_blocks.fft", str, dict(choices=LAYOUTS)),
+    "hop": ("fft_blocks.hop", int, dict(minimum=1)),
 }
+CODEBOOK_KEY = "codebook"   # the identity of the codebook a model's tokens index (not a param)
 
 
 def audio_setting(params: dict, name: str):
-    """One audio setting ("sample_rate", "scale", "block_size", "layout"), checked the one way it
+    """One audio setting ("sample_rate", "scale", "block_size", "layout", "hop"), checked the one way it
     is checked everywhere; for a stage that uses only some of them (a bad value of another then
     stops the stage that uses it, after the earlier stages' work)."""
     key, kind, checks = AUDIO_PARAMS[name]
@@ -96,26 +99,47 @@ class AudioConfig:
     """What the audio data is: every array of the pipeline, and every model trained on it, holds
     blocks of `block_size` samples at `sample_rate` Hz, scaled by 1/`scale`, in `layout`. Written
     beside the tensors and saved with every model; data and model must agree before any audio is
-    written. The keys are params.yaml's, so a mismatch names what to change."""
+    written. The keys are params.yaml's, so a mismatch names what to change.
+
+    `hop` is the distance between frame starts of the `frames` layout (for the block layouts it is
+    the block size: blocks do not overlap). `codebook` is the identity (a digest) of the codebook
+    whose codes a `codebook` model predicts, "" for models of frames or blocks."""
     sample_rate: int        # decode.sample_rate
     scale: int              # wav_to_npy.scale
-    block_size: int         # fft_blocks.block_size
+    block_size: int         # fft_blocks.block_size: samples per block, or per frame (n_fft)
     layout: str             # fft_blocks.fft
+    hop: int = 0            # fft_blocks.hop (frames only)
+    codebook: str = ""      # the codebook stage's digest (codebook models only)
+
+    def __post_init__(self):
+        if self.layout != "frames" or not self.hop:
+            object.__setattr__(self, "hop", self.block_size)
 
     @classmethod
     def from_params(cls, params: dict) -> "AudioConfig":
-        return cls(**{f.name: audio_setting(params, f.name) for f in fields(cls)})
+        audio = cls(**{name: audio_setting(params, name) for name in AUDIO_PARAMS})
+        if audio.layout == "frames" and audio.block_size % audio.hop:
+            raise UserError(f"params.yaml 'fft_blocks.hop' ({audio.hop}) must divide "
+                            f"'fft_blocks.block_size' ({audio.block_size}) for the frames layout.")
+        return audio
 
     @classmethod
     def from_dict(cls, d: dict) -> "AudioConfig":
-        return cls(**{f.name: d[f.name] for f in fields(cls)})
+        """From `as_dict`'s output; settings saved before `hop` and `codebook` existed read as
+        the block layouts' (no overlap, no codebook)."""
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d or f.default is
+                      dataclasses.MISSING})
+
+    def with_codebook(self, digest: str) -> "AudioConfig":
+        return dataclasses.replace(self, codebook=digest)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     def differences(self, other: "AudioConfig") -> list[str]:
         """'key: ours vs theirs' for every setting that differs, in params.yaml's names."""
-        return [f"{AUDIO_PARAMS[f.name][0]} {getattr(self, f.name)!r} vs {getattr(other, f.name)!r}"
+        key = lambda name: AUDIO_PARAMS[name][0] if name in AUDIO_PARAMS else CODEBOOK_KEY  # noqa
+        return [f"{key(f.name)} {getattr(self, f.name)!r} vs {getattr(other, f.name)!r}"
                 for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
 
 

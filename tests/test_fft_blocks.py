@@ -75,13 +75,48 @@ def test_fft_song_streams_chunks_into_the_same_result(tmp_path, layout):
     song = np.random.default_rng(3).uniform(-1, 1, n).astype(np.float32)
     np.save(tmp_path / "song.npy", song)
     n_blocks = fft_blocks.fft_song(str(tmp_path / "song.npy"), str(tmp_path / "out.npy"),
-                                   block_size, layout)
+                                   block_size, layout, block_size)
     got = np.load(tmp_path / "out.npy")
     assert n_blocks == got.shape[0] == fft_blocks.CHUNK_BLOCKS + 41
     np.testing.assert_array_equal(got, layouts.pack(layouts.to_blocks(song, block_size), layout))
     back = layouts.unpack(got, layout, block_size).reshape(-1)
     np.testing.assert_allclose(back[:n], song, atol=1e-5)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
+
+
+def test_frames_stream_chunks_into_the_song_s_log_magnitude_stft(tmp_path):
+    n_fft, hop = 64, 16
+    n = hop * (fft_blocks.CHUNK_BLOCKS + 40) + 5                 # crosses a chunk edge
+    song = np.random.default_rng(4).uniform(-1, 1, n).astype(np.float32)
+    np.save(tmp_path / "song.npy", song)
+    count = fft_blocks.fft_song(str(tmp_path / "song.npy"), str(tmp_path / "out.npy"), n_fft,
+                                "frames", hop)
+    got = np.load(tmp_path / "out.npy")
+    assert count == got.shape[0] == n // hop + 1 and got.shape[1] == n_fft // 2 + 1
+    whole = np.log(np.abs(layouts.stft(song, n_fft, hop)) + layouts.LOG_FLOOR)
+    np.testing.assert_allclose(got, whole, atol=1e-4)
+    # frame 10 is the Hann-windowed samples centred on sample 10 * hop
+    centred = song[10 * hop - n_fft // 2:10 * hop + n_fft // 2] * layouts.window(n_fft)
+    np.testing.assert_allclose(got[10], np.log(np.abs(np.fft.rfft(centred)) + layouts.LOG_FLOOR),
+                               atol=1e-4)
+
+
+def test_griffin_lim_rebuilds_audio_with_the_frames_magnitudes():
+    rate, n_fft, hop = 8000, 256, 64
+    t = np.arange(2 * rate) / rate
+    song = (0.4 * np.sin(2 * np.pi * 440 * t) * (t < 1) + 0.3 * np.sin(2 * np.pi * 660 * t)
+            ).astype(np.float32)
+    log_mag = np.log(np.abs(layouts.stft(song, n_fft, hop)) + layouts.LOG_FLOOR)
+    batch = np.stack([log_mag, log_mag[::-1]])                    # two songs at once
+    out = layouts.griffin_lim(batch, n_fft, hop, iters=32)
+    assert out.shape == (2, (len(log_mag) - 1) * hop)
+    for rebuilt, target in zip(out, batch):
+        mag = np.abs(layouts.stft(rebuilt, n_fft, hop))
+        wanted = np.exp(target[:len(mag)]) - layouts.LOG_FLOOR
+        assert np.linalg.norm(mag - wanted) / np.linalg.norm(wanted) < 0.15
+    level = lambda x: 10 * np.log10(np.mean(x ** 2))   # noqa: E731
+    assert abs(level(out[0]) - level(song[:out.shape[1]])) < 1.0
+    assert abs(level(out[1][rate:]) - level(song[:rate - hop])) < 1.0   # reversed: 440 Hz at the end
 
 
 def test_stage_writes_one_array_per_song_and_prunes(proj):
@@ -123,5 +158,5 @@ def test_unknown_fft_layout_is_one_sentence(proj):
     np.save(proj / "npy" / "a.npy", np.zeros(3000, np.float32))
     proc = run_stage("fft_blocks", ["--npy", "npy", "--out", "fft"], proj, check=False)
     assert assert_one_line_error(proc) == \
-        "error: params.yaml 'fft_blocks.fft' is 'dct'; allowed values are 'rfft', 'full'."
+        "error: params.yaml 'fft_blocks.fft' is 'dct'; allowed values are 'rfft', 'full', 'frames'."
     assert not (proj / "fft").exists()
