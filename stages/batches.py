@@ -11,6 +11,7 @@ import numpy as np
 
 from stages import arrays, config
 from stages.config import UserError
+from stages.model import LOG_SCALE_BOUND
 from stages.tensor_files import Tensors
 
 
@@ -59,9 +60,10 @@ def _rows(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np
     return np.asarray(x[idx]), np.asarray(y[idx])   # does not matter to the loss
 
 
-def dataset(tensors: Tensors, split: str, batch_size: int, norm: Normaliser,
+def dataset(tensors, split: str, batch_size: int, norm: Normaliser | None,
             clock: EpochClock | None = None, seed: int = 0):
-    """A tf.data pipeline of normalised (x, y) batches from the `split` ("" train, "val_") tensors.
+    """A tf.data pipeline of normalised (x, y) batches from the `split` ("" train, "val_") arrays
+    of `tensors` (a `Tensors`, or a codebook's `Codes`: sequences of codes, never normalised).
     With a `clock`, each pass is shuffled by `epoch_order(n, seed, clock.epoch)`; without one the
     order is the file's (validation)."""
     from stages.model import import_keras
@@ -69,17 +71,19 @@ def dataset(tensors: Tensors, split: str, batch_size: int, norm: Normaliser,
     import tensorflow as tf
     x = arrays.read(tensors.path(f"{split}x"))
     y = arrays.read(tensors.path(f"{split}y"))
-    n, seq_len, n_feat = x.shape
+    n = x.shape[0]
+    codes = x.ndim == 2                       # (n, seq_len) codes, else (n, seq_len, n_features)
 
     def batches():
         order = epoch_order(n, seed, clock.epoch) if clock is not None else np.arange(n)
         for start in range(0, n, batch_size):
-            yield _rows(x, y, order[start:start + batch_size])
+            xs, ys = _rows(x, y, order[start:start + batch_size])
+            yield (xs.astype(np.int32), ys.astype(np.int32)) if codes else (xs, ys)
 
-    spec = tf.TensorSpec((None, seq_len, n_feat), tf.float32)
+    spec = tf.TensorSpec((None,) + x.shape[1:], tf.int32 if codes else tf.float32)
     ds = tf.data.Dataset.from_generator(batches, output_signature=(spec, spec))
     ds = ds.apply(tf.data.experimental.assert_cardinality(-(-n // batch_size)))
-    if norm.enabled:
+    if norm is not None and norm.enabled and not codes:
         mean, inv_std = tf.constant(norm.mean), tf.constant(1.0 / norm.std)
         ds = ds.map(lambda a, b: ((a - mean) * inv_std, (b - mean) * inv_std),
                     num_parallel_calls=tf.data.AUTOTUNE)
@@ -91,6 +95,21 @@ def dataset(tensors: Tensors, split: str, batch_size: int, norm: Normaliser,
 BASELINES = ("zero_block", "repeat_last", "train_mean")
 
 
+def elementwise(loss: str):
+    """(target, prediction) -> the loss of each element, as Keras computes it before averaging:
+    mse, mae, or laplace (the prediction holds the mean and the log-scale of each feature)."""
+    if loss == "mse":
+        return lambda t, p: (t - p) ** 2
+    if loss == "mae":
+        return lambda t, p: np.abs(t - p)
+
+    def laplace(t, p):
+        mu, log_b = np.split(p, 2, axis=-1)
+        log_b = np.clip(log_b, -LOG_SCALE_BOUND, LOG_SCALE_BOUND)
+        return np.abs(t - mu) * np.exp(-log_b) + log_b
+    return laplace
+
+
 def streamed_losses(tensors: Tensors, predictors: dict, norm: Normaliser, loss: str = "mse",
                     split: str = "val_", chunk: int = 16) -> dict[str, float]:
     """The loss of each predictor (raw x chunk -> prediction in `norm`'s units) against the
@@ -98,14 +117,14 @@ def streamed_losses(tensors: Tensors, predictors: dict, norm: Normaliser, loss: 
     streamed in chunks of sequences, so no split is ever loaded whole."""
     x = arrays.read(tensors.path(f"{split}x"))
     y = arrays.read(tensors.path(f"{split}y"))
-    err = (lambda d: d * d) if loss == "mse" else np.abs
+    err = elementwise(loss)
     sums = dict.fromkeys(predictors, 0.0)
     count = 0
     for start in range(0, x.shape[0], chunk):
         xs = np.asarray(x[start:start + chunk])
         target = norm.forward(np.asarray(y[start:start + chunk]))
         for name, predict in predictors.items():
-            sums[name] += float(err(target - predict(xs)).sum(dtype=np.float64))
+            sums[name] += float(err(target, predict(xs)).sum(dtype=np.float64))
         count += target.size
     if count == 0:
         return {}
@@ -115,12 +134,44 @@ def streamed_losses(tensors: Tensors, predictors: dict, norm: Normaliser, loss: 
 def baseline_losses(tensors: Tensors, norm: Normaliser, loss: str = "mse", split: str = "val_",
                     chunk: int = 16) -> dict[str, float]:
     """The loss, in the space the model is trained in, of three predictors that learn nothing:
-    the zero block (silence), the last block repeated (y_t = x_t) and the training mean."""
+    the zero block (silence), the last block repeated (y_t = x_t) and the training mean. For a
+    Laplace head each is given its best single scale b (the mean absolute error), so its loss
+    is 1 + log(mean absolute error)."""
     zero_pred = norm.forward(np.zeros_like(norm.mean))
     mean_pred = norm.forward(norm.train_mean)
-    return streamed_losses(tensors, {"zero_block": lambda xs: zero_pred,
-                                     "repeat_last": norm.forward,
-                                     "train_mean": lambda xs: mean_pred}, norm, loss, split, chunk)
+    losses = streamed_losses(tensors, {"zero_block": lambda xs: zero_pred,
+                                       "repeat_last": norm.forward,
+                                       "train_mean": lambda xs: mean_pred},
+                             norm, "mae" if loss == "laplace" else loss, split, chunk)
+    if loss == "laplace":
+        return {k: 1.0 + float(np.log(max(v, 1e-12))) for k, v in losses.items()}
+    return losses
+
+
+def code_baselines(codes, split: str = "val_", chunk: int = 256) -> dict[str, float]:
+    """Cross-entropy (nats per code) on the split's codes of predictors that learn nothing: the
+    training songs' code frequencies (`train_mean`), and the last code repeated with the
+    probability the training songs repeat one, the rest by frequency (`repeat_last`)."""
+    n_codes = codes.n_codes
+    counts = np.ones(n_codes)                              # add-one smoothing
+    repeats = total = 0
+    x, y = arrays.read(codes.path("x")), arrays.read(codes.path("y"))
+    for start in range(0, x.shape[0], chunk):
+        xs, ys = np.asarray(x[start:start + chunk]), np.asarray(y[start:start + chunk])
+        counts += np.bincount(ys.reshape(-1), minlength=n_codes)
+        repeats, total = repeats + int((xs == ys).sum()), total + ys.size
+    unigram = counts / counts.sum()
+    stay = min(max(repeats / max(total, 1), 1e-6), 1 - 1e-6)
+    sums = dict(train_mean=0.0, repeat_last=0.0)
+    count = 0
+    x, y = arrays.read(codes.path(f"{split}x")), arrays.read(codes.path(f"{split}y"))
+    for start in range(0, x.shape[0], chunk):
+        xs, ys = np.asarray(x[start:start + chunk]), np.asarray(y[start:start + chunk])
+        sums["train_mean"] -= float(np.log(unigram[ys]).sum())
+        p = (1 - stay) * unigram[ys] + stay * (xs == ys)
+        sums["repeat_last"] -= float(np.log(p).sum())
+        count += ys.size
+    return {k: v / count for k, v in sums.items()} if count else {}
 
 
 def model_loss(model, model_norm: Normaliser, tensors: Tensors, current: Normaliser,

@@ -49,7 +49,7 @@ class TrainState:
     wait: int = 0                         # epochs since the best
     best_loss: float | None = None
     best_epoch: int | None = None
-    stopped: str | None = None            # early_stopping | nan
+    stopped: str | None = None            # early_stopping | time_budget | nan
     nan_epoch: int | None = None
     best_file: str | None = None          # the best model, committed, not yet models/model.keras
     saving_s: float = 0.0                 # time spent writing checkpoints and models
@@ -114,6 +114,7 @@ class Outputs:
     audio: AudioConfig | None
     every_s: float = 0.0           # seconds of training between commits; 0 = every epoch
     last_epoch: int = 0            # the last epoch asked for (counted from 0): always committed
+    max_s: float = 0.0             # seconds of fitting after which training stops; 0 = no limit
 
 
 class EpochEnd(keras.callbacks.Callback):
@@ -153,7 +154,12 @@ class EpochEnd(keras.callbacks.Callback):
         ends = bool(self.state.stopped) or epoch >= self.out.last_epoch
         if ends or time.monotonic() - self.last_commit >= self.out.every_s:
             self.commit(epoch)
-        if self.state.stopped:
+        if self.state.stopped == "time_budget":
+            log.info("%.1f minutes of training: the time budget (train.max_minutes) would be "
+                     "passed by another epoch; stopping (best epoch %d)",
+                     sum(r["seconds"] for r in self.state.history) / 60, self.state.best_epoch + 1)
+            self.model.stop_training = True
+        elif self.state.stopped:
             log.info("no val_loss improvement for %d epochs: stopping early (best epoch %d)",
                      self.patience, self.state.best_epoch + 1)
             self.model.stop_training = True
@@ -172,6 +178,9 @@ class EpochEnd(keras.callbacks.Callback):
             state.best_loss, state.best_epoch = monitor, epoch
         if self.patience and state.wait >= self.patience:
             state.stopped = "early_stopping"
+        elif self.out.max_s and (sum(r["seconds"] for r in state.history) + row["seconds"]
+                                 > self.out.max_s):          # another epoch would pass the budget
+            state.stopped = "time_budget"
         return improved
 
     def save_pending_best(self, path: Path) -> bool:

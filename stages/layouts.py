@@ -25,6 +25,11 @@ def n_features(block_size: int, layout: str) -> int:
     return {"rfft": block_size, "full": 2 * block_size, "frames": block_size // 2 + 1}[layout]
 
 
+def silence(layout: str) -> float:
+    """The value of every feature of a silent block or frame."""
+    return float(np.log(LOG_FLOOR)) if layout == "frames" else 0.0
+
+
 # --- frames: log-magnitude STFT and Griffin-Lim ------------------------------------------------
 
 def n_frames(n_samples: int, hop: int) -> int:

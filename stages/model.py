@@ -1,6 +1,13 @@
-"""The network of the seed, in Keras 3: per-time-step Dense -> LSTM/GRU x layers -> Dense.
+"""The networks, in Keras 3, by `train.family`:
 
-It maps a sequence of (normalised) FFT blocks to the sequence of next blocks. `train` builds and
+  regression  the seed's: per-time-step Dense -> LSTM/GRU x layers -> Dense, the next (normalised)
+              block or frame itself, trained with `train.loss` (mse or mae); deterministic.
+  laplace     the same layers with twice the outputs: a Laplace distribution (mean and log-scale)
+              of each feature of the next frame, trained by its negative log-likelihood; sampled.
+  codebook    Embedding of a code -> LSTM/GRU x layers -> Dense logits over the codebook's codes:
+              a categorical distribution of the next code, trained by cross-entropy; sampled.
+
+Every family names its layers `encode`, the recurrent ones, and `decode`. `train` builds and
 compiles it from params.yaml `train:`; `generate` rebuilds the same layers as a one-step model
 that carries the recurrent state. A saved model carries the audio settings of the data it was
 trained on (`rawtune_audio.json` inside the .keras file, `rawtune_audio` in an MLflow model's
@@ -21,6 +28,7 @@ from stages.config import AudioConfig, UserError
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # TensorFlow's start-up chatter, not errors
 
 CELLS = ("lstm", "gru")
+FAMILIES = ("regression", "laplace", "codebook")
 LOSSES = ("mse", "mae")
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 PRECISIONS = ("float32", "mixed_bfloat16")
@@ -41,11 +49,32 @@ def import_keras():
             os.dup2(saved, 2)
             os.close(saved)
             os.close(devnull)
+        _register(sys.modules["keras"])
     return sys.modules["keras"]
+
+
+LOG_SCALE_BOUND = 7.0     # |log b| of the Laplace head is clipped here (batches.elementwise too)
+
+
+def _register(keras) -> None:
+    """The Laplace loss, registered so that a checkpoint compiled with it loads again."""
+    @keras.saving.register_keras_serializable(package="rawtune", name="laplace_nll")
+    def laplace_nll(y_true, y_pred):
+        """Negative log-likelihood (without log 2) of y_true under Laplace(mu, b) per feature,
+        y_pred = [mu, log b]."""
+        ops = keras.ops
+        mu, log_b = ops.split(y_pred, 2, axis=-1)
+        log_b = ops.clip(log_b, -LOG_SCALE_BOUND, LOG_SCALE_BOUND)
+        return ops.mean(ops.abs(y_true - mu) * ops.exp(-log_b) + log_b, axis=-1)
+    LOSS_FUNCTIONS["laplace"] = laplace_nll
+
+
+LOSS_FUNCTIONS: dict = {}
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    family: str = "regression"
     cell: str = "lstm"
     hidden: int = 1024
     layers: int = 1
@@ -62,7 +91,7 @@ class ModelConfig:
         p = config.section(params, "train")
         dropout = p("dropout", (int, float), minimum=0, below=1)
         lr = p("learning_rate", (int, float), above=0)
-        return cls(cell=p("cell", str, CELLS), hidden=p("hidden", int, minimum=1),
+        return cls(family=p("family", str, FAMILIES), cell=p("cell", str, CELLS), hidden=p("hidden", int, minimum=1),
                    layers=p("layers", int, minimum=1), dropout=float(dropout),
                    loss=p("loss", str, LOSSES), optimizer=p("optimizer", str, OPTIMIZERS),
                    learning_rate=float(lr), precision=p("precision", str, PRECISIONS),
@@ -72,24 +101,36 @@ class ModelConfig:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def objective(self) -> str:
+        """What the training loss is: mse | mae (regression), laplace, codebook."""
+        return self.loss if self.family == "regression" else self.family
+
 
 def build_model(cfg: ModelConfig, seq_len: int | None, n_features: int):
-    """The training model: (batch, seq_len, n_features) -> (batch, seq_len, n_features)."""
+    """The training model: (batch, seq_len, n_features) -> (batch, seq_len, n_features), twice
+    that for a Laplace head; for the codebook family n_features is the number of codes and the
+    input is (batch, seq_len) codes."""
     keras = import_keras()
     keras.mixed_precision.set_global_policy(cfg.precision)
     rnn = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}[cfg.cell]
-    inputs = keras.Input((seq_len, n_features), name="blocks")
-    # Dense on a (batch, time, features) tensor is applied to every time step: the seed's
-    # TimeDistributed(Dense), without TimeDistributed's reshape, which Keras 3 gets wrong when
-    # one model is called on sequences of different lengths (tests/test_train.py).
-    h = inputs
-    if cfg.input_noise > 0:   # training only: teaches the model to recover from its own errors
-        h = keras.layers.GaussianNoise(cfg.input_noise, name="input_noise")(h)
-    h = keras.layers.Dense(cfg.hidden, name="encode")(h)
+    if cfg.family == "codebook":
+        inputs = keras.Input((seq_len,), dtype="int32", name="codes")
+        h = keras.layers.Embedding(n_features, cfg.hidden, name="encode")(inputs)
+    else:
+        inputs = keras.Input((seq_len, n_features), name="blocks")
+        # Dense on a (batch, time, features) tensor is applied to every time step: the seed's
+        # TimeDistributed(Dense), without TimeDistributed's reshape, which Keras 3 gets wrong when
+        # one model is called on sequences of different lengths (tests/test_train.py).
+        h = inputs
+        if cfg.input_noise > 0:   # training only: teaches the model to recover from its errors
+            h = keras.layers.GaussianNoise(cfg.input_noise, name="input_noise")(h)
+        h = keras.layers.Dense(cfg.hidden, name="encode")(h)
     for i in range(cfg.layers):
         h = rnn(cfg.hidden, return_sequences=True, dropout=cfg.dropout, name=f"{cfg.cell}_{i}")(h)
     # the output stays float32 under mixed precision: the loss and the saved blocks need it
-    outputs = keras.layers.Dense(n_features, dtype="float32", name="decode")(h)
+    n_out = 2 * n_features if cfg.family == "laplace" else n_features
+    outputs = keras.layers.Dense(n_out, dtype="float32", name="decode")(h)
     return keras.Model(inputs, outputs, name=f"rawtune_{cfg.cell}")
 
 
@@ -97,14 +138,18 @@ def compile_model(model, cfg: ModelConfig) -> None:
     keras = import_keras()
     opt = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam,
            "sgd": keras.optimizers.SGD}[cfg.optimizer](learning_rate=cfg.learning_rate)
-    model.compile(optimizer=opt, loss=cfg.loss, jit_compile=cfg.jit_compile)
+    loss = {"codebook": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            "laplace": LOSS_FUNCTIONS.get("laplace")}.get(cfg.family, cfg.loss)
+    model.compile(optimizer=opt, loss=loss, jit_compile=cfg.jit_compile)
 
 
 def flops_per_sequence(cfg: ModelConfig, seq_len: int, n_features: int) -> float:
     """Multiply-add FLOPs of one training step on one sequence (forward + backward ~ 3x forward),
     counting the matrix products only."""
     gates = {"lstm": 4, "gru": 3}[cfg.cell]
-    per_block = 2 * n_features * cfg.hidden * 2                        # encode + decode
+    outputs = 2 * n_features if cfg.family == "laplace" else n_features
+    inputs = 0 if cfg.family == "codebook" else n_features              # an embedding is a lookup
+    per_block = 2 * (inputs + outputs) * cfg.hidden                     # encode + decode
     per_block += cfg.layers * 2 * gates * 2 * cfg.hidden * cfg.hidden  # input + recurrent kernels
     return 3.0 * seq_len * per_block
 

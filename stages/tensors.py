@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from stages import arrays, config, files, manifest
+from stages import arrays, config, files, layouts, manifest
 from stages.config import AudioConfig, UserError
 from stages.tensor_files import Tensors
 
@@ -46,11 +46,12 @@ def sequence_starts(n_blocks: int, max_seq_len: int) -> list[int]:
 
 
 def cut_sequences(part: np.ndarray, first: int, n_blocks: int, starts: list[int],
-                  max_seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+                  max_seq_len: int, pad: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """x, y (len(starts), max_seq_len, n_features) for the sequences beginning at `starts`, from
-    `part` = the song's blocks[first:first + len(part)]; blocks past the song's end are zero."""
+    `part` = the song's blocks[first:first + len(part)]; blocks past the song's end are silence
+    (`pad` in every feature: zero for spectra, the floor for log-magnitudes)."""
     stop = starts[-1] + max_seq_len + 1
-    padded = np.zeros((stop - first, part.shape[-1]), dtype=np.float32)
+    padded = np.full((stop - first, part.shape[-1]), pad, dtype=np.float32)
     kept = min(len(part), n_blocks - first, stop - first)
     padded[:kept] = part[:kept]                                   # zero block(s) after the end
     x = np.stack([padded[s - first:s - first + max_seq_len] for s in starts])
@@ -117,7 +118,8 @@ def floored_variance(var: np.ndarray, fraction: float) -> np.ndarray:
 
 
 def write_split(fft_dir: Path, song_ids: list[str], max_seq_len: int, n_feat: int,
-                x_path: Path, y_path: Path, stats: RunningStats | None) -> list[dict]:
+                x_path: Path, y_path: Path, stats: RunningStats | None,
+                pad: float = 0.0) -> list[dict]:
     """Stream the sequences of `song_ids` into x/y files, `WINDOW_SEQS` sequences at a time (so a
     song of any length costs a few MB); returns the index rows."""
     songs = [(s, arrays.shape_of(fft_dir / f"{s}.npy")[0]) for s in song_ids]
@@ -130,7 +132,7 @@ def write_split(fft_dir: Path, song_ids: list[str], max_seq_len: int, n_feat: in
             for i in range(0, len(starts[song_id]), WINDOW_SEQS):
                 group = starts[song_id][i:i + WINDOW_SEQS]
                 part = arrays.read_rows(path, group[0], group[-1] + max_seq_len + 1)
-                x, y = cut_sequences(part, group[0], n_blocks, group, max_seq_len)
+                x, y = cut_sequences(part, group[0], n_blocks, group, max_seq_len, pad)
                 xw.write(seq, x)
                 yw.write(seq, y)
                 if stats is not None:
@@ -182,15 +184,15 @@ def data_audio(fft_dir: Path) -> AudioConfig:
 
 
 def write_tensors(fft_dir: Path, out: Tensors, train: list[str], val: list[str],
-                  cfg: TensorsConfig, n_feat: int) -> list[dict]:
+                  cfg: TensorsConfig, n_feat: int, pad: float = 0.0) -> list[dict]:
     """Both splits' x/y, the training statistics and the index; returns the index rows."""
     out.folder.mkdir(parents=True, exist_ok=True)
     files.remove_stale_tmp(out.folder)
     stats = RunningStats(n_feat)
     index = [dict(r, split="train") for r in write_split(
-        fft_dir, train, cfg.max_seq_len, n_feat, out.path("x"), out.path("y"), stats)]
+        fft_dir, train, cfg.max_seq_len, n_feat, out.path("x"), out.path("y"), stats, pad)]
     index += [dict(r, split="val") for r in write_split(
-        fft_dir, val, cfg.max_seq_len, n_feat, out.path("val_x"), out.path("val_y"), None)]
+        fft_dir, val, cfg.max_seq_len, n_feat, out.path("val_x"), out.path("val_y"), None, pad)]
     for suffix, values in (("mean", stats.mean), ("var", floored_variance(stats.var, cfg.var_floor))):
         with files.atomic_path(out.path(suffix)) as tmp, open(tmp, "wb") as f:
             np.save(f, values.astype(np.float32))
@@ -210,7 +212,7 @@ def main(args) -> None:
     if not val:
         log.warning("only %d usable song(s): no validation set (add songs, or tensors.val_fraction "
                     "is 0)", len(song_ids))
-    index = write_tensors(fft_dir, out, train, val, cfg, n_feat)
+    index = write_tensors(fft_dir, out, train, val, cfg, n_feat, layouts.silence(audio.layout))
     files.write_json(out.audio_path, audio.as_dict())
 
     n_train = sum(r["split"] == "train" for r in index)

@@ -241,8 +241,8 @@ class Tracker:
                              context=context)
         self._call("record the dataset", _log)
 
-    def log_keras_model(self, model, registered_name: str | None, seq_len: int | None,
-                        n_features: int, audio: AudioConfig | None = None) -> str | None:
+    def log_keras_model(self, model, registered_name: str | None,
+                        audio: AudioConfig | None = None) -> str | None:
         """Log the model (keras flavour, with a tensor signature and the audio settings in its
         metadata) and register a new version; returns the version number."""
         import keras
@@ -252,8 +252,11 @@ class Tracker:
         from mlflow.models import ModelSignature
         from mlflow.types import Schema, TensorSpec
 
-        spec = TensorSpec(np.dtype(np.float32), (-1, seq_len or -1, n_features), "blocks")
-        signature = ModelSignature(inputs=Schema([spec]), outputs=Schema([spec]))
+        def spec(tensor, name):
+            return TensorSpec(np.dtype(tensor.dtype), tuple(-1 if d is None else d
+                                                            for d in tensor.shape), name)
+        signature = ModelSignature(inputs=Schema([spec(model.inputs[0], model.inputs[0].name)]),
+                                   outputs=Schema([spec(model.outputs[0], "next")]))
         reqs = [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}",
                 f"mlflow=={mlflow.__version__}"]
         info = self._call("store the model", mlflow.keras.log_model, model, name="model",

@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from stages import config, files, model as netlib, plots, tracking
-from stages.batches import EpochClock, Normaliser, baseline_losses, dataset
+from stages import codebook, config, files, model as netlib, plots, tracking
+from stages.batches import EpochClock, Normaliser, baseline_losses, code_baselines, dataset
 from stages.config import AudioConfig, UserError
 from stages.tensor_files import Tensors
 
@@ -40,6 +40,7 @@ class TrainConfig:
     threads: int
     strategy: str
     checkpoint_every_s: float
+    max_minutes: float
 
     @classmethod
     def from_params(cls, params: dict) -> "TrainConfig":
@@ -49,7 +50,8 @@ class TrainConfig:
                    shuffle_seed=p("shuffle_seed", int), seed=p("seed", int),
                    threads=p("threads", int, minimum=0),
                    strategy=p("strategy", str, choices=STRATEGIES),
-                   checkpoint_every_s=float(p("checkpoint_every_s", (int, float), minimum=0)))
+                   checkpoint_every_s=float(p("checkpoint_every_s", (int, float), minimum=0)),
+                   max_minutes=float(p("max_minutes", (int, float), minimum=0)))
 
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -77,8 +79,9 @@ def tensors_fingerprint(tensors: Tensors) -> list:
                   for p in tensors.folder.glob(f"{tensors.name}_*.npy"))
 
 
-def fingerprint(train_params: dict, tensors: Tensors) -> str:
-    blob = json.dumps([train_params, tensors_fingerprint(tensors)], sort_keys=True, default=str)
+def fingerprint(train_params: dict, tensors: Tensors, audio: AudioConfig) -> str:
+    blob = json.dumps([train_params, tensors_fingerprint(tensors), audio.as_dict()],
+                      sort_keys=True, default=str)
     return hashlib.blake2b(blob.encode(), digest_size=12).hexdigest()
 
 
@@ -105,26 +108,32 @@ class Paths:
 
 @dataclass(frozen=True)
 class Data:
-    """The training data as the model sees it."""
+    """The training data as the model sees it: the tensors' frames or blocks, or (codebook
+    family) their codes, whose codebook's identity joins the audio settings."""
     tensors: Tensors
+    arrays: object              # what the model reads: `tensors`, or a `codebook.Codes`
     audio: AudioConfig
     seq_len: int
-    n_features: int
+    n_features: int             # features per block or frame; the number of codes for codes
     n_train: int
     n_val: int
 
     @classmethod
-    def open(cls, folder: str | Path, params: dict) -> "Data":
+    def open(cls, folder: str | Path, params: dict, codebook_folder: str | Path) -> "Data":
         tensors = Tensors.from_params(folder, params)
         tensors.check()
-        seq_len, n_feat = tensors.shape()
-        n_train, n_val = tensors.n_sequences(), tensors.n_sequences("val_")
+        arrays, audio = tensors, tensors.audio()
+        if codebook.family(params) == "codebook":
+            arrays = codebook.Codes(Path(codebook_folder)).check()
+            audio = audio.with_codebook(arrays.digest)
+        seq_len, n_feat = arrays.shape()
+        n_train, n_val = arrays.n_sequences(), arrays.n_sequences("val_")
         if n_train == 0:
             raise UserError(f"'{tensors.path('x')}' holds no training sequences; add songs.")
         if n_val == 0:
             log.warning("no validation songs (too few usable songs): the best model is chosen by "
                         "training loss and no baseline comparison is possible.")
-        return cls(tensors, tensors.audio(), seq_len, n_feat, n_train, n_val)
+        return cls(tensors, arrays, audio, seq_len, n_feat, n_train, n_val)
 
 
 # --- the stage ------------------------------------------------------------------------------------
@@ -174,7 +183,12 @@ def start_or_resume(cfg: netlib.ModelConfig, tc: TrainConfig, data: Data, norm: 
         model = netlib.build_model(cfg, data.seq_len, data.n_features)
         netlib.compile_model(model, cfg)
     t0 = time.perf_counter()
-    baselines = baseline_losses(data.tensors, norm, cfg.loss) if data.n_val else {}
+    if not data.n_val:
+        baselines = {}
+    elif cfg.family == "codebook":
+        baselines = code_baselines(data.arrays)
+    else:
+        baselines = baseline_losses(data.tensors, norm, cfg.objective)
     log.info("trivial predictors on the validation songs (%.1f s): %s", time.perf_counter() - t0,
              ", ".join(f"{k} {v:.4g}" for k, v in baselines.items()) or "none")
     return model, TrainState(fingerprint=fp, baselines=baselines), 0
@@ -209,16 +223,17 @@ def fit(model, state, first_epoch: int, tc: TrainConfig, cfg: netlib.ModelConfig
     from stages.checkpoints import EpochEnd, Outputs
     keras = netlib.import_keras()
     clock = EpochClock(first_epoch)
-    train_ds = dataset(data.tensors, "", tc.batch_size, norm, clock, tc.shuffle_seed)
-    val_ds = dataset(data.tensors, "val_", tc.batch_size, norm) if data.n_val else None
+    train_ds = dataset(data.arrays, "", tc.batch_size, norm, clock, tc.shuffle_seed)
+    val_ds = dataset(data.arrays, "val_", tc.batch_size, norm) if data.n_val else None
     out = Outputs(paths.ckpt_dir, paths.model, paths.history, data.audio,
-                  every_s=tc.checkpoint_every_s, last_epoch=tc.epochs - 1)
+                  every_s=tc.checkpoint_every_s, last_epoch=tc.epochs - 1,
+                  max_s=60 * tc.max_minutes)
     callbacks = [keras.callbacks.TerminateOnNaN(),
                  EpochEnd(state, out, tracker, clock, tc.patience, data.n_val > 0)]
     t0 = time.perf_counter()
     if first_epoch < tc.epochs and not state.stopped:
-        log.info("training %s on %d sequences (%d validation) of %d x %d, batch %d, epochs %d-%d",
-                 cfg.cell.upper(), data.n_train, data.n_val, data.seq_len, data.n_features,
+        log.info("training %s (%s) on %d sequences (%d validation) of %d x %d, batch %d, epochs %d-%d",
+                 cfg.cell.upper(), cfg.family, data.n_train, data.n_val, data.seq_len, data.n_features,
                  tc.batch_size, first_epoch + 1, tc.epochs)
         model.fit(train_ds, validation_data=val_ds, epochs=tc.epochs, initial_epoch=first_epoch,
                   callbacks=callbacks, shuffle=False,   # the dataset shuffles, by epoch
@@ -278,10 +293,12 @@ def finish(summary: dict, state, cfg: netlib.ModelConfig, data: Data, paths: Pat
     tracker.log_artifact(paths.history, "plots")
     for suffix in ("mean", "var"):                      # generation needs them to undo normalising
         tracker.log_artifact(data.tensors.path(suffix), "normalisation")
+    if data.arrays is not data.tensors:                 # the codebook the model's codes index
+        for name in ("codebook.json", "centroids.npy", "members.npy"):
+            tracker.log_artifact(data.arrays.folder / name, "codebook")
     if tracker.active:
         best_model, audio = netlib.load(str(paths.model))
-        summary["model_version"] = tracker.log_keras_model(best_model, model_name, data.seq_len,
-                                                           data.n_features, audio)
+        summary["model_version"] = tracker.log_keras_model(best_model, model_name, audio)
         summary["model_name"] = model_name if summary["model_version"] else None
     tracker.end()
 
@@ -291,8 +308,8 @@ def main(args) -> None:
     cfg = netlib.ModelConfig.from_params(params)
     tc = TrainConfig.from_params(params)
     model_name = config.TrackingConfig.from_params(params).model_name
-    data, paths = Data.open(args.data, params), Paths.from_args(args)
-    fp = fingerprint(dict(params["train"]), data.tensors)
+    data, paths = Data.open(args.data, params, args.codebook), Paths.from_args(args)
+    fp = fingerprint(dict(params["train"]), data.tensors, data.audio)
     norm = Normaliser.for_params(data.tensors, params)
 
     configure_threads(tc.threads)     # after the cheap checks: importing TensorFlow takes seconds
@@ -316,6 +333,8 @@ def build_parser():
     parser = config.stage_parser(__doc__)
     parser.add_argument("--data", default="data/processed",
                         help="the tensors stage's folder (default: %(default)s)")
+    parser.add_argument("--codebook", default="data/codebook",
+                        help="the codebook stage's folder (default: %(default)s)")
     parser.add_argument("--models", default="models", help="model folder (default: %(default)s)")
     parser.add_argument("--metrics", default="metrics/train.json",
                         help="summary metrics (default: %(default)s)")

@@ -1,0 +1,226 @@
+"""Stage `codebook`: a codebook of frames learned from the training songs, and every sequence of
+the tensors as codes, for the `codebook` model family (params.yaml `train.family`).
+
+Reads the `tensors` outputs (`<name>_x.npy` holds training songs only, so the codebook never sees a
+validation song) and writes data/codebook/:
+
+  codebook.json     the settings, the codebook's digest (its identity, saved with every model that
+                    predicts its codes), the fit's figures (distortion, codes in use, perplexity)
+  centroids.npy     float32 (codes, n_features): the k-means centres, in the frames' units
+  members.npy       float32 (codes, members, n_features): real training frames of each code, for
+                    decoding a code into a sharp frame instead of its (blurred) average
+  x.npy, y.npy, val_x.npy, val_y.npy
+                    int16 (n_seq, max_seq_len): the tensors' sequences as codes (nearest centre)
+
+The centres come from scipy's k-means (Lloyd's iterations from `codes` random training frames) on
+at most `max_frames` frames drawn from the training sequences. For any other family the stage
+writes only codebook.json saying there is no codebook, at once.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from stages import arrays, config, files
+from stages.config import UserError
+from stages.tensor_files import Tensors
+
+log = logging.getLogger("rawtune.codebook")
+
+FAMILIES = ("regression", "laplace", "codebook")
+SPLITS = ("", "val_")
+CHUNK_ROWS = 8192          # frames assigned to codes at a time
+
+
+@dataclass(frozen=True)
+class CodebookConfig:
+    codes: int
+    max_frames: int
+    iterations: int
+    members: int
+    seed: int
+
+    @classmethod
+    def from_params(cls, params: dict) -> "CodebookConfig":
+        p = config.section(params, "codebook")
+        return cls(codes=p("codes", int, minimum=2), max_frames=p("max_frames", int, minimum=2),
+                   iterations=p("iterations", int, minimum=1), members=p("members", int, minimum=1),
+                   seed=p("seed", int))
+
+
+def family(params: dict) -> str:
+    """train.family: what the network predicts (the one reader of that setting)."""
+    return config.param(params, "train.family", str, FAMILIES)
+
+
+@dataclass(frozen=True)
+class Codebook:
+    """A fitted codebook, in memory."""
+    centroids: np.ndarray       # (codes, n_features)
+    members: np.ndarray         # (codes, members, n_features)
+
+    @property
+    def digest(self) -> str:
+        return hashlib.blake2b(np.ascontiguousarray(self.centroids).tobytes(),
+                               digest_size=8).hexdigest()
+
+    def assign(self, frames: np.ndarray) -> np.ndarray:
+        """The nearest centre's code of each frame (..., n_features) -> (...) int16."""
+        flat = frames.reshape(-1, frames.shape[-1]).astype(np.float32)
+        half_norms = 0.5 * (self.centroids ** 2).sum(axis=1)
+        codes = np.empty(len(flat), np.int16)
+        for start in range(0, len(flat), CHUNK_ROWS):
+            rows = flat[start:start + CHUNK_ROWS]
+            codes[start:start + CHUNK_ROWS] = np.argmax(rows @ self.centroids.T - half_norms, axis=1)
+        return codes.reshape(frames.shape[:-1])
+
+    def decode(self, codes: np.ndarray, sharp: bool, rng: np.random.Generator) -> np.ndarray:
+        """Codes (...) -> frames (..., n_features): a real member frame of each code drawn at
+        random (`sharp`), or the code's centre."""
+        if not sharp:
+            return self.centroids[codes]
+        pick = rng.integers(self.members.shape[1], size=codes.shape)
+        return self.members[codes, pick]
+
+
+@dataclass(frozen=True)
+class Codes:
+    """The codebook stage's folder: the tensors' sequences as codes, read like `Tensors`."""
+    folder: Path
+
+    def path(self, suffix: str) -> Path:
+        return self.folder / f"{suffix}.npy"
+
+    @property
+    def info(self) -> dict:
+        return files.read_json(self.folder / "codebook.json") or {}
+
+    def check(self) -> "Codes":
+        if not self.info.get("digest") or not self.path("x").is_file():
+            raise UserError(f"No codebook in '{self.folder}' (train.family is 'codebook'); run "
+                            "`dvc repro codebook` first.")
+        return self
+
+    @property
+    def digest(self) -> str:
+        return self.info.get("digest", "")
+
+    @property
+    def n_codes(self) -> int:
+        return int(self.info["codes"])
+
+    def n_sequences(self, split: str = "") -> int:
+        path = self.path(f"{split}x")
+        return arrays.shape_of(path)[0] if path.is_file() else 0
+
+    def shape(self) -> tuple[int, int]:
+        """(max_seq_len, number of codes)."""
+        return arrays.shape_of(self.path("x"))[1], self.n_codes
+
+    def load(self) -> Codebook:
+        return Codebook(np.load(self.path("centroids"), allow_pickle=False),
+                        np.load(self.path("members"), allow_pickle=False))
+
+
+def fit(frames: np.ndarray, cfg: CodebookConfig) -> tuple[Codebook, dict]:
+    """k-means on `frames` (n, n_features) -> the codebook and the fit's figures."""
+    from scipy.cluster.vq import kmeans2
+    if len(frames) < cfg.codes:
+        raise UserError(f"params.yaml 'codebook.codes' is {cfg.codes} but the training songs have "
+                        f"only {len(frames)} frames; use fewer codes or add songs.")
+    data = frames.astype(np.float32)
+    with warnings.catch_warnings():        # an empty cluster keeps its start: reported below
+        warnings.simplefilter("ignore")
+        centroids, labels = kmeans2(data, cfg.codes, iter=cfg.iterations, minit="points",
+                                    seed=np.random.default_rng(cfg.seed))
+    centroids = centroids.astype(np.float32)
+    book = Codebook(centroids, np.empty((cfg.codes, 0, frames.shape[1]), np.float32))
+    labels = book.assign(data)
+    rng = np.random.default_rng(cfg.seed)
+    members = np.empty((cfg.codes, cfg.members, frames.shape[1]), np.float32)
+    for code in range(cfg.codes):
+        rows = np.flatnonzero(labels == code)
+        members[code] = data[rng.choice(rows, cfg.members)] if len(rows) else centroids[code]
+    counts = np.bincount(labels, minlength=cfg.codes)
+    p = counts[counts > 0] / len(labels)
+    distortion = float(np.mean(np.sum((data - centroids[labels]) ** 2, axis=1)))
+    figures = dict(frames_fitted=len(data), codes_used=int((counts > 0).sum()),
+                   perplexity=round(float(np.exp(-(p * np.log(p)).sum())), 1),
+                   distortion=round(distortion, 4),
+                   variance=round(float(np.sum(data.var(axis=0))), 4))
+    return Codebook(centroids, members), figures
+
+
+def training_frames(tensors: Tensors, max_frames: int, seed: int) -> np.ndarray:
+    """At most `max_frames` frames drawn evenly at random from the training sequences."""
+    x = arrays.read(tensors.path("x"))
+    n_seq, seq_len, n_feat = x.shape
+    total = n_seq * seq_len
+    picks = np.sort(np.random.default_rng(seed).choice(total, min(total, max_frames),
+                                                       replace=False))
+    rows = np.empty((len(picks), n_feat), np.float32)
+    for start in range(0, len(picks), CHUNK_ROWS):      # sequence by sequence from the map
+        chunk = picks[start:start + CHUNK_ROWS]
+        rows[start:start + len(chunk)] = x[chunk // seq_len, chunk % seq_len]
+    return rows
+
+
+def encode_tensors(book: Codebook, tensors: Tensors, out: Path) -> None:
+    """Each x/y file of the tensors as codes, streamed a few hundred sequences at a time."""
+    for split in SPLITS:
+        for part in ("x", "y"):
+            src = tensors.path(f"{split}{part}")
+            frames = arrays.read(src)
+            with arrays.NpyWriter(out / f"{split}{part}.npy", frames.shape[:2], np.int16) as w:
+                step = max(1, CHUNK_ROWS // max(frames.shape[1], 1))
+                for start in range(0, frames.shape[0], step):
+                    w.write(start, book.assign(np.asarray(frames[start:start + step])))
+
+
+def main(args) -> None:
+    params = config.load_params(args.params)
+    out = Path(args.out)
+    kind = family(params)
+    tensors = Tensors.from_params(args.data, params)
+    if kind != "codebook":
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        files.write_json(out / "codebook.json", dict(family=kind, codes=0, digest=""))
+        log.info("codebook: not used by train.family '%s'", kind)
+        return
+    cfg = CodebookConfig.from_params(params)
+    tensors.check()
+    if tensors.audio().layout != "frames":
+        raise UserError("params.yaml 'train.family' is 'codebook', which needs "
+                        f"'fft_blocks.fft: frames' (the data is '{tensors.audio().layout}').")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    book, figures = fit(training_frames(tensors, cfg.max_frames, cfg.seed), cfg)
+    for name, values in (("centroids", book.centroids), ("members", book.members)):
+        with files.atomic_path(out / f"{name}.npy") as tmp, open(tmp, "wb") as f:
+            np.save(f, values)
+    encode_tensors(book, tensors, out)
+    files.write_json(out / "codebook.json", dict(family=kind, digest=book.digest, **asdict(cfg),
+                                                 **figures))
+    log.info("codebook %s: %d codes (%d in use, perplexity %.0f) from %d training frames; "
+             "distortion %.3g of variance %.3g", book.digest, cfg.codes, figures["codes_used"],
+             figures["perplexity"], figures["frames_fitted"], figures["distortion"],
+             figures["variance"])
+
+
+def build_parser():
+    parser = config.stage_parser(__doc__)
+    parser.add_argument("--data", default="data/processed",
+                        help="the tensors stage's folder (default: %(default)s)")
+    parser.add_argument("--out", default="data/codebook", help="output folder (default: %(default)s)")
+    return parser
+
+
+if __name__ == "__main__":
+    config.cli(main, build_parser())
