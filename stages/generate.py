@@ -33,6 +33,7 @@ log = logging.getLogger("rawtune")
 
 SEED_SOURCES = ("train", "val", "file")
 FORMATS = ("wav", "mp3")
+CODE_FRAMES = ("member", "centroid")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,10 @@ class GenerateConfig:
     random_seed: int
     crossfade: int
     format: str
+    top_k: int
+    top_p: float
+    code_frames: str
+    griffin_lim_iters: int
 
     @classmethod
     def from_params(cls, params: dict) -> "GenerateConfig":
@@ -57,7 +62,12 @@ class GenerateConfig:
                   seed_blocks=p("seed_blocks", int, minimum=1),
                   temperature=float(p("temperature", (int, float), minimum=0)),
                   random_seed=p("random_seed", int), crossfade=p("crossfade", int, minimum=0),
-                  format=p("format", str, FORMATS))
+                  format=p("format", str, FORMATS), top_k=p("top_k", int, minimum=0),
+                  top_p=float(p("top_p", (int, float), above=0, minimum=0)),
+                  code_frames=p("code_frames", str, CODE_FRAMES),
+                  griffin_lim_iters=p("griffin_lim_iters", int, minimum=0))
+        if cfg.top_p > 1:
+            raise UserError(f"params.yaml 'generate.top_p' must be at most 1, got {cfg.top_p!r}.")
         if cfg.seed_source == "file" and not cfg.seed_file:
             raise UserError("params.yaml 'generate.seed_source' is 'file' but "
                             "'generate.seed_file' is empty; name an audio file.")
@@ -67,7 +77,10 @@ class GenerateConfig:
 # --- the model, one step at a time -------------------------------------------------------------
 
 class Stepper:
-    """The trained network as a one-block step: (block, states) -> (next block, states)."""
+    """The trained network as a one-step model: (block or code, states) -> (prediction, states),
+    and the closed loop that samples each next input from the prediction. The family is read off
+    the layers: an Embedding `encode` takes codes (codebook); a `decode` with twice the inputs'
+    width predicts a Laplace distribution; else the prediction is the next block (regression)."""
 
     def __init__(self, model):
         import tensorflow as tf
@@ -77,7 +90,12 @@ class Stepper:
         self.rnns = [layer for layer in model.layers if hasattr(layer, "cell")]
         if not self.rnns:
             raise UserError("The model has no recurrent layer; it was not made by `train`.")
-        self.n_features = self.decode.units
+        if hasattr(self.encode, "input_dim"):                        # Embedding
+            self.family, self.n_features = "codebook", self.decode.units
+        else:
+            n_in = int(self.encode.kernel.shape[0])
+            self.family = "laplace" if self.decode.units == 2 * n_in else "regression"
+            self.n_features = n_in
         self.step = tf.function(self._step, reduce_retracing=True)
         self.loop = tf.function(self._loop, reduce_retracing=True)
 
@@ -98,25 +116,50 @@ class Stepper:
             new_states.append(list(state) if isinstance(state, (list, tuple)) else [state])
         return self.decode(h), new_states
 
-    def _loop(self, block, states, n_blocks, temperature, noise_seed):
-        """`n_blocks` closed-loop steps in one graph: add noise, keep the block, predict the
-        next from it. Returns (batch, n_blocks, features)."""
+    def _sample(self, out, seed, how):
+        """The next input from a prediction: the block plus N(0, temperature) noise (regression),
+        a Laplace draw with its scale times the temperature (laplace), or a code drawn from the
+        softmax at that temperature, kept to the top_k codes and the top_p mass (codebook);
+        temperature 0 takes the mean or the likeliest code."""
         import tensorflow as tf
-        made = tf.TensorArray(tf.float32, size=n_blocks)
+        temperature, top_k, top_p = how
+        if self.family == "regression":
+            return out + temperature * tf.random.stateless_normal(tf.shape(out), seed=seed)
+        if self.family == "laplace":
+            mu, log_b = tf.split(out, 2, axis=-1)
+            log_b = tf.clip_by_value(log_b, -netlib.LOG_SCALE_BOUND, netlib.LOG_SCALE_BOUND)
+            u = tf.random.stateless_uniform(tf.shape(mu), seed=seed, minval=-0.4999, maxval=0.4999)
+            return mu - temperature * tf.exp(log_b) * tf.sign(u) * tf.math.log1p(-2 * tf.abs(u))
+        logits = out / tf.maximum(temperature, 1e-6)
+        kth = tf.math.top_k(logits, tf.clip_by_value(top_k, 1, tf.shape(logits)[-1])).values[:, -1:]
+        logits = tf.where((top_k > 0) & (logits < kth), -1e9, logits)
+        ranked = tf.sort(logits, direction="DESCENDING")
+        before = tf.cumsum(tf.nn.softmax(ranked), axis=-1, exclusive=True)
+        floor = tf.reduce_min(tf.where(before < top_p, ranked, 1e9), axis=-1, keepdims=True)
+        logits = tf.where(logits < floor, -1e9, logits)
+        drawn = tf.random.stateless_categorical(logits, 1, seed=seed, dtype=tf.int32)[:, 0]
+        return tf.where(temperature > 0, drawn, tf.argmax(out, axis=-1, output_type=tf.int32))
 
-        def body(t, block, states, made):
-            noise = tf.random.stateless_normal(tf.shape(block), seed=tf.stack([noise_seed, t]))
-            block = block + temperature * noise
+    def _loop(self, out, states, n_blocks, how, noise_seed):
+        """`n_blocks` closed-loop steps in one graph: sample the next input from the last
+        prediction, keep it, predict from it. Returns (batch, n_blocks[, features])."""
+        import tensorflow as tf
+        made = tf.TensorArray(tf.int32 if self.family == "codebook" else tf.float32,
+                              size=n_blocks)
+
+        def body(t, out, states, made):
+            block = self._sample(out, tf.stack([noise_seed, t]), how)
             made = made.write(t, block)
-            block, states = self._step(block, states)
-            return t + 1, block, states, made
+            out, states = self._step(block, states)
+            return t + 1, out, states, made
 
         _, _, _, made = tf.while_loop(lambda t, *_: t < n_blocks, body,
-                                      (tf.constant(0), block, states, made))
-        return tf.transpose(made.stack(), [1, 0, 2])
+                                      (tf.constant(0), out, states, made))
+        stacked = made.stack()
+        return tf.transpose(stacked, [1, 0] + list(range(2, len(stacked.shape))))
 
     def run(self, blocks: np.ndarray, states=None):
-        """Teacher-forced steps over (batch, n, features): the outputs after each input block."""
+        """Teacher-forced steps over (batch, n[, features]): the outputs after each input."""
         import tensorflow as tf
         states = states or self.initial_states(blocks.shape[0])
         outs = []
@@ -127,16 +170,17 @@ class Stepper:
 
 
 def generate_blocks(stepper: Stepper, seed: np.ndarray, n_blocks: int, temperature: float,
-                    rng: np.random.Generator) -> np.ndarray:
-    """Warm the state up on the seed blocks (batch, k, features), then feed each prediction back
-    for `n_blocks` steps, adding N(0, temperature) noise in normalised space (drawn from `rng`'s
-    seed, so a run is reproducible). Returns the new blocks (batch, n_blocks, features),
-    normalised. The closed loop runs as one TensorFlow graph: no Python work per block."""
+                    rng: np.random.Generator, top_k: int = 0, top_p: float = 1.0) -> np.ndarray:
+    """Warm the state up on the seed (batch, k[, features]), then sample each next block or code
+    from the prediction and feed it back for `n_blocks` steps (the draws follow from `rng`'s
+    seed, so a run is reproducible). Returns (batch, n_blocks[, features]): normalised blocks or
+    frames, or codes. The closed loop runs as one TensorFlow graph: no Python work per step."""
     import tensorflow as tf
     outs, states = stepper.run(seed)
     noise_seed = int(rng.integers(2 ** 31 - 1))
-    made = stepper.loop(tf.constant(outs[:, -1]), states, tf.constant(n_blocks),
-                        tf.constant(float(temperature)), tf.constant(noise_seed, tf.int32))
+    how = (tf.constant(float(temperature)), tf.constant(int(top_k)), tf.constant(float(top_p)))
+    made = stepper.loop(tf.constant(outs[:, -1]), states, tf.constant(n_blocks), how,
+                        tf.constant(noise_seed, tf.int32))
     return made.numpy()
 
 
@@ -148,11 +192,31 @@ def peak_safe(samples: np.ndarray) -> tuple[np.ndarray, float]:
     return np.clip(samples, -1.0, 1.0).astype(np.float32), float(over.mean()) if len(samples) else 0.0
 
 
+# --- what the model reads and writes -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Reading:
+    """How the model sees the data: normalised blocks or frames, or codes of a codebook."""
+    norm: Normaliser
+    book: object = None                  # a codebook.Codebook for codebook models
+
+    def inputs(self, features: np.ndarray) -> np.ndarray:
+        """Blocks or frames in the data's units -> what the model reads."""
+        return self.book.assign(features) if self.book is not None else self.norm.forward(features)
+
+    def features(self, made: np.ndarray, sharp: bool, rng: np.random.Generator) -> np.ndarray:
+        """What the model made -> blocks or frames in the data's units."""
+        if self.book is not None:
+            return self.book.decode(made, sharp, rng)
+        return self.norm.inverse(made)
+
+
 # --- seeds ---------------------------------------------------------------------------------------
 
-def seed_from_tensors(tensors: Tensors, split: str, k: int, n_songs: int,
-                      rng: np.random.Generator, norm: Normaliser) -> tuple[np.ndarray, list[int]]:
-    """The first k blocks of n_songs sequences drawn at random (normalised)."""
+def seed_from_tensors(tensors, split: str, k: int, n_songs: int, rng: np.random.Generator,
+                      reading: Reading) -> tuple[np.ndarray, list[int]]:
+    """The first k blocks (or codes) of n_songs sequences drawn at random, as the model reads
+    them; `tensors` is the data the model trained on (a `Tensors`, or a codebook's `Codes`)."""
     x = arrays.read(tensors.path(f"{split}x"))
     if x.shape[0] == 0:
         raise UserError(f"'{tensors.path(f'{split}x')}' holds no sequences to seed from; use "
@@ -161,11 +225,12 @@ def seed_from_tensors(tensors: Tensors, split: str, k: int, n_songs: int,
         raise UserError(f"params.yaml 'generate.seed_blocks' is {k} but training sequences have "
                         f"{x.shape[1]} blocks; use at most {x.shape[1]}.")
     picks = sorted(rng.choice(x.shape[0], size=n_songs, replace=x.shape[0] < n_songs).tolist())
-    return norm.forward(np.asarray(x[picks, :k])), picks
+    seed = np.asarray(x[picks, :k])
+    return (seed.astype(np.int32) if seed.ndim == 2 else reading.norm.forward(seed)), picks
 
 
 def seed_from_file(path: str, k: int, n_songs: int, audio_cfg: AudioConfig,
-                   norm: Normaliser) -> np.ndarray:
+                   reading: Reading) -> np.ndarray:
     """The first k blocks of the user's own audio file, decoded exactly as training songs are."""
     if not Path(path).is_file():
         raise UserError(f"Seed file '{path}' (generate.seed_file) not found.")
@@ -173,21 +238,22 @@ def seed_from_file(path: str, k: int, n_songs: int, audio_cfg: AudioConfig,
         samples = audio.decode_samples(path, audio_cfg.sample_rate, audio_cfg.scale)
     except audio.AudioError as err:
         raise UserError(f"Seed file '{path}' {err}.") from err
-    blocks = layouts.pack(layouts.to_blocks(samples, audio_cfg.block_size), audio_cfg.layout)
+    blocks = layouts.analyse(samples, audio_cfg.layout, audio_cfg.block_size, audio_cfg.hop)
     if len(blocks) < k:
         raise UserError(f"Seed file '{path}' has {len(blocks)} block(s) of {audio_cfg.block_size} "
                         f"samples; 'generate.seed_blocks' asks for {k}.")
-    return np.repeat(norm.forward(blocks[:k])[None], n_songs, axis=0)
+    return np.repeat(reading.inputs(blocks[:k])[None], n_songs, axis=0)
 
 
-def choose_seeds(cfg: GenerateConfig, tensors: Tensors, audio_cfg: AudioConfig,
-                 norm: Normaliser, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
-    """The normalised seed blocks (n_songs, seed_blocks, features) and where each came from."""
+def choose_seeds(cfg: GenerateConfig, tensors, audio_cfg: AudioConfig, reading: Reading,
+                 rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
+    """The seeds as the model reads them (n_songs, seed_blocks[, features]) and where each came
+    from."""
     if cfg.seed_source == "file":
-        seed = seed_from_file(cfg.seed_file, cfg.seed_blocks, cfg.n_songs, audio_cfg, norm)
+        seed = seed_from_file(cfg.seed_file, cfg.seed_blocks, cfg.n_songs, audio_cfg, reading)
         return seed, [cfg.seed_file] * cfg.n_songs
     split = "" if cfg.seed_source == "train" else "val_"
-    seed, picks = seed_from_tensors(tensors, split, cfg.seed_blocks, cfg.n_songs, rng, norm)
+    seed, picks = seed_from_tensors(tensors, split, cfg.seed_blocks, cfg.n_songs, rng, reading)
     return seed, [f"{cfg.seed_source} sequence {i}" for i in picks]
 
 
@@ -204,21 +270,39 @@ def train_run_id(path: Path) -> str | None:
     return (files.read_json(path) or {}).get("mlflow_run_id")
 
 
-def model_for(source: str, data: AudioConfig, tensors: Tensors, params: dict) -> "Stepper":
-    """The model as a one-block step, refused (one sentence) when it was made for other audio
-    than the data: other settings, or, for a model that records none, another feature count."""
+@dataclass(frozen=True)
+class Source:
+    """The model as a one-step loop, and the data as it reads it."""
+    stepper: Stepper
+    arrays: object              # what it trained on: the `Tensors`, or a codebook's `Codes`
+    reading: Reading
+    audio: AudioConfig          # the data's settings (with the codebook for codebook models)
+
+
+def model_for(source: str, data: AudioConfig, tensors: Tensors, codes_dir: Path,
+              params: dict) -> Source:
+    """The model and the data it reads, refused (one sentence) when it was made for other audio
+    than the data: other settings or codebook, or, for a model that records none, another
+    feature count."""
+    from stages.codebook import Codes
     model, model_audio = netlib.load(source, config.TrackingConfig.from_params(params))
+    stepper = Stepper(model)
+    norm = Normaliser.for_params(tensors, params)
+    arrays, reading = tensors, Reading(norm)
+    if stepper.family == "codebook":
+        arrays = Codes(codes_dir).check()
+        data = data.with_codebook(arrays.digest)
+        reading = Reading(norm, arrays.load())
     if model_audio is not None:
-        config.check_same_audio(model_audio, data, source, str(tensors.folder))
+        config.check_same_audio(model_audio, data, source, str(arrays.folder))
     else:
         log.warning("the model '%s' records no audio settings (saved by an older version); only "
                     "its feature count is checked against the data.", source)
-    stepper = Stepper(model)
-    n_feat = tensors.shape()[1]
+    n_feat = arrays.shape()[1]
     if stepper.n_features != n_feat:
         raise UserError(f"The model '{source}' predicts {stepper.n_features} features but the "
                         f"tensors have {n_feat}; run `dvc repro train` first.")
-    return stepper
+    return Source(stepper, arrays, reading, data)
 
 
 def data_settings(tensors: Tensors, wanted: AudioConfig) -> AudioConfig:
@@ -232,22 +316,29 @@ def data_settings(tensors: Tensors, wanted: AudioConfig) -> AudioConfig:
     return data
 
 
-def write_songs(made: np.ndarray, norm: Normaliser, audio_cfg: AudioConfig, cfg: GenerateConfig,
-                out_dir: Path, seeds: list[str]) -> list[dict]:
-    """Each song's blocks back to samples, peak-safe, written with a spectrogram beside it (the
-    folder's earlier songs removed first); returns one summary per song."""
+def to_samples(made: np.ndarray, src: Source, cfg: GenerateConfig,
+               rng: np.random.Generator) -> np.ndarray:
+    """What the model made -> (n_songs, n_samples) audio, every song at once, cut to length."""
+    a = src.audio
+    features = src.reading.features(made, cfg.code_frames == "member", rng)
+    samples = layouts.synthesise(features, a.layout, a.block_size, a.hop, cfg.crossfade,
+                                 cfg.griffin_lim_iters, seed=int(rng.integers(2 ** 31)))
+    return samples[:, :int(round(cfg.seconds * a.sample_rate))]
+
+
+def write_songs(songs_samples: np.ndarray, rate: int, cfg: GenerateConfig, out_dir: Path,
+                seeds: list[str]) -> list[dict]:
+    """Each song peak-safe, written with a spectrogram beside it (the folder's earlier songs
+    removed first); returns one summary per song."""
     from stages import plots
-    rate = audio_cfg.sample_rate
     out_dir.mkdir(parents=True, exist_ok=True)
     files.remove_stale_tmp(out_dir)
     for old in out_dir.glob("song_*"):
         old.unlink()
     songs = []
-    for i in tqdm(range(len(made)), desc="generate: writing", unit="song", disable=None,
+    for i in tqdm(range(len(songs_samples)), desc="generate: writing", unit="song", disable=None,
                   leave=False):   # WAV/MP3 + spectrogram; quiet when not a terminal
-        samples = layouts.blocks_to_samples(norm.inverse(made[i]), audio_cfg.layout, audio_cfg.block_size,
-                                    cfg.crossfade)
-        samples, clipped = peak_safe(samples[: int(round(cfg.seconds * rate))])
+        samples, clipped = peak_safe(songs_samples[i])
         path = audio.write_song(out_dir / f"song_{i + 1:02d}.{cfg.format}", samples, rate,
                                 cfg.format)
         plots.spectrogram(samples, rate, path.with_suffix(".png"),
@@ -278,36 +369,44 @@ def log_to_run(params: dict, summary: dict, out_dir: Path, train_metrics: Path) 
     tracker.end()
 
 
+def steps_for(seconds: float, audio_cfg: AudioConfig) -> int:
+    """Blocks (or frames) that make `seconds` of audio."""
+    n = seconds * audio_cfg.sample_rate
+    return math.ceil(n / audio_cfg.hop) + (1 if audio_cfg.layout == "frames" else 0)
+
+
 def main(args) -> None:
     params = config.load_params(args.params)
     cfg = GenerateConfig.from_params(params)
-    wanted = AudioConfig.from_params(params)
     tensors = Tensors.from_params(args.data, params)
     tensors.check()
-    audio_cfg = data_settings(tensors, wanted)
+    audio_cfg = data_settings(tensors, AudioConfig.from_params(params))
     model_source = args.model or cfg.model
-    stepper = model_for(model_source, audio_cfg, tensors, params)
-    norm = Normaliser.for_params(tensors, params)
+    src = model_for(model_source, audio_cfg, tensors, Path(args.codebook), params)
     rng = np.random.default_rng(cfg.random_seed)
-    seed, seeds = choose_seeds(cfg, tensors, audio_cfg, norm, rng)
+    seed, seeds = choose_seeds(cfg, src.arrays, audio_cfg, src.reading, rng)
 
-    rate, block_size = audio_cfg.sample_rate, audio_cfg.block_size
-    n_blocks = math.ceil(cfg.seconds * rate / block_size)
-    log.info("generating %d song(s) of %d blocks (%.1f s) from %d seed block(s), temperature %g",
-             cfg.n_songs, n_blocks, n_blocks * block_size / rate, cfg.seed_blocks, cfg.temperature)
+    n_steps = steps_for(cfg.seconds, audio_cfg)
+    log.info("generating %d song(s) of %d %s (%.1f s) from %d seed step(s), %s model, "
+             "temperature %g", cfg.n_songs, n_steps,
+             "frames" if audio_cfg.layout == "frames" else "blocks", cfg.seconds, cfg.seed_blocks,
+             src.stepper.family, cfg.temperature)
     t0 = time.perf_counter()
-    made = generate_blocks(stepper, seed, n_blocks, cfg.temperature, rng)
+    made = generate_blocks(src.stepper, seed, n_steps, cfg.temperature, rng, cfg.top_k, cfg.top_p)
+    network_s = time.perf_counter() - t0
+    songs_samples = to_samples(made, src, cfg, rng)
     wall = time.perf_counter() - t0
 
     out_dir = Path(args.out)
-    songs = write_songs(made, norm, audio_cfg, cfg, out_dir, seeds)
-    audio_seconds = cfg.n_songs * n_blocks * block_size / rate
-    summary = dict(songs=songs, n_songs=cfg.n_songs, seconds=cfg.seconds, blocks=n_blocks,
-                   generation_s=round(wall, 3), realtime_factor=round(audio_seconds / wall, 1),
-                   model=model_source, audio=audio_cfg.as_dict())
+    songs = write_songs(songs_samples, audio_cfg.sample_rate, cfg, out_dir, seeds)
+    audio_seconds = songs_samples.size / audio_cfg.sample_rate
+    summary = dict(songs=songs, n_songs=cfg.n_songs, seconds=cfg.seconds, blocks=n_steps,
+                   family=src.stepper.family, generation_s=round(wall, 3),
+                   network_s=round(network_s, 3), realtime_factor=round(audio_seconds / wall, 1),
+                   model=model_source, audio=src.audio.as_dict())
     files.write_json(args.metrics, summary)
-    log.info("%d song(s) -> %s (%.1f s of audio in %.1f s: %.0fx real time)", cfg.n_songs, out_dir,
-             audio_seconds, wall, audio_seconds / wall)
+    log.info("%d song(s) -> %s (%.1f s of audio in %.1f s, %.1f s of it the network: %.0fx real "
+             "time)", cfg.n_songs, out_dir, audio_seconds, wall, network_s, audio_seconds / wall)
     log_to_run(params, summary, out_dir, Path(args.train_metrics))
 
 
@@ -318,6 +417,9 @@ def build_parser():
     parser.add_argument("--model", default=None,
                         help="a .keras file or an MLflow model URI such as models:/rawtune@champion "
                              "(default: params.yaml generate.model)")
+    parser.add_argument("--codebook", default="data/codebook",
+                        help="the codebook stage's folder, for codebook models (default: "
+                             "%(default)s)")
     parser.add_argument("--out", default="data/generated", help="output folder (default: %(default)s)")
     parser.add_argument("--metrics", default="metrics/generate.json",
                         help="summary of the songs made (default: %(default)s)")

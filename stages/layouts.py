@@ -168,3 +168,22 @@ def blocks_to_samples(blocks: np.ndarray, layout: str, block_size: int, crossfad
         out[-c:] = out[-c:] * (1 - fade_in) + frame[:c] * fade_in
         out = np.concatenate([out, frame[c:]])
     return out
+
+
+# --- any layout ------------------------------------------------------------------------------
+
+def analyse(samples: np.ndarray, layout: str, block_size: int, hop: int) -> np.ndarray:
+    """A whole song's samples -> its (n, n_features) blocks or frames, as `fft_blocks` makes them."""
+    if layout == "frames":
+        return song_frames(lambda a, b: samples[a:b], len(samples), 0,
+                           n_frames(len(samples), hop), block_size, hop)
+    return pack(to_blocks(samples, block_size), layout)
+
+
+def synthesise(features: np.ndarray, layout: str, block_size: int, hop: int, crossfade: int = 0,
+               iters: int = 16, seed: int = 0) -> np.ndarray:
+    """(songs, n, n_features) blocks or frames -> (songs, n_samples): the block layouts' exact
+    inverse (with `crossfade`), or Griffin-Lim (`iters` iterations) for frames, all songs at once."""
+    if layout == "frames":
+        return griffin_lim(features, block_size, hop, iters, seed=seed)
+    return np.stack([blocks_to_samples(f, layout, block_size, crossfade) for f in features])
