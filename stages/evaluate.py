@@ -174,8 +174,8 @@ def check_songs_made_for(data: AudioConfig, tensors: Tensors, generate_metrics: 
         log.warning("'%s' does not say which audio settings made the songs; only their sample "
                     "rate is checked.", generate_metrics)
         return
-    config.check_same_audio(AudioConfig.from_dict(made["audio"]), data, made.get("model", "?"),
-                            str(tensors.folder))
+    made_with = AudioConfig.from_dict(made["audio"]).with_codebook("")    # the audio, not codes
+    config.check_same_audio(made_with, data, made.get("model", "?"), str(tensors.folder))
 
 
 def judge_songs(songs: list[Path], ref: Reference, th: Thresholds) -> list[dict]:

@@ -25,7 +25,9 @@ from pathlib import Path
 from stages import config
 from stages.config import AudioConfig, UserError
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # TensorFlow's start-up chatter, not errors
+# TensorFlow's C++ chatter (start-up notices; "oneDNN supports DT_INT32 only ..." on some CPUs);
+# its real failures still reach Python as exceptions
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 CELLS = ("lstm", "gru")
 FAMILIES = ("regression", "laplace", "codebook")
