@@ -139,8 +139,10 @@ class AudioConfig:
     def differences(self, other: "AudioConfig") -> list[str]:
         """'key: ours vs theirs' for every setting that differs, in params.yaml's names."""
         key = lambda name: AUDIO_PARAMS[name][0] if name in AUDIO_PARAMS else CODEBOOK_KEY  # noqa
+        frames = "frames" in (self.layout, other.layout)      # else hop is the block size
         return [f"{key(f.name)} {getattr(self, f.name)!r} vs {getattr(other, f.name)!r}"
-                for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+                for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)
+                and (f.name != "hop" or frames)]
 
 
 def check_same_audio(model: AudioConfig, data: AudioConfig, model_name: str, data_name: str) -> None:

@@ -2,10 +2,12 @@
 
 For each song in data/generated: level, silence, spectral flatness, clipping, dynamics, clicks at
 block joints, tonal structure, Fréchet distances of log-mel frames and of ~1 s texture windows to
-the validation songs, and a copy score against the training songs, each beside calibration points
-computed the same way in the same run (a real song against the validation songs; white noise at the
-same loudness). Every song gets a one-line verdict: ok / silent / quiet / noise / static / smear /
-clicks / copy, with the figure that decided it. Definitions are in `stages/quality.py`.
+the validation songs, a copy score against the training songs, a loop score (does it play one
+stretch over and over?) and the distance to the nearest other generated song, each beside
+calibration points computed the same way in the same run (a real song against the validation
+songs; white noise at the same loudness; the closest two real songs). Every song gets a one-line
+verdict: ok / silent / quiet / noise / static / smear / clicks / copy / loop / same, with the
+figure that decided it. Definitions are in `stages/quality.py`.
 """
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ class Thresholds:
     smear_tonal: float          # tonal fraction below: smear
     clicks_vs_real: float       # click ratio above this multiple of the real songs': clicks
     copy_score: float           # below: copy
+    loop_score: float           # below: loop
+    same_vs_real: float         # nearest other song closer than this x the closest real pair: same
     reference_seconds: float    # audio read per reference song
 
     @classmethod
@@ -61,6 +65,13 @@ def verdict(fig: dict, ref: dict, th: Thresholds) -> tuple[str, str]:
          f"{ref.get('tonal_real', 0):.3f})"),
         ("copy", fig.get("copy_score", 1.0) < th.copy_score,
          f"copy score {fig.get('copy_score', 1.0):.2f} < {th.copy_score}"),
+        ("loop", fig.get("loop_score", 1.0) < th.loop_score,
+         f"loop score {fig.get('loop_score', 1.0):.2f} < {th.loop_score}: one stretch over and "
+         f"over (real songs {ref.get('loop_real_min', 0):.2f} or more)"),
+        ("same", fig.get("nearest_song_fd", np.inf) < th.same_vs_real * ref.get("songs_apart_real",
+                                                                                 0.0),
+         f"frame Fréchet distance {fig.get('nearest_song_fd', 0):.1f} to {fig.get('nearest_song')}"
+         f" < {th.same_vs_real} x the closest two real songs' {ref.get('songs_apart_real', 0):.1f}"),
     ]
     for name, failed, reason in checks:
         if failed:
@@ -72,11 +83,13 @@ def verdict(fig: dict, ref: dict, th: Thresholds) -> tuple[str, str]:
 class Reference:
     """The validation and training songs' features, computed once per run."""
 
-    def __init__(self, val: list[np.ndarray], train: list[np.ndarray], rate: int, block_size: int):
+    def __init__(self, val: list[np.ndarray], train: list[np.ndarray], rate: int, block_size: int,
+                 song_seconds: float = 30.0):
         if not val:
             raise UserError("There are no validation songs to compare with; evaluation needs "
                             "at least two usable songs (see tensors.val_fraction).")
         self.rate, self.block_size = rate, block_size
+        self.song_frames = max(1, int(song_seconds * rate / quality.HOP))
         self.val_mel = [quality.log_mel(x, rate) for x in val]
         self.train_mel = [quality.log_mel(x, rate) for x in train]
         self.val_frames = np.concatenate(self.val_mel)
@@ -116,8 +129,17 @@ class Reference:
                    tonal_real=float(np.mean([quality.tonal_fraction(x, self.rate)
                                              for x in real_songs])),
                    dynamics_real=float(np.mean([quality.dynamics_db(x) for x in real_songs])),
-                   train_level_dbfs=self.train_level)
+                   train_level_dbfs=self.train_level, **self.variety())
         return {k: round(v, 4) for k, v in ref.items()}
+
+    def variety(self, max_songs: int = 8) -> dict:
+        """How far apart the closest two real songs are (frame Fréchet distance, on windows as
+        long as the generated songs), and the real songs' smallest loop score."""
+        mels = (self.val_mel + self.train_mel)[:max_songs]
+        short = [m[:self.song_frames] for m in mels]
+        apart = float(quality.nearest_songs(short)[0].min()) if len(short) > 1 else float("nan")
+        loops = [quality.loop_score(m, self.rate) for m in short]
+        return dict(songs_apart_real=apart, loop_real_min=float(np.nanmin(loops + [np.inf])))
 
     def judge(self, x: np.ndarray) -> dict:
         """Every figure of one song, including those against the references."""
@@ -126,7 +148,8 @@ class Reference:
         d = self.distances(mel)
         ref = self.figures
         fig.update(fd_frames=round(d["fd_frames"], 3), fd_texture=round(d["fd_texture"], 3),
-                   level_vs_train_db=round(fig["rms_dbfs"] - self.train_level, 2))
+                   level_vs_train_db=round(fig["rms_dbfs"] - self.train_level, 2),
+                   loop_score=round(quality.loop_score(mel, self.rate), 4))
         fig["fd_frames_closer_to"] = ("real" if abs(d["fd_frames"] - ref["fd_frames_real"])
                                       <= abs(d["fd_frames"] - ref["fd_frames_noise"]) else "noise")
         fig["fd_texture_closer_to"] = ("real" if abs(d["fd_texture"] - ref["fd_texture_real"])
@@ -178,14 +201,26 @@ def check_songs_made_for(data: AudioConfig, tensors: Tensors, generate_metrics: 
     config.check_same_audio(made_with, data, made.get("model", "?"), str(tensors.folder))
 
 
-def judge_songs(songs: list[Path], ref: Reference, th: Thresholds) -> list[dict]:
-    results = []
+def read_generated(songs: list[Path], rate: int) -> list[np.ndarray]:
+    samples = []
     for path in songs:
-        x, rate = audio.read_mono(path)
-        if rate != ref.rate:
-            raise UserError(f"'{path}' is at {rate} Hz, not the data's {ref.rate} Hz "
+        x, song_rate = audio.read_mono(path)
+        if song_rate != rate:
+            raise UserError(f"'{path}' is at {song_rate} Hz, not the data's {rate} Hz "
                             "(decode.sample_rate); run `dvc repro generate` again.")
+        samples.append(x)
+    return samples
+
+
+def judge_songs(songs: list[Path], ref: Reference, th: Thresholds) -> list[dict]:
+    samples = read_generated(songs, ref.rate)
+    distance, nearest = quality.nearest_songs([quality.log_mel(x, ref.rate) for x in samples])
+    results = []
+    for i, (path, x) in enumerate(zip(songs, samples)):
         fig = ref.judge(x)
+        if nearest[i] >= 0:
+            fig["nearest_song_fd"] = round(float(distance[i]), 3)
+            fig["nearest_song"] = songs[nearest[i]].name
         fig["verdict"], fig["reason"] = verdict(fig, ref.figures, th)
         results.append(dict(file=path.name, **fig))
         log.info("%s: %s (%s)", path.name, fig["verdict"], fig["reason"])
@@ -200,7 +235,7 @@ def summarise(results: list[dict], ref: Reference, train: dict) -> dict:
                              for v in sorted({r["verdict"] for r in results})},
                    all_ok=all(r["verdict"] == "ok" for r in results))
     for key in ("fd_frames", "fd_texture", "dynamics_db", "clicks", "tonal_fraction",
-                "copy_score", "rms_dbfs", "flatness"):
+                "copy_score", "rms_dbfs", "flatness", "loop_score", "nearest_song_fd"):
         values = [r[key] for r in results if r.get(key) is not None]
         if values:
             summary[f"mean_{key}"] = round(float(np.mean(values)), 4)
@@ -231,8 +266,10 @@ def main(args) -> None:
     data = tensors.audio()
     check_songs_made_for(data, tensors, Path(args.generate_metrics))
     rate, npy = data.sample_rate, Path(args.npy)
+    made = files.read_json(args.generate_metrics) or {}
     ref = Reference(read_songs(npy, val_ids, th.reference_seconds, rate),
-                    read_songs(npy, train_ids, th.reference_seconds, rate), rate, data.block_size)
+                    read_songs(npy, train_ids, th.reference_seconds, rate), rate, data.block_size,
+                    float(made.get("seconds", 30.0)))
     log.info("calibration: frame FD real %.1f / noise %.1f, texture FD real %.1f / noise %.1f",
              ref.figures["fd_frames_real"], ref.figures["fd_frames_noise"],
              ref.figures["fd_texture_real"], ref.figures["fd_texture_noise"])

@@ -8,6 +8,9 @@ log-mel       64 triangular mel bands (HTK mel scale) from 30 Hz to 11 kHz over 
 texture       ~1 s windows (43 frames): mean, std and mean absolute frame-to-frame change of 16
               coarse bands (groups of 4 log-mel bands): 48 numbers per window
 Fréchet       distance between Gaussians fitted to two sets of feature vectors (as FID does)
+loop score    how exactly a song repeats itself: the smallest, over lags of 1 s up to a quarter of
+              the song, mean distance between log-mel frames that far apart, divided by the mean
+              distance between frames at random: ~0 for one stretch played over and over
 """
 from __future__ import annotations
 
@@ -160,3 +163,33 @@ def song_figures(x: np.ndarray, rate: int, block_size: int) -> dict:
                 dynamics_db=round(dynamics_db(x), 2),
                 clicks=round(click_ratio(x, rate, block_size), 3),
                 tonal_fraction=round(tonal_fraction(x, rate), 4))
+
+
+def loop_score(mel_frames: np.ndarray, rate: int, min_lag_s: float = 1.0, seed: int = 0) -> float:
+    """The loop score of a song's log-mel frames (module docstring); nan when the song is too
+    short to repeat a 1 s stretch four times."""
+    n = len(mel_frames)
+    lo, hi = int(round(min_lag_s * rate / HOP)), n // 4
+    if hi < lo or n < 8:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(n, size=(2, 4 * n))
+    spread = np.linalg.norm(mel_frames[a] - mel_frames[b], axis=1).mean()
+    if spread <= 0:
+        return 0.0
+    lagged = [np.linalg.norm(mel_frames[lag:] - mel_frames[:-lag], axis=1).mean()
+              for lag in range(lo, hi + 1)]
+    return float(min(lagged) / spread)
+
+
+def nearest_songs(mels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """For each song (its log-mel frames), the frame Fréchet distance to the nearest other one
+    and that song's index (inf and -1 for a song alone)."""
+    n = len(mels)
+    d = np.full((n, n), np.inf)
+    for i in range(n):
+        for j in range(i + 1, n):
+            d[i, j] = d[j, i] = frechet(mels[i], mels[j])
+    if n < 2:
+        return np.full(n, np.inf), np.full(n, -1)
+    return d.min(axis=1), d.argmin(axis=1)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from stages import evaluate, files, quality, synth
+from stages import audio, evaluate, files, quality, synth
 from stages.config import AudioConfig
 from tests.conftest import ROOT, assert_one_line_error, run, run_stage, set_params, write_song
 
@@ -160,3 +160,33 @@ def test_repro_evaluate_writes_eval_json_and_adds_to_the_training_run(trained):
         "evaluation/eval.json"}
     shown = run(["dvc", "metrics", "show", "--json"], trained).stdout
     assert "metrics/eval.json" in shown
+
+
+def test_a_stretch_played_over_and_over_is_a_loop(reference, thresholds):
+    stretch = song(9)[RATE:2 * RATE]                              # 1 s of a held-out song
+    tiled = np.tile(stretch, SECONDS)
+    fig, (name, reason) = judged(reference, thresholds, tiled)
+    assert fig["loop_score"] < 0.1 and name == "loop" and "over and over" in reason
+    fig, (name, _) = judged(reference, thresholds, song(9))       # the song itself moves on
+    assert fig["loop_score"] > 0.3 and name == "ok"
+    ref, _ = reference
+    assert ref.figures["loop_real_min"] > thresholds.loop_score
+
+
+def test_songs_that_do_not_differ_from_each_other_are_the_same(reference, thresholds, tmp_path):
+    ref, _ = reference
+    made = {"song_01.wav": song(9), "song_02.wav": song(9) * 0.99,        # one song twice
+            "song_03.wav": song(10)}
+    for name, x in made.items():
+        audio.write(tmp_path / name, x.astype(np.float32), RATE)
+    results = {r["file"]: r for r in evaluate.judge_songs(sorted(tmp_path.glob("*.wav")), ref,
+                                                           thresholds)}
+    assert ref.figures["songs_apart_real"] > 0
+    for name in ("song_01.wav", "song_02.wav"):
+        other = "song_02.wav" if name == "song_01.wav" else "song_01.wav"
+        assert results[name]["verdict"] == "same" and results[name]["nearest_song"] == other
+        assert results[name]["nearest_song_fd"] < 0.01 * ref.figures["songs_apart_real"]
+        assert other in results[name]["reason"]
+    assert results["song_03.wav"]["verdict"] == "ok", results["song_03.wav"]["reason"]
+    assert results["song_03.wav"]["nearest_song_fd"] > thresholds.same_vs_real * \
+        ref.figures["songs_apart_real"]

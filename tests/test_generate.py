@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from stages import (audio, decode, fft_blocks, files, generate, layouts, model as netlib,
+from stages import (audio, codebook, decode, fft_blocks, files, generate, layouts, model as netlib,
                     wav_to_npy)
 from stages.batches import Normaliser
 from stages.config import AudioConfig, UserError
@@ -83,26 +83,33 @@ def test_a_loud_prediction_is_clipped_never_wrapped(tmp_path):
     assert pcm[0, 0] == 32767 and pcm[1, 0] == -32768 and pcm[2, 0] == 16384
 
 
-@pytest.mark.parametrize("name, kwargs", [
-    ("seed.flac", dict(rate=44100, subtype="PCM_24")),
-    ("seed stereo 48k.wav", dict(rate=48000, channels=2, subtype="PCM_16")),
+@pytest.mark.parametrize("name, kwargs, layout", [
+    ("seed.flac", dict(rate=44100, subtype="PCM_24"), "rfft"),
+    ("seed stereo 48k.wav", dict(rate=48000, channels=2, subtype="PCM_16"), "rfft"),
+    ("seed.ogg", dict(rate=44100), "frames"),
 ])
-def test_seed_from_a_users_file_is_what_preprocessing_makes_of_it(tmp_path, name, kwargs):
+def test_seed_from_a_users_file_is_what_preprocessing_makes_of_it(tmp_path, name, kwargs, layout):
     src = write_song(tmp_path / name, 11, 1.5, **kwargs)
-    block, k = 1024, 4
+    block, hop, k = 1024, 256, 4
     # the preprocessing stages' own functions on the same file
     decode.decode_song(str(src), str(tmp_path / "s.wav"), 44100, block, -60)
     wav_to_npy.wav_to_npy(str(tmp_path / "s.wav"), str(tmp_path / "s.npy"), 32768)
-    fft_blocks.fft_song(str(tmp_path / "s.npy"), str(tmp_path / "f.npy"), block, "rfft")
+    fft_blocks.fft_song(str(tmp_path / "s.npy"), str(tmp_path / "f.npy"), block, layout, hop)
     expected = np.load(tmp_path / "f.npy")[:k]
     norm = Normaliser(expected.mean(0), expected.var(0) + 1.0)
-    seed = generate.seed_from_file(str(src), k, 2, AudioConfig(44100, 32768, block, "rfft"), norm)
-    assert seed.shape == (2, k, block)
-    np.testing.assert_allclose(seed[1], norm.forward(expected), rtol=1e-5, atol=1e-5)
+    audio_cfg = AudioConfig(44100, 32768, block, layout, hop)
+    seed = generate.seed_from_file(str(src), k, 2, audio_cfg, generate.Reading(norm))
+    assert seed.shape == (2, k, expected.shape[1])
+    np.testing.assert_allclose(seed[1], norm.forward(expected), rtol=1e-4, atol=1e-4)
+    if layout == "frames":       # a codebook model reads the codes of those frames
+        book = codebook.Codebook(expected[[0, 3]], expected[[0, 3]][:, None])
+        codes = generate.seed_from_file(str(src), k, 1, audio_cfg, generate.Reading(norm, book))
+        np.testing.assert_array_equal(codes[0], book.assign(expected))
+        assert codes[0, 0] == 0 and codes[0, 3] == 1
 
 
 def test_seed_file_errors_are_one_sentence(tmp_path):
-    norm = Normaliser(np.zeros(1024), np.ones(1024))
+    norm = generate.Reading(Normaliser(np.zeros(1024), np.ones(1024)))
     cfg = AudioConfig(44100, 32768, 1024, "rfft")
     with pytest.raises(UserError, match=r"Seed file '.*nope.wav' \(generate.seed_file\) not found"):
         generate.seed_from_file(str(tmp_path / "nope.wav"), 2, 1, cfg, norm)
@@ -181,7 +188,7 @@ def test_stale_tensors_are_refused_before_any_model_is_read(tmp_path):
     ("generate.seconds", 0, "'generate.seconds' must be above 0"),
     ("generate.seed_source", "radio", "'generate.seed_source' is 'radio'; allowed values are"),
     ("generate.format", "aac", "'generate.format' is 'aac'; allowed values are 'wav', 'mp3'"),
-    ("fft_blocks.fft", "dct", "'fft_blocks.fft' is 'dct'; allowed values are 'rfft', 'full'"),
+    ("fft_blocks.fft", "dct", "'fft_blocks.fft' is 'dct'; allowed values are 'rfft', 'full', 'frames'"),
 ])
 def test_bad_generate_params_are_one_sentence(tmp_path, key, value, sentence):
     params = tmp_path / "params.yaml"

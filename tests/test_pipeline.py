@@ -156,7 +156,7 @@ def test_unknown_fft_value_stops_dvc_with_one_sentence(project, raw):
     set_params(project / "params.yaml", {"fft_blocks.fft": "dct"})
     out = repro(project, check=False)
     assert out.returncode != 0
-    assert "error: params.yaml 'fft_blocks.fft' is 'dct'; allowed values are 'rfft', 'full'." in out.stderr
+    assert "error: params.yaml 'fft_blocks.fft' is 'dct'; allowed values are 'rfft', 'full', 'frames'." in out.stderr
     assert "Traceback" not in out.stdout + out.stderr
     assert len(list((project / "data/interim/npy").glob("*.npy"))) == 3   # earlier work is kept
 

@@ -140,7 +140,7 @@ def test_one_model_predicts_sequences_of_any_length():
 
 
 def test_model_config_names_the_bad_key_and_allowed_values():
-    params = {"train": {"cell": "transformer", "hidden": 8, "layers": 1, "dropout": 0.0,
+    params = {"train": {"family": "regression", "cell": "transformer", "hidden": 8, "layers": 1, "dropout": 0.0,
                         "loss": "mse", "optimizer": "rmsprop", "learning_rate": 0.001,
                         "precision": "float32", "jit_compile": False, "input_noise": 0.0}}
     with pytest.raises(UserError, match=r"'train.cell' is 'transformer'; allowed values are "
@@ -151,6 +151,10 @@ def test_model_config_names_the_bad_key_and_allowed_values():
         netlib.ModelConfig.from_params(params)
     params["train"].update(loss="mae", dropout=1.5)
     with pytest.raises(UserError, match=r"'train.dropout' must be below 1"):
+        netlib.ModelConfig.from_params(params)
+    params["train"].update(dropout=0.0, family="gan")
+    with pytest.raises(UserError, match=r"'train.family' is 'gan'; allowed values are "
+                                        r"'regression', 'laplace', 'codebook'"):
         netlib.ModelConfig.from_params(params)
 
 
