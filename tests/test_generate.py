@@ -83,6 +83,68 @@ def test_a_loud_prediction_is_clipped_never_wrapped(tmp_path):
     assert pcm[0, 0] == 32767 and pcm[1, 0] == -32768 and pcm[2, 0] == 16384
 
 
+def test_each_family_is_read_off_the_model_and_steps_like_the_full_sequence():
+    import keras
+    keras.utils.set_random_seed(4)
+    x = np.random.default_rng(3).normal(size=(2, 6, 5)).astype(np.float32)
+    codes = np.random.default_rng(3).integers(7, size=(2, 6)).astype(np.int32)
+    for family, inputs, n_out in (("regression", x, 5), ("laplace", x, 10), ("codebook", codes, 7)):
+        model = netlib.build_model(netlib.ModelConfig(family=family, hidden=8), None,
+                                   7 if family == "codebook" else 5)
+        stepper = generate.Stepper(model)
+        assert stepper.family == family and stepper.n_features == (7 if family == "codebook" else 5)
+        stepped, _ = stepper.run(inputs)
+        assert stepped.shape == (2, 6, n_out)
+        np.testing.assert_allclose(stepped, model.predict(inputs, verbose=0), rtol=1e-4, atol=1e-5)
+
+
+def codebook_stepper(seed: int = 5):
+    import keras
+    keras.utils.set_random_seed(seed)
+    model = netlib.build_model(netlib.ModelConfig(family="codebook", hidden=8), None, 16)
+    return model, generate.Stepper(model)
+
+
+def test_codes_are_sampled_by_temperature_top_k_and_top_p():
+    model, stepper = codebook_stepper()
+    seed = np.array([[1, 2, 3], [4, 5, 6]], np.int32)
+    made = lambda t, k=0, p=1.0, s=0: generate.generate_blocks(  # noqa: E731
+        stepper, seed, 40, t, np.random.default_rng(s), top_k=k, top_p=p)
+    greedy = made(0.0)
+    assert greedy.shape == (2, 40) and greedy.dtype == np.int32
+    # temperature 0: each code is the likeliest after the seed and the codes before it
+    logits = model.predict(np.concatenate([seed, greedy[:, :-1]], axis=1), verbose=0)[:, 2:]
+    np.testing.assert_array_equal(greedy, logits.argmax(-1))
+    np.testing.assert_array_equal(made(1.0, k=1), greedy)          # one code left: the likeliest
+    np.testing.assert_array_equal(made(1.0, p=1e-6), greedy)       # the top code alone holds p
+    sampled = made(1.0)
+    assert (sampled != greedy).any() and len(np.unique(sampled)) > 3
+    np.testing.assert_array_equal(made(1.0), sampled)              # reproducible by random_seed
+    assert (made(1.0, s=1) != sampled).any()                       # another seed, other codes
+    top3 = made(5.0, k=3)                                          # hot, but only 3 codes a step
+    logits = model.predict(np.concatenate([seed, top3[:, :-1]], axis=1), verbose=0)[:, 2:]
+    ranks = (logits > np.take_along_axis(logits, top3[..., None], -1)).sum(-1)
+    assert ranks.max() <= 2 and ranks.max() > 0
+
+
+def test_laplace_draws_spread_by_their_scale_around_the_mean():
+    import keras
+    keras.utils.set_random_seed(6)
+    model = netlib.build_model(netlib.ModelConfig(family="laplace", hidden=8), None, 4)
+    stepper = generate.Stepper(model)
+    seed = np.random.default_rng(4).normal(size=(2, 3, 4)).astype(np.float32)
+    mean = generate.generate_blocks(stepper, seed, 6, 0.0, np.random.default_rng(0))
+    out = model.predict(np.concatenate([seed, mean[:, :-1]], axis=1), verbose=0)[:, 2:]
+    np.testing.assert_allclose(mean, out[..., :4], rtol=1e-4, atol=1e-5)   # temperature 0: mu
+    stepper = generate.Stepper(model)
+    one = np.repeat(seed[:1], 4000, axis=0)                        # many draws of the first frame
+    first = generate.generate_blocks(stepper, one, 1, 1.0, np.random.default_rng(1))[:, 0]
+    mu_b = stepper.run(one[:1])[0][0, -1]
+    mu, b = mu_b[:4], np.exp(mu_b[4:])
+    np.testing.assert_allclose(np.median(first, axis=0), mu, atol=0.15 * b.max() + 0.02)
+    np.testing.assert_allclose(np.abs(first - mu).mean(axis=0), b, rtol=0.1)   # E|X - mu| = b
+
+
 @pytest.mark.parametrize("name, kwargs, layout", [
     ("seed.flac", dict(rate=44100, subtype="PCM_24"), "rfft"),
     ("seed stereo 48k.wav", dict(rate=48000, channels=2, subtype="PCM_16"), "rfft"),

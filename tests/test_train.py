@@ -158,8 +158,50 @@ def test_model_config_names_the_bad_key_and_allowed_values():
         netlib.ModelConfig.from_params(params)
 
 
+@pytest.mark.parametrize("family", ["laplace", "codebook"])
+def test_a_sampled_family_learns_and_its_checkpoint_loads_again(tmp_path, family):
+    import keras
+    keras.utils.set_random_seed(0)
+    cfg = netlib.ModelConfig(family=family, hidden=16, optimizer="adam", learning_rate=0.01)
+    rng = np.random.default_rng(0)
+    if family == "codebook":           # a cycle of 5 codes: the next code follows from the last
+        x = (np.arange(8)[None] + rng.integers(5, size=(32, 1))) % 5
+        x, y, n = x.astype(np.int32), ((x + 1) % 5).astype(np.int32), 5
+    else:                              # the next frame is the last one plus noise of scale 0.1
+        x = rng.normal(size=(32, 8, 3)).astype(np.float32)
+        y, n = x + rng.laplace(0, 0.1, x.shape).astype(np.float32), 3
+    model = netlib.build_model(cfg, 8, n)
+    netlib.compile_model(model, cfg)
+    first = model.evaluate(x, y, verbose=0)
+    model.fit(x, y, epochs=60, batch_size=8, verbose=0)
+    last = model.evaluate(x, y, verbose=0)
+    assert last < first - 1.0                      # nats: far likelier than at the start
+    netlib.save(model, tmp_path / "ckpt.keras", None, with_optimizer=True)
+    again = keras.saving.load_model(tmp_path / "ckpt.keras", safe_mode=True)
+    assert again.evaluate(x, y, verbose=0) == pytest.approx(last, rel=1e-4)
+    if family == "laplace":            # the learnt scale is the noise's (E|X - mu| = b = 0.1)
+        b = np.exp(model.predict(x, verbose=0)[..., 3:])
+        assert 0.05 < np.median(b) < 0.2
+
+
+def test_the_time_budget_stops_before_an_epoch_would_pass_it(tmp_path):
+    from stages.checkpoints import TrainState
+    state = TrainState(fingerprint="f")
+    cb, m = epoch_end(tmp_path, state, last_epoch=99, max_s=2.5)
+    for epoch in range(3):
+        cb.on_epoch_begin(epoch)
+        cb.t0 -= 1.0                                # each epoch took a second
+        cb.on_epoch_end(epoch, {"loss": 1.0, "val_loss": 1.0 - 0.1 * epoch})
+        if m.stop_training:
+            break
+    # after 2 s a third epoch would end past 2.5 s: stop there, the best model saved
+    assert epoch == 1 and state.stopped == "time_budget" and len(state.history) == 2
+    assert TrainState.load(tmp_path).stopped == "time_budget"
+    assert (tmp_path / "model.keras").is_file() and state.best_epoch == 1
+
+
 def epoch_end(folder: Path, state, audio=None, every_s: float = 0, last_epoch: int = 5,
-              patience: int = 0):
+              patience: int = 0, max_s: float = 0.0):
     """The train stage's epoch callback on a tiny compiled model, with tracking off."""
     from stages import tracking
     from stages.checkpoints import EpochEnd, Outputs
@@ -169,7 +211,8 @@ def epoch_end(folder: Path, state, audio=None, every_s: float = 0, last_epoch: i
     tracker = tracking.Tracker.__new__(tracking.Tracker)
     tracker.active, tracker.run_id = False, None
     cb = EpochEnd(state, Outputs(folder, folder / "model.keras", folder / "h.csv", audio,
-                                 every_s=every_s, last_epoch=last_epoch), tracker, EpochClock(),
+                                 every_s=every_s, last_epoch=last_epoch, max_s=max_s), tracker,
+                  EpochClock(),
                   patience=patience, has_val=True)
     cb.set_model(model)
     return cb, model

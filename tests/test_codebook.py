@@ -1,0 +1,118 @@
+"""The codebook stage: k-means of the training frames only, every sequence as codes, sharp decoding,
+the trivial predictors on codes, and one sentence for a codebook the data cannot have."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stages import codebook, files
+from stages.batches import code_baselines
+from stages.config import AudioConfig, UserError
+from stages.tensor_files import Tensors
+from tests.conftest import assert_one_line_error, run_stage, set_params
+
+CENTRES = np.array([[0.0] * 6, [8.0] * 6, [0.0, 8.0] * 3], np.float32)
+CFG = codebook.CodebookConfig(codes=3, max_frames=10_000, iterations=10, members=4, seed=0)
+
+
+def clustered(n: int, centres: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    which = rng.integers(len(centres), size=n)
+    return (centres[which] + rng.normal(0, 0.3, (n, centres.shape[1]))).astype(np.float32), which
+
+
+def test_fit_finds_the_clusters_and_decodes_to_their_own_frames():
+    frames, which = clustered(600, CENTRES, 0)
+    book, figures = codebook.fit(frames, CFG)
+    codes = book.assign(frames)
+    # each cluster is one code, whatever its number
+    assert all(len(set(codes[which == c])) == 1 for c in range(3)) and len(set(codes)) == 3
+    assert figures["codes_used"] == 3 and figures["distortion"] < 0.1 * figures["variance"]
+    sharp = book.decode(codes[:50], sharp=True, rng=np.random.default_rng(1))
+    rows = {tuple(r) for r in frames}
+    assert all(tuple(r) in rows for r in sharp)                   # real training frames...
+    np.testing.assert_array_equal(book.assign(sharp), codes[:50])  # ...of the code played
+    blurred = book.decode(codes[:50], sharp=False, rng=np.random.default_rng(1))
+    np.testing.assert_array_equal(blurred, book.centroids[codes[:50]])
+    again, _ = codebook.fit(frames, CFG)
+    assert again.digest == book.digest and codebook.fit(frames[:500], CFG)[0].digest != book.digest
+
+
+def test_more_codes_than_frames_is_one_sentence():
+    with pytest.raises(UserError, match=r"'codebook.codes' is 3 but the training songs have only "
+                                        r"2 frames"):
+        codebook.fit(CENTRES[:2], CFG)
+
+
+def write_tensors(folder, layout: str = "frames") -> Tensors:
+    """Tensors of frames: training songs from the three clusters, validation songs from a fourth
+    place no training frame comes near."""
+    t = Tensors(folder, "music")
+    folder.mkdir(parents=True, exist_ok=True)
+    train, _ = clustered(20 * 9, CENTRES, 2)
+    val, _ = clustered(4 * 9, np.array([[-20.0] * 6], np.float32), 3)
+    for split, frames in (("", train), ("val_", val)):
+        seqs = frames.reshape(-1, 9, 6)
+        np.save(t.path(f"{split}x"), seqs[:, :8])
+        np.save(t.path(f"{split}y"), seqs[:, 1:])
+    np.save(t.path("mean"), train.mean(0))
+    np.save(t.path("var"), train.var(0))
+    files.write_json(t.audio_path, AudioConfig(22050, 32768, 10, layout, 5).as_dict())
+    return t
+
+
+def test_stage_codes_every_sequence_with_a_codebook_of_training_frames(proj):
+    t = write_tensors(proj / "data" / "processed")
+    set_params(proj / "params.yaml", {"train.family": "codebook", "codebook.codes": 3,
+                                      "codebook.members": 2})
+    run_stage("codebook", ["--data", str(t.folder), "--out", "cb"], proj)
+    codes = codebook.Codes(proj / "cb").check()
+    book = codes.load()
+    assert codes.n_codes == 3 and codes.shape() == (8, 3) and codes.digest == book.digest
+    assert codes.info["frames_fitted"] == 20 * 8 and codes.info["codes_used"] == 3
+    # no centre anywhere near the validation songs' frames: the fit never saw them
+    assert np.abs(book.centroids - (-20.0)).min() > 10
+    for split in ("", "val_"):
+        for part in ("x", "y"):
+            got = np.load(codes.path(f"{split}{part}"))
+            assert got.dtype == np.int16
+            np.testing.assert_array_equal(got, book.assign(np.load(t.path(f"{split}{part}"))))
+    x, y = np.load(codes.path("x")), np.load(codes.path("y"))
+    np.testing.assert_array_equal(x[:, 1:], y[:, :-1])             # y is still x one step on
+
+
+def test_stage_without_the_codebook_family_writes_no_codebook(proj):
+    t = write_tensors(proj / "data" / "processed")
+    (proj / "cb").mkdir()
+    np.save(proj / "cb" / "centroids.npy", np.zeros((2, 6)))      # an old one is not left behind
+    run_stage("codebook", ["--data", str(t.folder), "--out", "cb"], proj)
+    assert sorted(p.name for p in (proj / "cb").iterdir()) == ["codebook.json"]
+    assert files.read_json(proj / "cb" / "codebook.json") == dict(family="regression", codes=0,
+                                                                  digest="")
+    with pytest.raises(UserError, match=r"No codebook in '.*cb'.*run `dvc repro codebook`"):
+        codebook.Codes(proj / "cb").check()
+
+
+def test_a_codebook_of_fft_blocks_is_one_sentence(proj):
+    t = write_tensors(proj / "data" / "processed", layout="rfft")
+    set_params(proj / "params.yaml", {"train.family": "codebook"})
+    proc = run_stage("codebook", ["--data", str(t.folder), "--out", "cb"], proj, check=False)
+    assert_one_line_error(proc, "'train.family' is 'codebook', which needs 'fft_blocks.fft: frames' "
+                                "(the data is 'rfft')")
+
+
+def test_code_baselines_are_the_cross_entropy_of_frequencies_and_of_repeating(tmp_path):
+    class Codes:                                                   # the interface they read
+        n_codes = 3
+
+        def path(self, suffix):
+            return tmp_path / f"{suffix}.npy"
+    np.save(tmp_path / "x.npy", np.array([[0, 0, 1, 1]], np.int16))
+    np.save(tmp_path / "y.npy", np.array([[0, 1, 1, 0]], np.int16))    # 2 of 4 repeat the last
+    np.save(tmp_path / "val_x.npy", np.array([[2, 0]], np.int16))
+    np.save(tmp_path / "val_y.npy", np.array([[0, 0]], np.int16))
+    got = code_baselines(Codes())
+    unigram = np.array([1 + 2, 1 + 2, 1 + 0]) / 7                  # add-one counts of train y
+    assert got["train_mean"] == pytest.approx(-np.log(unigram[0]))
+    repeat = np.array([0.5 * unigram[0], 0.5 * unigram[0] + 0.5])  # 2 -> 0 (no repeat), 0 -> 0
+    assert got["repeat_last"] == pytest.approx(-np.log(repeat).mean())
