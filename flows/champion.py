@@ -13,7 +13,8 @@ from pathlib import Path
 
 from flows.project import Paths
 from stages import config, files, registry
-from stages.batches import Normaliser, model_loss
+from stages.batches import Normaliser, code_model_loss, model_loss
+from stages.codebook import Codes
 from stages.config import TrackingConfig, UserError
 from stages.model import ModelConfig
 from stages.tensor_files import Tensors
@@ -37,15 +38,42 @@ def challenger_version(paths: Paths) -> str:
     return str(version)
 
 
-def score_champion(champ: registry.Registered, tensors: Tensors, current: Normaliser,
-                   loss: str) -> float:
+class Scorer:
+    """Scores registered models on the current validation songs, by the current objective:
+    the validation loss of the regression and Laplace families on the current tensors (each
+    model through its own normalisation), cross-entropy on the current codes for codebook models
+    (whose codebook must be the current one)."""
+
+    def __init__(self, params: dict, paths: Paths):
+        self.objective = ModelConfig.from_params(params).objective
+        self.tensors = Tensors.from_params(paths.tensors, params)
+        self.tensors.check()
+        self.current = Normaliser.for_params(self.tensors, params)
+        self.audio, self.n_features = self.tensors.audio(), self.tensors.shape()[1]
+        self.codes = None
+        if self.objective == "codebook":
+            self.codes = Codes(paths.codebook).check()
+            self.audio = self.audio.with_codebook(self.codes.digest)
+            self.n_features = self.codes.n_codes
+
+    def cannot_read(self, contender: registry.Registered) -> str | None:
+        return registry.cannot_read(contender, self.audio, self.n_features)
+
+    def loss(self, contender: registry.Registered) -> float:
+        if self.codes is not None:
+            return code_model_loss(contender.model, self.codes)
+        return model_loss(contender.model, contender.norm, self.tensors, self.current,
+                          self.objective)
+
+
+def score_champion(champ: registry.Registered, scorer: Scorer) -> float:
     """The champion's loss, or inf when it cannot read the current data."""
-    why = registry.cannot_read(champ, tensors)
+    why = scorer.cannot_read(champ)
     if why:
         log.info("champion v%s cannot read the current data (champion vs data: %s): it cannot "
                  "be scored on it, so the challenger takes its place", champ.version, why)
         return float("inf")
-    return model_loss(champ.model, champ.norm, tensors, current, loss)
+    return scorer.loss(champ)
 
 
 def tag(client, name: str, metric: str, scores: dict, challenger: str, champ: str | None,
@@ -70,29 +98,26 @@ def promote(project: Path, params: dict) -> dict:
     decision and the figures, and move the alias when the challenger wins."""
     metric = config.param(params, "flows.metric", str, choices=METRICS)
     min_improvement = config.param(params, "flows.min_improvement", (int, float), minimum=0)
-    loss = ModelConfig.from_params(params).loss
     tracking = TrackingConfig.from_params(params).rooted(project)
     paths = Paths.of(project)
     version = challenger_version(paths)
-    tensors = Tensors.from_params(paths.tensors, params)
-    tensors.check()
+    scorer = Scorer(params, paths)
     client, name = registry.client_for(tracking.uri), tracking.model_name
     champ_mv = registry.champion_version(client, name)
     if champ_mv is not None and str(champ_mv.version) == version:
         log.info("version %s is already the champion; nothing to compare", version)
         return dict(decision="already champion", champion=version, challenger=version)
 
-    current = Normaliser.for_params(tensors, params)
     challenger = registry.registered(client, tracking.uri, name, version)
-    why = registry.cannot_read(challenger, tensors)
+    why = scorer.cannot_read(challenger)
     if why:
         raise UserError(f"Model version {version} was not made from the current data (model vs "
                         f"data: {why}); run the pipeline again.")
-    scores = {"challenger": model_loss(challenger.model, challenger.norm, tensors, current, loss)}
+    scores = {"challenger": scorer.loss(challenger)}
     champ = None
     if champ_mv is not None:
         champ = registry.registered(client, tracking.uri, name, str(champ_mv.version))
-        scores["champion"] = score_champion(champ, tensors, current, loss)
+        scores["champion"] = score_champion(champ, scorer)
     wins = decide(scores["challenger"], scores.get("champion"), min_improvement)
     figures = tag(client, name, metric, scores, version, champ and champ.version, wins)
     if wins:

@@ -55,6 +55,7 @@ class Paths:
     tensors: Path           # the tensors stage's folder
     train_metrics: Path     # train's summary: model version, MLflow run
     eval_metrics: Path      # evaluate's verdicts
+    codebook: Path          # the codebook stage's folder
 
     @classmethod
     def of(cls, project: str | Path) -> "Paths":
@@ -63,10 +64,11 @@ class Paths:
             stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
             return cls(root / _declared(stages["tensors"]["outs"])[0],
                        root / _declared(stages["train"]["metrics"])[0],
-                       root / _declared(stages["evaluate"]["metrics"])[0])
+                       root / _declared(stages["evaluate"]["metrics"])[0],
+                       root / _declared(stages["codebook"]["outs"])[0])
         except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError) as err:
-            raise UserError(f"'{root / 'dvc.yaml'}' does not declare the tensors folder and the "
-                            f"train and evaluate metrics ({type(err).__name__}); restore it from "
+            raise UserError(f"'{root / 'dvc.yaml'}' does not declare the tensors and codebook "
+                            f"folders and the train and evaluate metrics ({type(err).__name__}); restore it from "
                             "git.") from err
 
 

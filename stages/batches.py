@@ -187,5 +187,28 @@ def model_loss(model, model_norm: Normaliser, tensors: Tensors, current: Normali
 
     def predict(xs: np.ndarray) -> np.ndarray:
         pred = np.asarray(model.predict_on_batch(model_norm.forward(xs)))
-        return current.forward(model_norm.inverse(pred))
+        if loss != "laplace":
+            return current.forward(model_norm.inverse(pred))
+        mu, log_b = np.split(pred, 2, axis=-1)       # the scale follows the units' change too
+        return np.concatenate([current.forward(model_norm.inverse(mu)),
+                               log_b + np.log(model_norm.std / current.std)], axis=-1)
     return streamed_losses(tensors, {"model": predict}, current, loss, "val_", chunk)["model"]
+
+
+def code_model_loss(model, codes, chunk: int = 16) -> float:
+    """A codebook model's validation cross-entropy (nats per code) on the split's codes, as
+    Keras's sparse categorical cross-entropy averages it."""
+    if codes.n_sequences("val_") == 0:
+        raise UserError(f"'{codes.path('val_x')}' holds no validation sequences; a model can "
+                        "only be scored with at least two songs.")
+    x, y = arrays.read(codes.path("val_x")), arrays.read(codes.path("val_y"))
+    total, count = 0.0, 0
+    for start in range(0, x.shape[0], chunk):
+        logits = np.asarray(model.predict_on_batch(np.asarray(x[start:start + chunk], np.int32)),
+                            np.float64)
+        ys = np.asarray(y[start:start + chunk], np.int64)
+        top = logits.max(axis=-1, keepdims=True)
+        log_z = np.log(np.exp(logits - top).sum(axis=-1)) + top[..., 0]
+        total += float((log_z - np.take_along_axis(logits, ys[..., None], -1)[..., 0]).sum())
+        count += ys.size
+    return total / count

@@ -97,10 +97,11 @@ def registered(client, tracking_uri: str, name: str, version: str) -> Registered
     return Registered(str(version), model, audio, run_normaliser(client, mv.run_id))
 
 
-def cannot_read(contender: Registered, tensors) -> str | None:
-    """Why a registered model cannot be scored on the tensors ('key: model vs data; ...'), or
+def cannot_read(contender: Registered, audio: AudioConfig, n_data: int) -> str | None:
+    """Why a registered model cannot be scored on data of these audio settings (with the
+    codebook the current codes are of) and `n_data` features ('key: model vs data; ...'), or
     None. A model saved without audio settings is judged by its feature count alone."""
     if contender.audio is not None:
-        return "; ".join(contender.audio.differences(tensors.audio())) or None
-    n_model, n_data = contender.model.input_shape[-1], tensors.shape()[1]
+        return "; ".join(contender.audio.differences(audio)) or None
+    n_model = contender.model.input_shape[-1]
     return f"{n_model} features vs {n_data}" if n_model != n_data else None
