@@ -1,10 +1,12 @@
-"""Generation speed: ours (one block per step, recurrent state carried, the closed loop in one
-TensorFlow graph) against the seed's way (re-predict the whole growing sequence for each new
-block), side by side in one run, at the model shape of params.yaml.
+"""Generation speed: ours (one block or frame per step, recurrent state carried, the closed loop in
+one TensorFlow graph, sampling included) against the seed's way (re-predict the whole growing
+sequence for each new block), side by side in one run, at the model and audio of params.yaml
+(`train.family`, `fft_blocks.*`, `generate.*`).
 
 Real-time factor = seconds of audio produced (all `generate.n_songs` songs of one call, made
-together as a batch) per wall second, blocks -> samples included. Weights are random: speed does
-not depend on them.
+together as a batch) per wall second, with what `generate` does to make samples: the codebook's
+frames and Griffin-Lim phase reconstruction for frames, the inverse FFT for blocks. Weights are
+random: speed does not depend on them.
 
     python bench/generate.py                 # 30 s and 60 s ours, 60 s the seed's way
     python bench/generate.py --seed-seconds 0
@@ -14,6 +16,7 @@ The last line is one JSON object of the headline figures.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -27,12 +30,15 @@ sys.path.insert(0, str(ROOT))
 from stages import config, generate, layouts, model as netlib  # noqa: E402
 
 
-def ours(stepper, seed: np.ndarray, n_blocks: int, layout: str, block: int) -> float:
+def ours(src, seed: np.ndarray, seconds: float, gen) -> tuple[float, float]:
+    """(wall seconds, of which the network) for one call of generate's own path."""
     t = time.perf_counter()
-    made = generate.generate_blocks(stepper, seed, n_blocks, 0.0, np.random.default_rng(0))
-    for song in made:
-        layouts.blocks_to_samples(song, layout, block, 0)
-    return time.perf_counter() - t
+    rng = np.random.default_rng(0)
+    made = generate.generate_blocks(src.stepper, seed, generate.steps_for(seconds, src.audio),
+                                    gen.temperature, rng, gen.top_k, gen.top_p)
+    network = time.perf_counter() - t
+    generate.to_samples(made, src, dataclasses.replace(gen, seconds=seconds), rng)
+    return time.perf_counter() - t, network
 
 
 def seeds_way(model, seed: np.ndarray, n_blocks: int, layout: str, block: int) -> float:
@@ -45,6 +51,26 @@ def seeds_way(model, seed: np.ndarray, n_blocks: int, layout: str, block: int) -
     for song in seq[:, seed.shape[1]:]:
         layouts.blocks_to_samples(song, layout, block, 0)
     return time.perf_counter() - t
+
+
+def random_source(cfg, audio, gen, n_feat: int):
+    """generate's Source for a model of random weights (and a random codebook for codes)."""
+    from stages.batches import Normaliser
+    from stages.codebook import Codebook
+    model = netlib.build_model(cfg, None, n_feat)
+    rng = np.random.default_rng(0)
+    book = None
+    if cfg.family == "codebook":
+        frames = layouts.n_features(audio.block_size, audio.layout)
+        centroids = rng.normal(-4, 2, size=(n_feat, frames)).astype(np.float32)
+        book = Codebook(centroids, centroids[:, None] + rng.normal(0, 0.5, (n_feat, 4, frames)
+                                                                   ).astype(np.float32))
+        seed = rng.integers(n_feat, size=(gen.n_songs, gen.seed_blocks)).astype(np.int32)
+    else:
+        seed = rng.normal(size=(gen.n_songs, gen.seed_blocks, n_feat)).astype(np.float32) * 0.1
+    norm = Normaliser(np.full(n_feat, -4.0 if audio.layout == "frames" else 0.0), np.ones(n_feat))
+    return generate.Source(generate.Stepper(model), None, generate.Reading(norm, book), audio), \
+        seed, model
 
 
 def main() -> None:
@@ -60,34 +86,39 @@ def main() -> None:
     params = config.load_params(args.params)
     cfg = netlib.ModelConfig.from_params(params)
     audio = config.AudioConfig.from_params(params)
-    block, layout, rate = audio.block_size, audio.layout, audio.sample_rate
+    block, layout = audio.block_size, audio.layout
     gen = generate.GenerateConfig.from_params(params)
     n_songs, k = gen.n_songs, gen.seed_blocks
-    n_feat = layouts.n_features(block, layout)
+    n_feat = (config.param(params, "codebook.codes", int) if cfg.family == "codebook"
+              else layouts.n_features(block, layout))
     keras.utils.set_random_seed(0)
-    model = netlib.build_model(cfg, None, n_feat)
-    stepper = generate.Stepper(model)
-    seed = np.random.default_rng(0).normal(size=(n_songs, k, n_feat)).astype(np.float32) * 0.1
-    blocks_for = lambda s: int(np.ceil(s * rate / block))  # noqa: E731
+    src, seed, model = random_source(cfg, audio, gen, n_feat)
 
-    cold = ours(stepper, seed, blocks_for(args.seconds[0]), layout, block)   # traces the graphs
-    print(f"model {cfg.cell} {cfg.hidden} x {cfg.layers}, {n_feat} features, {n_songs} songs per "
-          f"call, {k} seed blocks; first call (tracing included) {cold:.2f} s")
+    cold, _ = ours(src, seed, args.seconds[0], gen)                     # traces the graphs
+    print(f"{cfg.family} model, {cfg.cell} {cfg.hidden} x {cfg.layers}, {n_feat} "
+          f"{'codes' if cfg.family == 'codebook' else 'features'}, {layout} layout "
+          f"({block} / hop {audio.hop} at {audio.sample_rate} Hz), {n_songs} songs per call, "
+          f"{k} seed steps, {gen.griffin_lim_iters} Griffin-Lim iterations; first call (tracing "
+          f"included) {cold:.2f} s")
     rows = {}
     for s in args.seconds:
-        wall = min(ours(stepper, seed, blocks_for(s), layout, block) for _ in range(3))
-        rows[s] = dict(seconds=s, wall_s=round(wall, 3), rtf=round(n_songs * s / wall, 1))
-        print(f"ours        {s:4.0f} s x {n_songs}: {wall:6.2f} s  ->  {n_songs * s / wall:6.1f}x "
-              "real time")
+        wall, network = min(ours(src, seed, s, gen) for _ in range(3))
+        rows[s] = dict(seconds=s, wall_s=round(wall, 3), network_s=round(network, 3),
+                       rtf=round(n_songs * s / wall, 1))
+        print(f"ours        {s:4.0f} s x {n_songs}: {wall:6.2f} s ({network:.2f} s the network)"
+              f"  ->  {n_songs * s / wall:6.1f}x real time")
     figures = dict(rtf_30=rows.get(30, {}).get("rtf"), rtf_60=rows.get(60, {}).get("rtf"),
-                   cold_first_call_s=round(cold, 2))
+                   cold_first_call_s=round(cold, 2), family=cfg.family, layout=layout)
     if 30 in rows and 60 in rows:
         figures["cost_60_over_30"] = round(rows[60]["wall_s"] / rows[30]["wall_s"], 2)
         print(f"60 s costs {figures['cost_60_over_30']}x 30 s (linear would be 2.0)")
+    if args.seed_seconds > 0 and (cfg.family != "regression" or layout == "frames"):
+        args.seed_seconds = 0                 # the seed's way is its own model of its own blocks
     if args.seed_seconds > 0:
         model.predict_on_batch(seed)                                      # warm up
         model.predict_on_batch(np.concatenate([seed, seed], axis=1))
-        wall = seeds_way(model, seed, blocks_for(args.seed_seconds), layout, block)
+        wall = seeds_way(model, seed, int(np.ceil(args.seed_seconds * audio.sample_rate / block)),
+                         layout, block)
         figures["seed_way_s"] = round(wall, 2)
         figures["seed_way_rtf"] = round(n_songs * args.seed_seconds / wall, 2)
         print(f"seed's way  {args.seed_seconds:4.0f} s x {n_songs}: {wall:6.2f} s  ->  "

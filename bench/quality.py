@@ -1,11 +1,14 @@
-"""What the whole pipeline makes of a folder of real music: ours against a config faithful to the
-seed (fft: full, no normalisation, 1 seed block), each run end to end with `dvc repro` in a fresh
-copy of the project, with the same epochs budget, then judged by the evaluate stage.
+"""What the whole pipeline makes of folders of real music, config by config: params.yaml as it
+stands (the default), the seed's own config, the block-FFT default before frames (rfft), and the
+other model families on frames (Laplace, and the deterministic L1 control). Each runs end to end
+with `dvc repro` in a fresh copy of the project with a training time budget (`train.max_minutes`),
+then the evaluate stage judges its songs beside the real and noise calibration.
 
-    python bench/quality.py --corpus /path/to/music --epochs 100 --seed-epochs 50
+    python bench/quality.py --corpus /music/album-a --corpus /music/album-b --minutes 20
 
-Prints each run's training time, val_loss against the baselines, and the evaluate figures beside
-the real/noise calibration. The last line is one JSON object of the headline figures.
+Prints, per corpus, one table row per config (training time and epochs, val_loss against the best
+trivial predictor, generation real-time factor, every evaluate figure, the verdicts) and the
+calibration; the last line is one JSON object of everything.
 """
 from __future__ import annotations
 
@@ -23,62 +26,117 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from preprocess import ENV, corpus_project  # noqa: E402  the project copy of the other benchmark
 
+BLOCKS = {"decode.sample_rate": 44100, "fft_blocks.fft": "rfft", "fft_blocks.block_size": 11025,
+          "tensors.max_seq_len": 40, "train.family": "regression", "train.loss": "mse",
+          "train.optimizer": "rmsprop", "train.learning_rate": 0.002, "train.batch_size": 16,
+          "train.normalise": True, "generate.temperature": 0.0, "generate.seed_blocks": 8}
+FRAMES = {"decode.sample_rate": 22050, "fft_blocks.fft": "frames", "fft_blocks.block_size": 1024,
+          "fft_blocks.hop": 256, "tensors.max_seq_len": 128, "train.optimizer": "adam",
+          "train.learning_rate": 0.001, "train.batch_size": 32, "train.normalise": True,
+          "generate.seed_blocks": 64}
 CONFIGS = {
-    "ours": {},
-    "seed": {"fft_blocks.fft": "full", "train.normalise": False, "generate.seed_blocks": 1},
+    "default": {},                                                   # params.yaml as it stands
+    "seed": {**BLOCKS, "fft_blocks.fft": "full", "train.normalise": False,
+             "generate.seed_blocks": 1},
+    "rfft": BLOCKS,
+    "laplace": {**FRAMES, "train.family": "laplace", "generate.temperature": 0.5},
+    "l1": {**FRAMES, "train.family": "regression", "train.loss": "mae",
+           "generate.temperature": 0.0},
 }
-KEYS = ("verdict", "level_vs_train_db", "dynamics_db", "tonal_fraction", "clicks", "fd_frames",
-        "fd_texture", "copy_score", "flatness")
+FIGURES = ("level_vs_train_db", "dynamics_db", "tonal_fraction", "clicks", "fd_frames",
+           "fd_texture", "copy_score", "loop_score", "nearest_song_fd")
+SHORT = dict(level_vs_train_db="level dB", dynamics_db="dyn dB", tonal_fraction="tonal",
+             clicks="clicks", fd_frames="FD frames", fd_texture="FD texture", copy_score="copy",
+             loop_score="loop", nearest_song_fd="nearest song")
 
 
-def run_config(name: str, corpus: Path, epochs: int, tmp: Path) -> dict:
+def run_config(name: str, corpus: Path, minutes: float, tmp: Path) -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    project = corpus_project(tmp / name, corpus, params["fft_blocks"]["block_size"],
-                             {**CONFIGS[name], "train.epochs": epochs})
+    updates = {**CONFIGS[name], "train.max_minutes": minutes, "train.epochs": 100_000}
+    block = updates.get("fft_blocks.block_size", params["fft_blocks"]["block_size"])
+    project = corpus_project(tmp / f"{corpus.name}-{name}", corpus, block, updates)
     env = dict(ENV)
     env.pop("MLFLOW_TRACKING_URI", None)
     t = time.perf_counter()
     proc = subprocess.run(["dvc", "repro"], cwd=project, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t
     if proc.returncode != 0:
-        raise SystemExit(f"{name}: dvc repro failed:\n{proc.stderr[-3000:]}")
-    train = json.loads((project / "metrics/train.json").read_text())
-    ev = json.loads((project / "metrics/eval.json").read_text())
-    songs = [{k: s.get(k) for k in KEYS} for s in ev["songs"]]
-    return dict(config=name, pipeline_s=round(wall, 1), epochs_run=train["epochs_run"],
+        return dict(config=name, error=proc.stderr.strip().splitlines()[-1][:300])
+    read = lambda f: json.loads((project / "metrics" / f).read_text())  # noqa: E731
+    train, made, ev = read("train.json"), read("generate.json"), read("eval.json")
+    used = yaml.safe_load((project / "params.yaml").read_text())
+    return dict(config=name, family=used["train"]["family"], layout=used["fft_blocks"]["fft"],
+                pipeline_s=round(wall, 1),
+                train_minutes=round(train["seconds_per_epoch"] * train["epochs_run"] / 60, 1),
+                budget_minutes=minutes, epochs_run=train["epochs_run"], stopped=train["stopped"],
                 val_loss=train["val_loss"], ratio_to_best_baseline=train["ratio_to_best_baseline"],
-                calibration=ev["calibration"], songs=songs,
-                mean={k: ev.get(f"mean_{k}") for k in ("fd_frames", "fd_texture", "dynamics_db",
-                                                       "clicks", "tonal_fraction", "rms_dbfs")})
+                generate_rtf=made["realtime_factor"], calibration=ev["calibration"],
+                songs=[{k: s.get(k) for k in ("verdict", "reason", *FIGURES)}
+                       for s in ev["songs"]],
+                verdicts=ev["verdicts"])
+
+
+def fmt(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def table(results: list[dict]) -> str:
+    """One markdown row per config: the mean of each figure over its songs, and the verdicts."""
+    head = ["config", "family/layout", "train min (epochs)", "val/best baseline", "gen RTF",
+            *(SHORT[k] for k in FIGURES), "verdicts"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        if "error" in r:
+            rows.append(f"| {r['config']} | failed: {r['error']} |")
+            continue
+        means = []
+        for k in FIGURES:
+            values = [s[k] for s in r["songs"] if isinstance(s.get(k), (int, float))]
+            means.append(fmt(sum(values) / len(values) if values else None))
+        verdicts = ", ".join(f"{n} {v}" for v, n in sorted(r["verdicts"].items()))
+        rows.append("| " + " | ".join([
+            r["config"], f"{r['family']}/{r['layout']}",
+            f"{r['train_minutes']} of {r['budget_minutes']:g} ({r['epochs_run']})",
+            fmt(r["ratio_to_best_baseline"]), fmt(r["generate_rtf"]), *means, verdicts]) + " |")
+    return "\n".join(rows)
+
+
+def calibration_line(results: list[dict]) -> str:
+    c = next((r["calibration"] for r in results if "calibration" in r), None)
+    if c is None:
+        return "calibration: none (every config failed)"
+    return (f"real songs: frame FD {c['fd_frames_real']:.1f} (noise {c['fd_frames_noise']:.1f}), "
+            f"texture FD {c['fd_texture_real']:.1f} (noise {c['fd_texture_noise']:.1f}), dynamics "
+            f"{c['dynamics_real']:.1f} dB, tonal {c['tonal_real']:.3f}, clicks "
+            f"{c['clicks_real']:.2f}, loop score >= {c.get('loop_real_min', float('nan')):.2f}, "
+            f"closest two real songs FD {c.get('songs_apart_real', float('nan')):.1f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus", type=Path, required=True, help="a folder of real music")
-    parser.add_argument("--epochs", type=int, default=100, help="epochs for our config")
-    parser.add_argument("--seed-epochs", type=int, default=50,
-                        help="epochs for the seed's config (its features are twice as many)")
-    parser.add_argument("--only", choices=sorted(CONFIGS), help="run one config")
+    parser.add_argument("--corpus", type=Path, action="append", required=True,
+                        help="a folder of real music (give it twice for two corpora)")
+    parser.add_argument("--minutes", type=float, default=20,
+                        help="training budget of the default config (train.max_minutes)")
+    parser.add_argument("--other-minutes", type=float, default=None,
+                        help="training budget of the other configs (default: --minutes)")
+    parser.add_argument("--only", choices=sorted(CONFIGS), action="append",
+                        help="run these configs only")
     args = parser.parse_args()
-    results = []
+    everything = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in ([args.only] if args.only else ["ours", "seed"]):
-            r = run_config(name, args.corpus, args.epochs if name == "ours" else args.seed_epochs,
-                           Path(tmp))
-            results.append(r)
-            c = r["calibration"]
-            print(f"{name}: {r['pipeline_s']:.0f} s, {r['epochs_run']} epochs, val_loss "
-                  f"{r['val_loss']:.4g} ({r['ratio_to_best_baseline']:.3f} x best baseline); "
-                  f"frame FD {r['mean']['fd_frames']} (real {c['fd_frames_real']}, noise "
-                  f"{c['fd_frames_noise']}), texture FD {r['mean']['fd_texture']} (real "
-                  f"{c['fd_texture_real']}, noise {c['fd_texture_noise']}), dynamics "
-                  f"{r['mean']['dynamics_db']} dB (real {c['dynamics_real']}), clicks "
-                  f"{r['mean']['clicks']} (real {c['clicks_real']}), tonal "
-                  f"{r['mean']['tonal_fraction']} (real {c['tonal_real']})", flush=True)
-            for s in r["songs"]:
-                print("   ", s, flush=True)
-    print(json.dumps(results))
+        for corpus in args.corpus:
+            results = []
+            for name in args.only or list(CONFIGS):
+                minutes = args.minutes if name == "default" else (args.other_minutes or args.minutes)
+                results.append(run_config(name, corpus.resolve(), minutes, Path(tmp)))
+                print(f"{corpus.name} {name}: {json.dumps(results[-1])}", flush=True)
+            everything[str(corpus)] = results
+            print(f"\n{corpus}\n{table(results)}\n{calibration_line(results)}\n", flush=True)
+    print(json.dumps(everything))
 
 
 if __name__ == "__main__":

@@ -126,7 +126,7 @@ def make_project(repo: Path, updates: dict | None = None, vcs: bool = True,
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns(
-                "__pycache__", "raw", "interim", "processed", "generated"))
+                "__pycache__", "raw", "interim", "processed", "codebook", "generated"))
         else:
             shutil.copy(src, repo / name)
     (repo / "data" / "interim").mkdir(parents=True, exist_ok=True)
