@@ -378,9 +378,10 @@ def steps_for(seconds: float, audio_cfg: AudioConfig) -> int:
 def main(args) -> None:
     params = config.load_params(args.params)
     cfg = GenerateConfig.from_params(params)
+    wanted = AudioConfig.from_params(params)
     tensors = Tensors.from_params(args.data, params)
     tensors.check()
-    audio_cfg = data_settings(tensors, AudioConfig.from_params(params))
+    audio_cfg = data_settings(tensors, wanted)
     model_source = args.model or cfg.model
     src = model_for(model_source, audio_cfg, tensors, Path(args.codebook), params)
     rng = np.random.default_rng(cfg.random_seed)

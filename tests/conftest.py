@@ -21,7 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 # Small but real settings: a few blocks per second, short sequences.
-SMALL_PARAMS = {"fft_blocks.block_size": 2048, "tensors.max_seq_len": 8, "preprocess.workers": 2}
+SMALL_PARAMS = {"decode.sample_rate": 44100, "fft_blocks.block_size": 2048, "fft_blocks.hop": 512,
+                "tensors.max_seq_len": 8,
+                "preprocess.workers": 2, "codebook.codes": 16, "codebook.iterations": 5,
+                "generate.seed_blocks": 4, "generate.griffin_lim_iters": 4}
 # A tiny network that still learns something in a few seconds.
 TINY_TRAIN = {"train.hidden": 16, "train.batch_size": 4, "train.epochs": 4, "train.patience": 0}
 

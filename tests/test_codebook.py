@@ -85,6 +85,7 @@ def test_stage_without_the_codebook_family_writes_no_codebook(proj):
     t = write_tensors(proj / "data" / "processed")
     (proj / "cb").mkdir()
     np.save(proj / "cb" / "centroids.npy", np.zeros((2, 6)))      # an old one is not left behind
+    set_params(proj / "params.yaml", {"train.family": "regression"})
     run_stage("codebook", ["--data", str(t.folder), "--out", "cb"], proj)
     assert sorted(p.name for p in (proj / "cb").iterdir()) == ["codebook.json"]
     assert files.read_json(proj / "cb" / "codebook.json") == dict(family="regression", codes=0,

@@ -196,7 +196,8 @@ def data_and_model(tmp_path, model_audio: AudioConfig | None):
     (project / "data").mkdir(parents=True)
     params = project / "params.yaml"
     params.write_text((ROOT / "params.yaml").read_text())
-    set_params(params, {"fft_blocks.block_size": 1024, "fft_blocks.fft": "full",
+    set_params(params, {"decode.sample_rate": 44100, "train.family": "regression",
+                        "fft_blocks.block_size": 1024, "fft_blocks.fft": "full",
                         "generate.seconds": 0.1, "generate.n_songs": 1, "generate.seed_blocks": 1})
     n_feat = 2048
     rng = np.random.default_rng(0)
