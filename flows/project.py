@@ -15,7 +15,8 @@ import yaml
 from stages import config
 from stages.config import UserError
 
-STAGES = ("decode", "wav_to_npy", "fft_blocks", "tensors", "train", "generate", "evaluate")
+STAGES = ("decode", "wav_to_npy", "fft_blocks", "tensors", "codebook", "train", "generate",
+          "evaluate")
 LOCK_MESSAGE = "Unable to acquire lock"
 BUSY = ("another run is in progress in {project} (the DVC lock is held); "
         "wait for it to finish, or delete .dvc/tmp/lock if no DVC process is running.")

@@ -78,3 +78,8 @@ def test_only_the_audio_module_opens_audio_files():
     users = [str(p.relative_to(ROOT)) for folder in ("stages", "flows", "tests", "bench")
              for p in sorted((ROOT / folder).glob("*.py")) if pattern.search(p.read_text())]
     assert users == ["stages/audio.py"]
+
+
+def test_the_flows_run_every_stage_of_dvc_yaml_in_its_order():
+    from flows.project import STAGES
+    assert list(STAGES) == list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
