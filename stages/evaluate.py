@@ -108,15 +108,17 @@ class Reference:
         return dict(fd_frames=quality.frechet(mel, frames),
                     fd_texture=quality.frechet(quality.texture(mel), tex))
 
-    def calibrate(self, val, train) -> dict:
-        """What a real song and white noise score, computed exactly as the generated ones."""
-        if len(val) >= 2:        # each validation song against the others
-            real = [self.distances(m, self.val_mel[:i] + self.val_mel[i + 1:])
-                    for i, m in enumerate(self.val_mel)]
-            real_songs = val
-        else:                    # a training song against the validation songs
-            real = [self.distances(m) for m in self.train_mel[:3]]
-            real_songs = train[:3]
+    def calibrate(self, val, train, max_train: int = 8) -> dict:
+        """What a real song and white noise score, computed exactly as the generated ones. The
+        real songs: each validation song against the others, and up to `max_train` training
+        songs against the validation songs (a corpus's songs differ in style, and a generated
+        song may take after any of them)."""
+        real = [self.distances(m, self.val_mel[:i] + self.val_mel[i + 1:])
+                for i, m in enumerate(self.val_mel)] if len(val) >= 2 else []
+        real += [self.distances(m) for m in self.train_mel[:max_train]]
+        real_songs = (val if len(val) >= 2 else []) + train[:max_train]
+        if not real:             # one validation song and no training song: itself
+            real, real_songs = [self.distances(self.val_mel[0])], val
         seconds = max(len(x) for x in val) / self.rate
         noise = np.random.default_rng(0).normal(0, 10 ** (self.val_level / 20),
                                                 int(seconds * self.rate))

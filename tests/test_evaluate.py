@@ -146,7 +146,7 @@ def test_repro_evaluate_writes_eval_json_and_adds_to_the_training_run(trained):
     assert [s["file"] for s in ev["songs"]] == ["song_01.wav", "song_02.wav"]
     for s in ev["songs"]:
         assert s["verdict"] in ("ok", "silent", "quiet", "noise", "static", "smear", "clicks",
-                                "copy") and s["reason"]
+                                "copy", "loop", "same") and s["reason"]
         assert s["verdict"] in proc.stderr
     train = json.loads((trained / "metrics/train.json").read_text())
     assert ev["val_loss"] == train["val_loss"] and ev["baselines"] == train["baselines"]

@@ -70,8 +70,8 @@ def test_pipeline_flow_runs_every_stage_then_everything_is_up_to_date(tmp_path):
     train = json.loads((project / "metrics" / "train.json").read_text())
     assert summary["mlflow_run_id"] == train["mlflow_run_id"] and summary["model_version"] == "1"
     assert sorted(summary["verdicts"]) == ["song_01.wav", "song_02.wav"]
-    assert all(v in ("ok", "silent", "quiet", "noise", "static", "smear", "clicks", "copy")
-               for v in summary["verdicts"].values())
+    assert all(v in ("ok", "silent", "quiet", "noise", "static", "smear", "clicks", "copy",
+                         "loop", "same") for v in summary["verdicts"].values())
     assert (project / "data" / "generated" / "song_01.wav").is_file()
     status = run(["dvc", "status", "--json"], project)
     assert json.loads(status.stdout) == {}, "the flow left DVC's lock file behind the outputs"

@@ -321,3 +321,23 @@ def test_mp3_output_and_a_registry_model_uri(trained, tmp_path):
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert "MLflow model 'models:/no-such-model/7' could not be loaded" in bad.stderr
     assert not os.path.exists(tmp_path / "gen2")
+
+
+@pytest.mark.slow
+def test_the_seeds_method_is_one_param_away_and_runs_end_to_end(project):
+    from tests.conftest import TINY_TRAIN, three_songs
+    set_params(project / "params.yaml", {
+        **TINY_TRAIN, "fft_blocks.fft": "rfft", "train.family": "regression",
+        "generate.temperature": 0.0, "generate.seconds": 1, "generate.n_songs": 2,
+        "evaluate.reference_seconds": 2})
+    three_songs(project)
+    run(["dvc", "repro"], project)
+    assert files.read_json(project / "data/codebook/codebook.json")["codes"] == 0
+    train = json.loads((project / "metrics/train.json").read_text())
+    assert set(train["baselines"]) == {"zero_block", "repeat_last", "train_mean"}
+    made = json.loads((project / "metrics/generate.json").read_text())
+    assert made["family"] == "regression" and made["audio"]["layout"] == "rfft"
+    assert [audio.info(project / "data/generated" / s["file"]).frames for s in made["songs"]] \
+        == [44100, 44100]
+    judged = json.loads((project / "metrics/eval.json").read_text())
+    assert len(judged["songs"]) == 2 and all(s["verdict"] for s in judged["songs"])
