@@ -30,8 +30,8 @@ BLOCKS = {"decode.sample_rate": 44100, "fft_blocks.fft": "rfft", "fft_blocks.blo
           "tensors.max_seq_len": 40, "train.family": "regression", "train.loss": "mse",
           "train.optimizer": "rmsprop", "train.learning_rate": 0.002, "train.batch_size": 16,
           "train.normalise": True, "generate.temperature": 0.0, "generate.seed_blocks": 8}
-FRAMES = {"decode.sample_rate": 22050, "fft_blocks.fft": "frames", "fft_blocks.block_size": 1024,
-          "fft_blocks.hop": 256, "tensors.max_seq_len": 128, "train.optimizer": "adam",
+FRAMES = {"decode.sample_rate": 22050, "fft_blocks.fft": "frames", "fft_blocks.block_size": 2048,
+          "fft_blocks.hop": 512, "tensors.max_seq_len": 128, "train.optimizer": "adam",
           "train.learning_rate": 0.001, "train.batch_size": 32, "train.normalise": True,
           "generate.seed_blocks": 64}
 CONFIGS = {
