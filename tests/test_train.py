@@ -295,7 +295,7 @@ def test_repro_train_learns_and_leaves_model_metrics_and_curves(trained):
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])            # the loss goes down
     assert m["epochs_run"] == 4 and m["stopped"] == "completed"
     assert m["val_loss"] == pytest.approx(min(float(r["val_loss"]) for r in rows))
-    assert set(m["baselines"]) == {"zero_block", "repeat_last", "train_mean"}
+    assert set(m["baselines"]) == {"repeat_last", "train_mean"}        # codes: no zero block
     best = min(m["baselines"].values())
     assert m["ratio_to_best_baseline"] == pytest.approx(m["val_loss"] / best)
     assert (trained / "models/model.keras").stat().st_size > 0
@@ -349,13 +349,16 @@ def test_registered_model_predicts_like_the_model_file_and_both_carry_the_audio(
     m = metrics(trained)
     registered, reg_audio = registry.load_model(f"models:/rawtune/{m['model_version']}",
                                                 f"sqlite:///{trained / 'mlflow.db'}")
+    from stages.codebook import Codes
     local, local_audio = netlib.load(str(trained / "models/model.keras"))
-    x = np.load(trained / "data/processed/music_val_x.npy")[:2]
+    codes = Codes(trained / "data/codebook")
+    x = np.load(codes.path("val_x"))[:2].astype(np.int32)          # the default family reads codes
     np.testing.assert_allclose(registered.predict(x, verbose=0), local.predict(x, verbose=0),
                                rtol=1e-5, atol=1e-6)
     data_audio = Tensors(trained / "data/processed", "music").audio()
-    assert reg_audio == local_audio == data_audio == AudioConfig(44100, 32768, 2048, "rfft")
-    assert m["audio"] == data_audio.as_dict()
+    assert data_audio == AudioConfig(44100, 32768, 2048, "frames", 512)
+    assert reg_audio == local_audio == data_audio.with_codebook(codes.digest)
+    assert len(codes.digest) == 16 and m["audio"] == reg_audio.as_dict()
 
 
 @pytest.mark.slow
@@ -388,7 +391,7 @@ def test_resume_after_sigkill_continues_at_the_next_epoch_in_the_same_run(tmp_pa
                                                    "train.batch_size": 2,
                                                    "train.checkpoint_every_s": 0.5})
     three_songs(project)
-    run(["dvc", "repro", "tensors"], project)
+    run(["dvc", "repro", "codebook"], project)
     state_file = project / "models/checkpoints/state.json"
     proc = subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=project, env=env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
