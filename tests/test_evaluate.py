@@ -190,3 +190,19 @@ def test_songs_that_do_not_differ_from_each_other_are_the_same(reference, thresh
     assert results["song_03.wav"]["verdict"] == "ok", results["song_03.wav"]["reason"]
     assert results["song_03.wav"]["nearest_song_fd"] > thresholds.same_vs_real * \
         ref.figures["songs_apart_real"]
+
+
+def test_a_song_as_near_as_the_real_songs_is_never_noise(reference, thresholds):
+    # a corpus of unlike songs (jingles beside long tracks) can put the real songs' distance as
+    # far from the validation songs as noise's: a song nearer than both is still music
+    ref, _ = reference
+    saved = dict(ref.figures)
+    try:
+        ref.figures.update(fd_frames_real=saved["fd_frames_noise"] + 1.0,
+                           fd_texture_real=saved["fd_texture_noise"] + 1.0)
+        fig, (name, reason) = judged(reference, thresholds, song(9))
+        assert fig["fd_frames_closer_to"] == fig["fd_texture_closer_to"] == "real"
+        assert name == "ok", reason
+    finally:
+        ref.figures.clear()
+        ref.figures.update(saved)
