@@ -73,53 +73,38 @@ def griffin_lim(log_mag: np.ndarray, n_fft: int, hop: int, iters: int, momentum:
                 seed: int = 0) -> np.ndarray:
     """(..., n_frames, bins) log-magnitude frames -> samples (..., (n_frames - 1) * hop) whose
     STFT magnitude is close to them: fast Griffin-Lim (momentum 0.99) from random phases, every
-    song of the batch at once, as one TensorFlow graph (tf.signal: 2-3x numpy's speed here)."""
+    song of the batch at once, on tf.signal (2-3x numpy's speed here). Run eagerly: each op is a
+    whole batch of FFTs, so tracing a graph (about 3 s per process) would cost more than it saves."""
     import tensorflow as tf
     log_mag = np.asarray(log_mag, np.float32)
     shape = log_mag.shape
     mag = np.maximum(np.exp(log_mag.reshape((-1,) + shape[-2:])) - LOG_FLOOR, 0)
     phase = np.random.default_rng(seed).random(mag.shape, dtype=np.float32) * np.float32(2 * np.pi)
-    out = _griffin_lim_graph(n_fft, hop)(tf.constant(mag), tf.constant(phase), tf.constant(iters),
-                                         tf.constant(momentum / (1 + momentum), tf.float32))
-    return out.numpy().reshape(shape[:-2] + (-1,))
-
-
-_GRAPHS: dict = {}
-
-
-def _griffin_lim_graph(n_fft: int, hop: int):
-    """The Griffin-Lim loop for one frame size, traced once per process."""
-    if (n_fft, hop) in _GRAPHS:
-        return _GRAPHS[n_fft, hop]
-    import tensorflow as tf
+    n, n_samples = mag.shape[1], (mag.shape[1] - 1) * hop
     inverse_window = tf.signal.inverse_stft_window_fn(hop)
 
-    def forward(samples, n):
+    def forward(samples):
         padded = tf.pad(samples, [[0, 0], [n_fft // 2, n_fft // 2 + hop]])   # centred frames
         return tf.signal.stft(padded, n_fft, hop, fft_length=n_fft)[:, :n]
 
-    def inverse(spec, n_samples):
+    def inverse(spec):
         samples = tf.signal.inverse_stft(spec, n_fft, hop, fft_length=n_fft,
                                          window_fn=inverse_window)
         return samples[:, n_fft // 2:n_fft // 2 + n_samples]
 
-    @tf.function(reduce_retracing=True)
-    def run(mag, phase, iters, beta):
-        n = tf.shape(mag)[1]
-        n_samples = (n - 1) * hop
-        magc = tf.complex(mag, tf.zeros_like(mag))
-        angles = tf.exp(tf.complex(tf.zeros_like(phase), phase))
-        rebuilt = tf.zeros_like(angles)
-        for _ in tf.range(iters):
-            previous = rebuilt
-            rebuilt = tf.ensure_shape(forward(inverse(magc * angles, n_samples), n), mag.shape)
-            angles = rebuilt - tf.complex(beta, 0.0) * previous
-            angles = angles / tf.complex(tf.abs(angles) + 1e-16, 0.0)
-        return inverse(magc * angles, n_samples)
+    magc = tf.complex(tf.constant(mag), tf.zeros_like(mag))
+    angles = tf.exp(tf.complex(tf.zeros_like(phase), tf.constant(phase)))
+    rebuilt = tf.zeros_like(angles)
+    beta = tf.complex(np.float32(momentum / (1 + momentum)), np.float32(0))
+    for _ in range(iters):
+        previous = rebuilt
+        rebuilt = forward(inverse(magc * angles))
+        angles = rebuilt - beta * previous
+        angles = angles / tf.complex(tf.abs(angles) + 1e-16, tf.zeros_like(mag))
+    return inverse(magc * angles).numpy().reshape(shape[:-2] + (-1,))
 
-    _GRAPHS[n_fft, hop] = run
-    return run
 
+# --- blocks: the seed's layouts -----------------------------------------------------------------
 
 def to_blocks(samples: np.ndarray, block_size: int) -> np.ndarray:
     """(n_samples,) -> (n_blocks, block_size), the last block zero-padded."""
