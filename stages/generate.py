@@ -213,10 +213,23 @@ class Reading:
 
 # --- seeds ---------------------------------------------------------------------------------------
 
+def spread_picks(song_of_seq: list[str], n_songs: int, rng: np.random.Generator) -> list[int]:
+    """n_songs sequence numbers, each from another song while there are songs left (then round
+    again): new songs seeded from one song tend to sound alike."""
+    by_song: dict[str, list[int]] = {}
+    for seq, song in enumerate(song_of_seq):
+        by_song.setdefault(song, []).append(seq)
+    songs = [by_song[s] for s in sorted(by_song)]
+    order = rng.permutation(len(songs))
+    return [int(rng.choice(songs[order[i % len(songs)]])) for i in range(n_songs)]
+
+
 def seed_from_tensors(tensors, split: str, k: int, n_songs: int, rng: np.random.Generator,
-                      reading: Reading) -> tuple[np.ndarray, list[int]]:
-    """The first k blocks (or codes) of n_songs sequences drawn at random, as the model reads
-    them; `tensors` is the data the model trained on (a `Tensors`, or a codebook's `Codes`)."""
+                      reading: Reading, song_of_seq: list[str] | None = None
+                      ) -> tuple[np.ndarray, list[int]]:
+    """The first k blocks (or codes) of n_songs sequences drawn at random, from as many different
+    songs as there are (`song_of_seq`: each sequence's song), as the model reads them; `tensors`
+    is the data the model trained on (a `Tensors`, or a codebook's `Codes`)."""
     x = arrays.read(tensors.path(f"{split}x"))
     if x.shape[0] == 0:
         raise UserError(f"'{tensors.path(f'{split}x')}' holds no sequences to seed from; use "
@@ -224,9 +237,23 @@ def seed_from_tensors(tensors, split: str, k: int, n_songs: int, rng: np.random.
     if k > x.shape[1]:
         raise UserError(f"params.yaml 'generate.seed_blocks' is {k} but training sequences have "
                         f"{x.shape[1]} blocks; use at most {x.shape[1]}.")
-    picks = sorted(rng.choice(x.shape[0], size=n_songs, replace=x.shape[0] < n_songs).tolist())
+    if song_of_seq is not None and len(song_of_seq) == x.shape[0]:
+        picks = spread_picks(song_of_seq, n_songs, rng)
+    else:
+        picks = rng.choice(x.shape[0], size=n_songs, replace=x.shape[0] < n_songs).tolist()
     seed = np.asarray(x[picks, :k])
     return (seed.astype(np.int32) if seed.ndim == 2 else reading.norm.forward(seed)), picks
+
+
+def songs_of_sequences(index_path: Path, split: str) -> list[str] | None:
+    """Each sequence's song id in a split ("" train, "val_"), from the tensors' index."""
+    import pyarrow.parquet as pq
+    if not index_path.is_file():
+        return None
+    rows = pq.read_table(index_path, columns=["split", "seq", "song_id"]).to_pylist()
+    wanted = "val" if split else "train"
+    return [r["song_id"] for r in sorted((r for r in rows if r["split"] == wanted),
+                                         key=lambda r: r["seq"])]
 
 
 def seed_from_file(path: str, k: int, n_songs: int, audio_cfg: AudioConfig,
@@ -246,14 +273,16 @@ def seed_from_file(path: str, k: int, n_songs: int, audio_cfg: AudioConfig,
 
 
 def choose_seeds(cfg: GenerateConfig, tensors, audio_cfg: AudioConfig, reading: Reading,
-                 rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
+                 rng: np.random.Generator, index_path: Path) -> tuple[np.ndarray, list[str]]:
     """The seeds as the model reads them (n_songs, seed_blocks[, features]) and where each came
     from."""
     if cfg.seed_source == "file":
         seed = seed_from_file(cfg.seed_file, cfg.seed_blocks, cfg.n_songs, audio_cfg, reading)
         return seed, [cfg.seed_file] * cfg.n_songs
     split = "" if cfg.seed_source == "train" else "val_"
-    seed, picks = seed_from_tensors(tensors, split, cfg.seed_blocks, cfg.n_songs, rng, reading)
+    songs = songs_of_sequences(index_path, split)
+    seed, picks = seed_from_tensors(tensors, split, cfg.seed_blocks, cfg.n_songs, rng, reading,
+                                    songs)
     return seed, [f"{cfg.seed_source} sequence {i}" for i in picks]
 
 
@@ -385,7 +414,7 @@ def main(args) -> None:
     model_source = args.model or cfg.model
     src = model_for(model_source, audio_cfg, tensors, Path(args.codebook), params)
     rng = np.random.default_rng(cfg.random_seed)
-    seed, seeds = choose_seeds(cfg, src.arrays, audio_cfg, src.reading, rng)
+    seed, seeds = choose_seeds(cfg, src.arrays, audio_cfg, src.reading, rng, tensors.index_path)
 
     n_steps = steps_for(cfg.seconds, audio_cfg)
     log.info("generating %d song(s) of %d %s (%.1f s) from %d seed step(s), %s model, "

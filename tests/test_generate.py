@@ -11,6 +11,7 @@ from stages import (audio, codebook, decode, fft_blocks, files, generate, layout
                     wav_to_npy)
 from stages.batches import Normaliser
 from stages.config import AudioConfig, UserError
+from stages.tensor_files import Tensors
 from tests.conftest import ROOT, assert_one_line_error, run, run_stage, set_params, write_song
 
 
@@ -143,6 +144,22 @@ def test_laplace_draws_spread_by_their_scale_around_the_mean():
     mu, b = mu_b[:4], np.exp(mu_b[4:])
     np.testing.assert_allclose(np.median(first, axis=0), mu, atol=0.15 * b.max() + 0.02)
     np.testing.assert_allclose(np.abs(first - mu).mean(axis=0), b, rtol=0.1)   # E|X - mu| = b
+
+
+def test_seeds_come_from_as_many_different_songs_as_there_are(tmp_path):
+    songs = ["a"] * 6 + ["b"] * 2 + ["c"] * 1                        # sequence -> its song
+    for seed in range(5):
+        picks = generate.spread_picks(songs, 4, np.random.default_rng(seed))
+        assert len({songs[p] for p in picks[:3]}) == 3              # three songs, three seeds
+        assert picks == generate.spread_picks(songs, 4, np.random.default_rng(seed))
+    t = Tensors(tmp_path, "music")
+    x = np.arange(9 * 5 * 2, dtype=np.float32).reshape(9, 5, 2)
+    np.save(t.path("x"), x)
+    norm = Normaliser(np.zeros(2), np.ones(2))
+    seed, picks = generate.seed_from_tensors(t, "", 3, 3, np.random.default_rng(0),
+                                             generate.Reading(norm), songs)
+    assert sorted(songs[p] for p in picks) == ["a", "b", "c"]
+    np.testing.assert_array_equal(seed, x[picks, :3])
 
 
 @pytest.mark.parametrize("name, kwargs, layout", [
