@@ -18,6 +18,7 @@ writes only codebook.json saying there is no codebook, at once.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import shutil
@@ -41,6 +42,7 @@ CHUNK_ROWS = 8192          # frames assigned to codes at a time
 @dataclass(frozen=True)
 class CodebookConfig:
     codes: int
+    frames_per_code: int
     max_frames: int
     iterations: int
     members: int
@@ -49,7 +51,9 @@ class CodebookConfig:
     @classmethod
     def from_params(cls, params: dict) -> "CodebookConfig":
         p = config.section(params, "codebook")
-        return cls(codes=p("codes", int, minimum=2), max_frames=p("max_frames", int, minimum=2),
+        return cls(codes=p("codes", int, minimum=2),
+                   frames_per_code=p("frames_per_code", int, minimum=1),
+                   max_frames=p("max_frames", int, minimum=2),
                    iterations=p("iterations", int, minimum=1), members=p("members", int, minimum=1),
                    seed=p("seed", int))
 
@@ -131,9 +135,16 @@ class Codes:
 def fit(frames: np.ndarray, cfg: CodebookConfig) -> tuple[Codebook, dict]:
     """k-means on `frames` (n, n_features) -> the codebook and the fit's figures."""
     from scipy.cluster.vq import kmeans2
-    if len(frames) < cfg.codes:
-        raise UserError(f"params.yaml 'codebook.codes' is {cfg.codes} but the training songs have "
-                        f"only {len(frames)} frames; use fewer codes or add songs.")
+    codes = min(cfg.codes, len(frames) // cfg.frames_per_code)    # a small library: fewer codes
+    if codes < 2:
+        raise UserError(f"The training songs have only {len(frames)} frames, too few for a "
+                        f"codebook of {cfg.frames_per_code} frames per code "
+                        "(codebook.frames_per_code); add songs.")
+    if codes < cfg.codes:
+        log.info("codebook: %d codes, not %d: the training songs have %d frames and each code "
+                 "needs %d (codebook.frames_per_code)", codes, cfg.codes, len(frames),
+                 cfg.frames_per_code)
+    cfg = dataclasses.replace(cfg, codes=codes)
     data = frames.astype(np.float32)
     with warnings.catch_warnings():        # an empty cluster keeps its start: reported below
         warnings.simplefilter("ignore")
@@ -150,7 +161,7 @@ def fit(frames: np.ndarray, cfg: CodebookConfig) -> tuple[Codebook, dict]:
     counts = np.bincount(labels, minlength=cfg.codes)
     p = counts[counts > 0] / len(labels)
     distortion = float(np.mean(np.sum((data - centroids[labels]) ** 2, axis=1)))
-    figures = dict(frames_fitted=len(data), codes_used=int((counts > 0).sum()),
+    figures = dict(codes=cfg.codes, frames_fitted=len(data), codes_used=int((counts > 0).sum()),
                    perplexity=round(float(np.exp(-(p * np.log(p)).sum())), 1),
                    distortion=round(distortion, 4),
                    variance=round(float(np.sum(data.var(axis=0))), 4))
@@ -206,10 +217,10 @@ def main(args) -> None:
         with files.atomic_path(out / f"{name}.npy") as tmp, open(tmp, "wb") as f:
             np.save(f, values)
     encode_tensors(book, tensors, out)
-    files.write_json(out / "codebook.json", dict(family=kind, digest=book.digest, **asdict(cfg),
-                                                 **figures))
+    files.write_json(out / "codebook.json", dict(family=kind, digest=book.digest,
+                                                 **{**asdict(cfg), **figures}))
     log.info("codebook %s: %d codes (%d in use, perplexity %.0f) from %d training frames; "
-             "distortion %.3g of variance %.3g", book.digest, cfg.codes, figures["codes_used"],
+             "distortion %.3g of variance %.3g", book.digest, figures["codes"], figures["codes_used"],
              figures["perplexity"], figures["frames_fitted"], figures["distortion"],
              figures["variance"])
 

@@ -2,6 +2,8 @@
 the trivial predictors on codes, and one sentence for a codebook the data cannot have."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -12,7 +14,8 @@ from stages.tensor_files import Tensors
 from tests.conftest import assert_one_line_error, run_stage, set_params
 
 CENTRES = np.array([[0.0] * 6, [8.0] * 6, [0.0, 8.0] * 3], np.float32)
-CFG = codebook.CodebookConfig(codes=3, max_frames=10_000, iterations=10, members=4, seed=0)
+CFG = codebook.CodebookConfig(codes=3, frames_per_code=1, max_frames=10_000, iterations=10,
+                              members=4, seed=0)
 
 
 def clustered(n: int, centres: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -38,10 +41,13 @@ def test_fit_finds_the_clusters_and_decodes_to_their_own_frames():
     assert again.digest == book.digest and codebook.fit(frames[:500], CFG)[0].digest != book.digest
 
 
-def test_more_codes_than_frames_is_one_sentence():
-    with pytest.raises(UserError, match=r"'codebook.codes' is 3 but the training songs have only "
-                                        r"2 frames"):
-        codebook.fit(CENTRES[:2], CFG)
+def test_a_small_library_gets_fewer_codes_and_too_small_a_one_sentence():
+    frames, _ = clustered(100, CENTRES, 1)
+    book, figures = codebook.fit(frames, dataclasses.replace(CFG, codes=50, frames_per_code=40))
+    assert len(book.centroids) == figures["codes"] == 2              # 100 frames // 40
+    with pytest.raises(UserError, match=r"only 1 frames, too few for a codebook of 1 frames per "
+                                        r"code \(codebook.frames_per_code\)"):
+        codebook.fit(CENTRES[:1], CFG)
 
 
 def write_tensors(folder, layout: str = "frames") -> Tensors:
@@ -64,7 +70,7 @@ def write_tensors(folder, layout: str = "frames") -> Tensors:
 def test_stage_codes_every_sequence_with_a_codebook_of_training_frames(proj):
     t = write_tensors(proj / "data" / "processed")
     set_params(proj / "params.yaml", {"train.family": "codebook", "codebook.codes": 3,
-                                      "codebook.members": 2})
+                                      "codebook.members": 2, "codebook.frames_per_code": 10})
     run_stage("codebook", ["--data", str(t.folder), "--out", "cb"], proj)
     codes = codebook.Codes(proj / "cb").check()
     book = codes.load()
