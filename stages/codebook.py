@@ -13,7 +13,8 @@ validation song) and writes data/codebook/:
                     int16 (n_seq, max_seq_len): the tensors' sequences as codes (nearest centre)
 
 The centres come from scipy's k-means (Lloyd's iterations from `codes` random training frames) on
-at most `max_frames` frames drawn from the training sequences. For any other family the stage
+at most `max_frames` frames drawn from the training sequences; a small library gets fewer codes,
+one per `frames_per_code` training frames. For any other family the stage
 writes only codebook.json saying there is no codebook, at once.
 """
 from __future__ import annotations
@@ -51,7 +52,7 @@ class CodebookConfig:
     @classmethod
     def from_params(cls, params: dict) -> "CodebookConfig":
         p = config.section(params, "codebook")
-        return cls(codes=p("codes", int, minimum=2),
+        return cls(codes=p("codes", int, minimum=2, below=2 ** 15),     # stored as int16
                    frames_per_code=p("frames_per_code", int, minimum=1),
                    max_frames=p("max_frames", int, minimum=2),
                    iterations=p("iterations", int, minimum=1), members=p("members", int, minimum=1),
