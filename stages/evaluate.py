@@ -144,10 +144,11 @@ class Reference:
         loops = [quality.loop_score(m, self.rate) for m in short]
         return dict(songs_apart_real=apart, loop_real_min=float(np.nanmin(loops + [np.inf])))
 
-    def judge(self, x: np.ndarray) -> dict:
-        """Every figure of one song, including those against the references."""
+    def judge(self, x: np.ndarray, mel: np.ndarray | None = None) -> dict:
+        """Every figure of one song (`mel`: its log-mel frames, if already computed), including
+        those against the references."""
         fig = quality.song_figures(x, self.rate, self.block_size)
-        mel = quality.log_mel(x, self.rate)
+        mel = quality.log_mel(x, self.rate) if mel is None else mel
         d = self.distances(mel)
         ref = self.figures
         fig.update(fd_frames=round(d["fd_frames"], 3), fd_texture=round(d["fd_texture"], 3),
@@ -216,10 +217,11 @@ def read_generated(songs: list[Path], rate: int) -> list[np.ndarray]:
 
 def judge_songs(songs: list[Path], ref: Reference, th: Thresholds) -> list[dict]:
     samples = read_generated(songs, ref.rate)
-    distance, nearest = quality.nearest_songs([quality.log_mel(x, ref.rate) for x in samples])
+    mels = [quality.log_mel(x, ref.rate) for x in samples]
+    distance, nearest = quality.nearest_songs(mels)
     results = []
     for i, (path, x) in enumerate(zip(songs, samples)):
-        fig = ref.judge(x)
+        fig = ref.judge(x, mels[i])
         if nearest[i] >= 0:
             fig["nearest_song_fd"] = round(float(distance[i]), 3)
             fig["nearest_song"] = songs[nearest[i]].name
