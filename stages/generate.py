@@ -130,13 +130,20 @@ class Stepper:
             log_b = tf.clip_by_value(log_b, -netlib.LOG_SCALE_BOUND, netlib.LOG_SCALE_BOUND)
             u = tf.random.stateless_uniform(tf.shape(mu), seed=seed, minval=-0.4999, maxval=0.4999)
             return mu - temperature * tf.exp(log_b) * tf.sign(u) * tf.math.log1p(-2 * tf.abs(u))
+        def keep_top_k(logits):
+            kth = tf.math.top_k(logits, tf.minimum(top_k, tf.shape(logits)[-1])).values[:, -1:]
+            return tf.where(logits < kth, -1e9, logits)
+
+        def keep_top_p(logits):
+            ranked = tf.sort(logits, direction="DESCENDING")
+            before = tf.cumsum(tf.nn.softmax(ranked), axis=-1, exclusive=True)
+            floor = tf.reduce_min(tf.where(before < top_p, ranked, 1e9), axis=-1, keepdims=True)
+            return tf.where(logits < floor, -1e9, logits)
+
+        # each filter only when asked for: top-p's sort would be the dearest op of every step
         logits = out / tf.maximum(temperature, 1e-6)
-        kth = tf.math.top_k(logits, tf.clip_by_value(top_k, 1, tf.shape(logits)[-1])).values[:, -1:]
-        logits = tf.where((top_k > 0) & (logits < kth), -1e9, logits)
-        ranked = tf.sort(logits, direction="DESCENDING")
-        before = tf.cumsum(tf.nn.softmax(ranked), axis=-1, exclusive=True)
-        floor = tf.reduce_min(tf.where(before < top_p, ranked, 1e9), axis=-1, keepdims=True)
-        logits = tf.where(logits < floor, -1e9, logits)
+        logits = tf.cond(top_k > 0, lambda: keep_top_k(logits), lambda: logits)
+        logits = tf.cond(top_p < 1.0, lambda: keep_top_p(logits), lambda: logits)
         drawn = tf.random.stateless_categorical(logits, 1, seed=seed, dtype=tf.int32)[:, 0]
         return tf.where(temperature > 0, drawn, tf.argmax(out, axis=-1, output_type=tf.int32))
 
