@@ -27,7 +27,8 @@ from prefect import flow, get_run_logger, task          # noqa: E402
 from prefect.runtime import task_run as current_task   # noqa: E402
 
 from flows.project import (STAGES, Paths, RunInProgress, check_audio_folder,  # noqa: E402
-                           load_params, repro_stage, retry_settings)
+                           load_params, repro_stage, retry_settings, startup_timeout)
+from flows.services import ApiDidNotStart, with_temporary_api  # noqa: E402
 from stages import files                                # noqa: E402
 from stages.config import UserError                     # noqa: E402
 
@@ -133,8 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         retry_settings(params)
         if "decode" in (args.stages or STAGES):
             check_audio_folder(args.project, params)
-        summary = pipeline(project=args.project, stages=args.stages)
-    except (UserError, RunInProgress) as err:
+        summary = with_temporary_api(lambda: pipeline(project=args.project, stages=args.stages),
+                                     startup_timeout(params))
+    except (UserError, RunInProgress, ApiDidNotStart) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=2))

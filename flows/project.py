@@ -43,6 +43,12 @@ def retry_settings(params: dict) -> tuple[int, float]:
             config.param(params, "flows.retry_delay_s", (int, float), minimum=0))
 
 
+def startup_timeout(params: dict) -> int:
+    """flows.startup_timeout_s: seconds a Prefect API (the temporary one, or `make serve`'s
+    server) may take to start on a busy machine."""
+    return config.param(params, "flows.startup_timeout_s", int, minimum=1)
+
+
 # --- what dvc.yaml declares ---------------------------------------------------------------------
 
 def _declared(entries: list) -> list[str]:

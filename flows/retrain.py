@@ -21,8 +21,10 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from flows.pipeline import not_user_error, only_transient, pipeline
-from flows.project import RunInProgress, changed_stages, load_params, retry_settings
-from flows.services import DidNotStart, stop_group, wait_until_serving
+from flows.project import (RunInProgress, changed_stages, load_params, retry_settings,
+                           startup_timeout)
+from flows.services import (ApiDidNotStart, DidNotStart, stop_group, wait_until_serving,
+                            with_temporary_api)
 from prefect import flow, get_run_logger, task
 
 from stages import config, registry
@@ -69,7 +71,7 @@ def retrain(project: str = ".") -> dict:
 
 
 @contextmanager
-def local_server(port: int, timeout_s: float = 90):
+def local_server(port: int, timeout_s: float):
     """`prefect server start` on 127.0.0.1:`port` for as long as the block runs; its API URL is
     put in PREFECT_API_URL. The server's log goes to .prefect-server.log."""
     api = f"http://127.0.0.1:{port}/api"
@@ -85,7 +87,8 @@ def local_server(port: int, timeout_s: float = 90):
             wait_until_serving(f"{api}/health", server, timeout_s)
         except DidNotStart as err:
             raise UserError(f"The Prefect server did not start on 127.0.0.1:{port} ({err}; is the "
-                            "port taken?); its log is in .prefect-server.log.") from err
+                            "port taken, or the machine busy? flows.startup_timeout_s in "
+                            "params.yaml is the wait); its log is in .prefect-server.log.") from err
         print(f"Prefect server on http://127.0.0.1:{port} (UI and API); log: "
               ".prefect-server.log", flush=True)
         os.environ["PREFECT_API_URL"] = api
@@ -124,12 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        timeout_s = startup_timeout(load_params(args.project))   # bad params: told at once
         if args.command == "serve":
-            with local_server(args.local_server) if args.local_server else nullcontext():
+            with (local_server(args.local_server, timeout_s) if args.local_server
+                  else nullcontext()):
                 serve(Path(args.project))
             return 0
-        result = retrain(project=args.project)
-    except (UserError, RunInProgress) as err:
+        result = with_temporary_api(lambda: retrain(project=args.project), timeout_s)
+    except (UserError, RunInProgress, ApiDidNotStart) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
