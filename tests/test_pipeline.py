@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import env, run, set_params, write_song
+from tests.conftest import BIN, env, run, set_params, write_song
 
 pytestmark = pytest.mark.slow
 
@@ -175,3 +176,38 @@ def test_hostile_folder_and_file_names_are_data_never_shell(project):
     m = pd.read_parquet(project / "data/interim/manifest.parquet")
     assert sorted(m["path"]) == sorted(names) and set(m["status"]) == {"ok"}
     assert not list(project.rglob("PWNED*")) and not list(Path.cwd().glob("PWNED*"))
+
+
+# --- dvc without the venv on PATH ----------------------------------------------------------------
+
+def without_venv_env(tmp_path: Path) -> dict:
+    """A shell where `python` is a Python without the project's libraries (no site-packages) and
+    the venv is not on PATH: what `.venv/bin/dvc repro` meets when the venv is not activated."""
+    bare = tmp_path / "bare-bin"
+    bare.mkdir()
+    (bare / "python").write_text(f'#!/bin/sh\nexec "{sys._base_executable}" -S "$@"\n')
+    (bare / "python").chmod(0o755)
+    e = {k: v for k, v in env().items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    e["PATH"] = os.pathsep.join([str(bare)] + [p for p in os.environ["PATH"].split(os.pathsep)
+                                               if Path(p).resolve() != BIN.resolve()])
+    return e
+
+
+def test_dvc_by_its_venv_path_runs_the_stages_in_the_projects_venv_or_says_how(project, raw,
+                                                                                tmp_path):
+    write_song(raw / "one.wav", 1, 1.0)
+    shell = without_venv_env(tmp_path)
+    dvc = [str(BIN / "dvc"), "repro", "decode"]
+    no_venv = subprocess.run(dvc, cwd=project, env=shell, capture_output=True, text=True)
+    assert no_venv.returncode != 0
+    assert "Traceback" not in no_venv.stdout + no_venv.stderr
+    ours = [line for line in no_venv.stderr.splitlines() if line.startswith("error: ")]
+    assert len(ours) == 1 and ours[0].endswith(
+        "activate the project's environment: `source .venv/bin/activate` (`make setup` makes "
+        "it), or use `make demo`."), no_venv.stderr
+    assert not (project / "data/interim/manifest.parquet").exists()
+
+    (project / ".venv").symlink_to(BIN.parent)              # the project's venv, as make setup
+    with_venv = subprocess.run(dvc, cwd=project, env=shell, capture_output=True, text=True)
+    assert with_venv.returncode == 0, with_venv.stderr
+    assert len(song_ids(project)) == 1
