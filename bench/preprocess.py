@@ -6,12 +6,18 @@
   floor  decode + mono + resample to 44.1 kHz + rfft of the blocks; nothing written, one process
 
 Peak memory is the largest sum of RSS over the process tree (dvc, stages, pool workers), sampled
-every 25 ms. Each way runs on the corpus and on one `--scale` times larger; then come a no-change
-repro and adding one song to a `--songs`-song demo corpus. The last line printed is a JSON object
-of the headline figures.
+every 25 ms. Each way runs on the corpus and on a larger one: `--scale` times the corpus, or the
+folders given with `--large` together; then come a no-change repro and adding one song to a
+`--songs`-song demo corpus. With `--dask` ours also runs on the larger corpus with
+`preprocess.executor: dask` (a LocalCluster of as many workers as the local pool). The seed's way
+holds everything in memory: it is stopped when its processes pass `--seed-memory-gb`, and the
+table says how far it got. The last line printed is a JSON object of the headline figures.
 
     .venv/bin/python bench/preprocess.py                 # the demo songs of params.yaml `demo:`
     .venv/bin/python bench/preprocess.py --corpus ~/music --skip-seed
+    .venv/bin/python bench/preprocess.py --corpus /usr/share/games/etr \
+        /usr/share/games/frozen-bubble --large /usr/share/games/supertux2/music \
+        /usr/share/games/frozen-bubble /usr/share/games/etr --dask     # 22 minutes, 2 hours
 """
 import argparse
 import json
@@ -39,14 +45,14 @@ WAYS = ("seed", "ours", "floor")
 ENV = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            DVC_NO_ANALYTICS="1")                   # dvc from this venv, as after `make setup`
 TARGETS = dict(speedup_vs_seed=">= 5", ours_vs_floor="<= 2", ours_compute_vs_floor="<= 2",
-               ours_peak_rss_mb="<= 1024", ours_rss_growth_4x="<= 1.2", noop_repro_s="<= 3",
-               add_one_song_fraction="<= 0.15")
+               ours_peak_rss_mb="<= 1024", ours_rss_growth_large="<= 1.2", noop_repro_s="<= 3",
+               add_one_song_fraction="<= 0.15", dask_vs_local_large="<= 1.2")
 
 
 def seconds(path: Path) -> float:
     try:
         return audio.info(path).duration
-    except RuntimeError:                               # libsndfile cannot read it
+    except (RuntimeError, TypeError):                  # libsndfile cannot read it (a .raw)
         return 0.0
 
 
@@ -136,8 +142,14 @@ def convert_wav_files_to_nptensor(files, block_size, max_seq_len, out_file):
 def seed_way(corpus: Path, out: Path, block_size: int, max_seq_len: int) -> None:
     (out / "tmp").mkdir(parents=True)
     (out / "wave").mkdir()
-    wavs = [seed_mono_wav(f, out / "tmp", out / "wave") for f in audio_files(corpus)]
+    files = audio_files(corpus)
+    wavs = []
+    for i, f in enumerate(files, 1):                   # progress, for a run stopped half-way
+        wavs.append(seed_mono_wav(f, out / "tmp", out / "wave"))
+        print(f"seed: wav {i}/{len(files)}", flush=True)
+    print("seed: tensors of every song, in memory", flush=True)
     convert_wav_files_to_nptensor(wavs, block_size, max_seq_len, str(out / "music"))
+    print("seed: done", flush=True)
 
 
 def floor_way(corpus: Path, block_size: int) -> None:
@@ -149,13 +161,16 @@ def floor_way(corpus: Path, block_size: int) -> None:
 
 # --- measuring ---------------------------------------------------------------------------------
 
-def measure(cmd: list[str], log: Path, cwd: Path | None = None, interval: float = 0.025) -> dict:
-    """Run `cmd`, sampling the RSS of its whole process tree; time each `stages.<name>` process."""
+def measure(cmd: list[str], log: Path, cwd: Path | None = None, interval: float = 0.025,
+            env: dict | None = None, limit_mb: float = 0) -> dict:
+    """Run `cmd`, sampling the RSS of its whole process tree; time each `stages.<name>` process.
+    With `limit_mb`, a tree that passes it is killed and the result says `stopped`."""
     os.sync()                                          # no earlier run's writeback in this one
     start = time.perf_counter()
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=out, stderr=subprocess.STDOUT)
-    root, peak, names, spans = psutil.Process(proc.pid), 0, {}, {}
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env or ENV, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    root, peak, names, spans, stopped = psutil.Process(proc.pid), 0, {}, {}, ""
     while not (done := os.wait4(proc.pid, os.WNOHANG))[0]:
         total, now = 0, time.perf_counter()
         try:
@@ -173,7 +188,15 @@ def measure(cmd: list[str], log: Path, cwd: Path | None = None, interval: float 
             if names[p.pid]:
                 spans[names[p.pid]] = (spans.get(names[p.pid], (now,))[0], now)
         peak = max(peak, total)
+        if limit_mb and total > limit_mb * 2**20 and not stopped:
+            stopped = f"stopped at {total / 2**30:.1f} GB after {now - start:.0f} s"
+            os.killpg(proc.pid, 9)
         time.sleep(interval)
+    if stopped:
+        lines = [line for line in log.read_text().splitlines() if line.startswith("seed: ")]
+        stopped += f" ({lines[-1][6:] if lines else 'before its first song'})"
+        return dict(s=time.perf_counter() - start, rss_mb=peak / 2**20, stopped=stopped,
+                    maxrss_mb=done[2].ru_maxrss / 1024, stages={})
     if os.waitstatus_to_exitcode(done[1]) != 0:
         sys.exit(f"error: {' '.join(cmd)} failed; its output:\n{log.read_text()[-3000:]}")
     return dict(s=time.perf_counter() - start, rss_mb=peak / 2**20,
@@ -196,9 +219,10 @@ def repro(project: Path, log: Path) -> dict:
     return measure(["dvc", "repro", "tensors"], log, cwd=project)
 
 
-def worker(way: str, corpus: Path, out: Path, block_size: int) -> dict:
+def worker(way: str, corpus: Path, out: Path, block_size: int, limit_mb: float = 0) -> dict:
     result = measure([sys.executable, __file__, "--worker", way, "--corpus", str(corpus), "--out",
-                      str(out), "--block-size", str(block_size)], out.with_suffix(".log"))
+                      str(out), "--block-size", str(block_size)], out.with_suffix(".log"),
+                     limit_mb=limit_mb)
     shutil.rmtree(out, ignore_errors=True)            # the seed's tensors: GBs at 4x
     return result
 
@@ -222,22 +246,38 @@ def scaled_copy(src: Path, dst: Path, scale: int) -> Path:
     return dst
 
 
-def run_size(label: str, corpus: Path, tmp: Path, params: dict, skip_seed: bool) -> dict:
+def linked_corpus(folders: list[Path], dst: Path) -> Path:
+    """One folder of links to every audio file under `folders` (several Debian music packages as
+    one library), named by their folder so no two collide."""
+    dst.mkdir(parents=True)
+    for k, folder in enumerate(folders):
+        for f in audio_files(folder.resolve()):
+            (dst / f"{k}-{f.parent.name}-{f.name}").symlink_to(f)
+    return dst
+
+
+def run_size(label: str, corpus: Path, tmp: Path, params: dict, skip_seed: bool,
+             seed_limit_mb: float, dask: bool = False) -> dict:
     files = audio_files(corpus)
     row = dict(label=label, corpus=corpus, songs=len(files), minutes=sum(map(seconds, files)) / 60)
     block_size = params["fft_blocks"]["block_size"]    # the seed holds, all in float64: blocks of
     need = 6 * 2 * block_size * 8 * sum(                # x and y, x_data, y_data, std's temporaries
         math.ceil(seconds(f) * RATE / block_size) for f in files)
-    if not skip_seed and need > 0.7 * psutil.virtual_memory().available:
-        print(f"[{label}] The seed's way is skipped: it would need about {need / 2**30:.1f} GB, "
-              "more than 70% of the available memory.", flush=True)
-    elif not skip_seed:
-        row["seed"] = worker("seed", corpus, tmp / f"seed-{label}", block_size)
+    if not skip_seed:
+        row["seed"] = worker("seed", corpus, tmp / f"seed-{label}", block_size, seed_limit_mb)
+        if row["seed"].get("stopped"):
+            print(f"[{label}] The seed's way was {row['seed']['stopped']} (it would need about "
+                  f"{need / 2**30:.1f} GB).", flush=True)
     row["project"] = corpus_project(tmp / f"ours-{label}", corpus, block_size)
     row["ours"] = repro(row["project"], tmp / f"ours-{label}.log")
     row["noop"] = repro(row["project"], tmp / f"noop-{label}.log")
     row["floor"] = worker("floor", corpus, tmp / f"floor-{label}", block_size)
-    print(f"[{label}] " + ", ".join(f"{w} {row[w]['s']:.1f} s" for w in WAYS if w in row)
+    if dask:
+        project = corpus_project(tmp / f"dask-{label}", corpus, block_size,
+                                 {"preprocess.executor": "dask"})
+        row["dask"] = repro(project, tmp / f"dask-{label}.log")
+    print(f"[{label}] " + ", ".join(f"{w} {row[w]['s']:.1f} s" for w in WAYS + ("dask",)
+                                    if w in row)
           + f" (seed estimated at {need / 2**20:.0f} MB)", flush=True)
     return row
 
@@ -264,11 +304,16 @@ def ratio(a: float | None, b: float | None) -> float | None:
 def report(rows: list[dict], inc: dict, scale: int) -> dict:
     """Print the table and the findings; return the headline figures."""
     print(f"\n{'corpus':<7}{'songs':>6}{'min':>7}" + "".join(
-        f" | {w + ' s':>8} {w + ' MB':>8}" for w in WAYS) + f" | {'noop s':>6}")
+        f" | {w + ' s':>8} {w + ' MB':>8}" for w in WAYS) + f" | {'noop s':>6} | {'dask s':>6}")
     for r in rows:
         print(f"{r['label']:<7}{r['songs']:>6}{r['minutes']:>7.2f}" + "".join(
             f" | {r[w]['s']:8.1f} {r[w]['rss_mb']:8.0f}" if w in r else f" | {'-':>8} {'-':>8}"
-            for w in WAYS) + f" | {r['noop']['s']:>6.2f}")
+            for w in WAYS) + f" | {r['noop']['s']:>6.2f} | "
+            + (f"{r['dask']['s']:>6.1f}" if "dask" in r else f"{'-':>6}"))
+    for r in rows:
+        if r.get("seed", {}).get("stopped"):
+            print(f"seed {r['label']}: {r['seed']['stopped']}; its time and memory above are "
+                  "up to there")
     print("\nlargest single process, MB: " + "; ".join(r["label"] + " " + ", ".join(
         f"{w} {r[w]['maxrss_mb']:.0f}" for w in WAYS if w in r) for r in rows))
     for label, run in [(r["label"], r["ours"]) for r in rows] + [("add-one", inc["run"])]:
@@ -276,20 +321,24 @@ def report(rows: list[dict], inc: dict, scale: int) -> dict:
         print(f"ours {label}: stage processes " + ", ".join(f"{k} {v:.1f} s" for k, v in st.items())
               + f"; DVC itself {run['s'] - sum(st.values()):.1f} s of {run['s']:.1f} s")
     (one, big), seed = rows, [r.get("seed", {}) for r in rows]
-    head = dict(speedup_vs_seed=ratio(seed[0].get("s"), one["ours"]["s"]),
-                speedup_vs_seed_4x=ratio(seed[1].get("s"), big["ours"]["s"]),
+    finished = [s if not s.get("stopped") else {} for s in seed]
+    head = dict(minutes=round(one["minutes"], 1), minutes_large=round(big["minutes"], 1),
+                speedup_vs_seed=ratio(finished[0].get("s"), one["ours"]["s"]),
+                speedup_vs_seed_large=ratio(finished[1].get("s"), big["ours"]["s"]),
+                seed_stopped_large=seed[1].get("stopped"),
                 ours_vs_floor=ratio(one["ours"]["s"], one["floor"]["s"]),
-                ours_vs_floor_4x=ratio(big["ours"]["s"], big["floor"]["s"]),
+                ours_vs_floor_large=ratio(big["ours"]["s"], big["floor"]["s"]),
                 ours_compute_vs_floor=ratio(sum(one["ours"]["stages"].values()), one["floor"]["s"]),
-                ours_compute_vs_floor_4x=ratio(sum(big["ours"]["stages"].values()),
+                ours_compute_vs_floor_large=ratio(sum(big["ours"]["stages"].values()),
                                                big["floor"]["s"]),
                 ours_peak_rss_mb=round(max(r["ours"]["rss_mb"] for r in rows)),
-                ours_rss_growth_4x=ratio(big["ours"]["rss_mb"], one["ours"]["rss_mb"]),
+                ours_rss_growth_large=ratio(big["ours"]["rss_mb"], one["ours"]["rss_mb"]),
                 seed_peak_rss_mb_1x=seed[0].get("rss_mb") and round(seed[0]["rss_mb"]),
-                seed_peak_rss_mb_4x=seed[1].get("rss_mb") and round(seed[1]["rss_mb"]),
-                seed_rss_growth_4x=ratio(seed[1].get("rss_mb"), seed[0].get("rss_mb")),
+                seed_peak_rss_mb_large=seed[1].get("rss_mb") and round(seed[1]["rss_mb"]),
+                seed_rss_growth_large=ratio(seed[1].get("rss_mb"), seed[0].get("rss_mb")),
                 noop_repro_s=round(max(r["noop"]["s"] for r in rows), 2),
-                add_one_song_fraction=round(inc["fraction"], 3))
+                add_one_song_fraction=round(inc["fraction"], 3),
+                dask_vs_local_large=ratio(big.get("dask", {}).get("s"), big["ours"]["s"]))
     print("\n" + "\n".join(f"{k:<24}{v!s:<10}{'target ' + TARGETS[k] if k in TARGETS else ''}"
                            for k, v in head.items()))
     return head
@@ -298,10 +347,18 @@ def report(rows: list[dict], inc: dict, scale: int) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus", type=Path, help="folder of audio files (default: the demo "
-                        "songs of params.yaml `demo:`, written to a temp folder)")
+    parser.add_argument("--corpus", type=Path, nargs="+", metavar="DIR", help="folder(s) of "
+                        "audio files (default: the demo songs of params.yaml `demo:`, written to "
+                        "a temp folder)")
     parser.add_argument("--scale", type=int, default=4, help="size of the larger corpus, in "
                         "corpora (default: %(default)s)")
+    parser.add_argument("--large", type=Path, nargs="+", metavar="DIR", help="the larger corpus: "
+                        "these folders together (e.g. two hours of Debian game music), instead "
+                        "of --scale copies of the corpus")
+    parser.add_argument("--dask", action="store_true", help="also run ours on the larger corpus "
+                        "with preprocess.executor: dask")
+    parser.add_argument("--seed-memory-gb", type=float, help="stop the seed's way when its "
+                        "processes pass this (default: 70%% of the memory available at start)")
     parser.add_argument("--songs", type=int, default=20, help="songs in the add-one test "
                         "(default: %(default)s)")
     parser.add_argument("--block-size", type=int, help="samples per block for every way "
@@ -319,20 +376,27 @@ def main(args: argparse.Namespace) -> None:
         params["fft_blocks"]["block_size"] = args.block_size
     block_size, max_seq_len = params["fft_blocks"]["block_size"], params["tensors"]["max_seq_len"]
     if args.worker:
-        return (seed_way(args.corpus, args.out, block_size, max_seq_len) if args.worker == "seed"
-                else floor_way(args.corpus, block_size))
+        return (seed_way(args.corpus[0], args.out, block_size, max_seq_len)
+                if args.worker == "seed" else floor_way(args.corpus[0], block_size))
     demo, tmp = params["demo"], Path(tempfile.mkdtemp(prefix="rawtune-bench-"))
     print(f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}, block_size {block_size}, "
           f"max_seq_len {max_seq_len}, workers {params['preprocess']['workers']}", flush=True)
     try:
         if args.corpus:
-            small = args.corpus.resolve()
-            big = scaled_copy(small, tmp / f"corpus-{args.scale}x", args.scale)
+            small = (args.corpus[0].resolve() if len(args.corpus) == 1 else
+                     linked_corpus(args.corpus, tmp / "corpus-1x"))
+            big = (linked_corpus(args.large, tmp / "corpus-large") if args.large else
+                   scaled_copy(small, tmp / f"corpus-{args.scale}x", args.scale))
         else:
             small = demo_corpus(tmp / "corpus-1x", demo["songs"], demo)
-            big = demo_corpus(tmp / f"corpus-{args.scale}x", demo["songs"] * args.scale, demo)
-        rows = [run_size(label, corpus, tmp, params, args.skip_seed)
-                for label, corpus in (("1x", small), (f"{args.scale}x", big))]
+            big = (linked_corpus(args.large, tmp / "corpus-large") if args.large else
+                   demo_corpus(tmp / f"corpus-{args.scale}x", demo["songs"] * args.scale, demo))
+        limit_mb = (args.seed_memory_gb * 1024 if args.seed_memory_gb
+                    else 0.7 * psutil.virtual_memory().available / 2**20)
+        rows = [run_size(label, corpus, tmp, params, args.skip_seed, limit_mb, dask and args.dask)
+                for label, corpus, dask in (("1x", small, False),
+                                            ("large" if args.large else f"{args.scale}x", big,
+                                             True))]
         head = report(rows, add_one_song(rows, args.songs, demo, tmp, block_size), args.scale)
     finally:
         if args.keep:

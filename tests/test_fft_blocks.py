@@ -162,3 +162,10 @@ def test_unknown_fft_layout_is_one_sentence(proj):
     assert assert_one_line_error(proc) == \
         "error: params.yaml 'fft_blocks.fft' is 'dct'; allowed values are 'rfft', 'full', 'frames'."
     assert not (proj / "fft").exists()
+
+
+@pytest.mark.parametrize("n_fft", [512, 1024, 2048, 11025])
+def test_the_window_is_scipys_periodic_hann_bit_for_bit(n_fft):
+    from scipy import signal
+    np.testing.assert_array_equal(layouts.window(n_fft),
+                                  signal.get_window("hann", n_fft).astype(np.float32))
