@@ -23,6 +23,13 @@ reports megabytes written per epoch and the share of training time spent saving 
 
     python bench/train.py --checkpoints 30 --only-checkpoints     # on the demo songs
 
+With `--beside` it measures what training costs on a shared machine: the default model's step
+time alone, then with a second training of the same model running at the same moment, for the
+product's `train.threads` setting and the fixed alternatives, each training in its own process,
+with the CPU time each step took (threads that spin while they wait for a core show up there):
+
+    python bench/train.py --beside
+
 The last line is one JSON object of the headline figures.
 """
 from __future__ import annotations
@@ -166,6 +173,77 @@ def checkpoint_cost(corpus: Path | None, epochs: int, tmp: Path) -> dict:
     return row
 
 
+# --- a shared machine ----------------------------------------------------------------------------
+
+def step_worker(params_path: str, threads: int, steps: int, barrier: Path, n_ready: int) -> None:
+    """One training for --beside: the default model on random data with `threads` as
+    train.threads; waits until `n_ready` workers are warmed up, then prints one JSON line: the
+    median wall seconds and the CPU seconds per step."""
+    params = config.load_params(params_path)
+    used = train.configure_threads(threads)
+    cfg = netlib.ModelConfig.from_params(params)
+    seq_len = config.param(params, "tensors.max_seq_len", int)
+    batch = train.TrainConfig.from_params(params).batch_size
+    rng = np.random.default_rng(os.getpid())
+    if cfg.family == "codebook":
+        n_in = config.param(params, "codebook.codes", int)
+        x, y = (rng.integers(0, n_in, (batch, seq_len)).astype(np.int32) for _ in range(2))
+    else:
+        audio = config.AudioConfig.from_params(params)
+        n_in = layouts.n_features(audio.block_size, audio.layout)
+        x, y = (rng.standard_normal((batch, seq_len, n_in), np.float32) for _ in range(2))
+    model = netlib.build_model(cfg, seq_len, n_in)
+    netlib.compile_model(model, cfg)
+    for _ in range(2):
+        model.train_on_batch(x, y)                              # trace, warm up
+    (barrier / f"{os.getpid()}.ready").touch()
+    while len(list(barrier.glob("*.ready"))) < n_ready:
+        time.sleep(0.05)
+    walls, cpu0 = [], time.process_time()
+    for _ in range(steps):
+        t = time.perf_counter()
+        model.train_on_batch(x, y)
+        walls.append(time.perf_counter() - t)
+    print(json.dumps(dict(step_s=float(np.median(walls)),
+                          cpu_per_step=(time.process_time() - cpu0) / steps, threads=used)),
+          flush=True)
+
+
+def side_by_side(params_path: str, threads: int, steps: int, n: int) -> list[dict]:
+    """`n` step workers started together; their results."""
+    with tempfile.TemporaryDirectory() as barrier:
+        procs = [subprocess.Popen([sys.executable, __file__, "--step-worker", str(threads),
+                                   "--params", params_path, "--steps", str(steps),
+                                   "--barrier", barrier, "--n-ready", str(n)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                 for _ in range(n)]
+        outs = [p.communicate()[0] for p in procs]
+    return [json.loads(o.strip().splitlines()[-1]) for o in outs]
+
+
+def beside(params_path: str, steps: int) -> dict:
+    """Step time alone and beside a second training, for train.threads as params.yaml has it
+    and for 1 and 2 threads."""
+    default = config.param(config.load_params(params_path), "train.threads", int)
+    rows = []
+    for threads in dict.fromkeys([default, 2, 1]):
+        alone = side_by_side(params_path, threads, steps, 1)[0]
+        pair = side_by_side(params_path, threads, steps, 2)
+        both = float(np.mean([r["step_s"] for r in pair]))
+        row = dict(threads=threads, used_alone=alone["threads"],
+                   used_beside=[r["threads"] for r in pair], alone_s=round(alone["step_s"], 3),
+                   beside_s=round(both, 3), ratio=round(both / alone["step_s"], 2),
+                   cpu_alone_s=round(alone["cpu_per_step"], 3),
+                   cpu_beside_s=round(float(np.mean([r["cpu_per_step"] for r in pair])), 3))
+        rows.append(row)
+        print(f"train.threads {threads} ({'params.yaml' if threads == default else 'fixed'}): "
+              f"alone {row['alone_s']:.3f} s/step ({row['used_alone']} thread(s), CPU "
+              f"{row['cpu_alone_s']:.3f} s); beside a second training {row['beside_s']:.3f} s/step "
+              f"({row['used_beside']} thread(s), CPU {row['cpu_beside_s']:.3f} s): "
+              f"{row['ratio']:.2f}x", flush=True)
+    return dict(beside=rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -180,7 +258,17 @@ def main() -> None:
                              "with checkpoints by time and after every epoch, side by side")
     parser.add_argument("--only-checkpoints", action="store_true",
                         help="skip the step timings (with --checkpoints)")
+    parser.add_argument("--beside", action="store_true", help="only the step time alone and "
+                        "beside a second training (a shared machine)")
+    parser.add_argument("--step-worker", type=int, metavar="THREADS", help=argparse.SUPPRESS)
+    parser.add_argument("--barrier", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--n-ready", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.step_worker is not None:
+        return step_worker(args.params, args.step_worker, args.steps, args.barrier, args.n_ready)
+    if args.beside:
+        print(json.dumps(beside(args.params, max(args.steps, 10))))
+        return
     if args.checkpoints and args.only_checkpoints:
         with tempfile.TemporaryDirectory() as tmp:
             row = checkpoint_cost(args.corpus, args.checkpoints, Path(tmp))

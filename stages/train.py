@@ -138,12 +138,14 @@ class Data:
 
 # --- the stage ------------------------------------------------------------------------------------
 
-def configure_threads(threads: int) -> None:
+def configure_threads(threads: int) -> int:
+    """TensorFlow's threads per op (0: its default, one per core); returns how many it uses."""
     netlib.import_keras()
     import tensorflow as tf
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+    return threads or os.cpu_count() or 1
 
 
 def verdict(val_loss: float | None, baselines: dict[str, float]) -> dict:
