@@ -4,6 +4,7 @@ of the `dvc` command line (repro, status), with the one way a held DVC lock is r
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -100,7 +101,11 @@ def stage_error(output: str, stage: str) -> str:
 def run_dvc(args: list[str], project: Path, on_line=None) -> str:
     """`dvc <args>` in `project` with this venv first on PATH (the stages' `python`); each output
     line goes to `on_line` as it comes. Returns the output; a held lock raises RunInProgress,
-    any other failure UserError with the stage's (or DVC's) one sentence."""
+    any other failure UserError with the stage's (or DVC's) one sentence. What an earlier kill of
+    DVC left of its own lock files is repaired first (flows/repair.py)."""
+    from flows.repair import repair
+    for fixed in repair(project):
+        logging.getLogger("rawtune").warning("repaired: %s.", fixed)
     env = dict(os.environ, DVC_NO_ANALYTICS="1",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     proc = subprocess.Popen([dvc_executable(), *args], cwd=project, env=env,
