@@ -181,3 +181,45 @@ def trained(tmp_path_factory) -> Path:
     proc = run(["dvc", "repro", "train"], project)
     (project / "repro.log").write_text(proc.stdout + proc.stderr)
     return project
+
+
+# --- the flows' tests (tests/test_flows.py, test_retrain.py, test_scale_out.py) -------------------
+
+FLOW_PARAMS = {**TINY_TRAIN, "generate.seconds": 2, "generate.n_songs": 2,
+               "evaluate.reference_seconds": 3, "flows.retries": 3, "flows.retry_delay_s": 1}
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    """Prefect's test harness: a throw-away API and database, no server to start by hand; on a
+    loaded machine it may take the product's own start-up timeout, not the harness's 30 s."""
+    from flows.project import load_params, startup_timeout
+    from prefect.testing.utilities import prefect_test_harness
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    with prefect_test_harness(server_startup_timeout=startup_timeout(load_params(ROOT))):
+        yield
+
+
+def flow_project(path: Path, updates: dict | None = None) -> Path:
+    """Three songs in formats whose encoders are deterministic (an OGG's stream serial is
+    random), so song ids, and with them the validation split, are the same on every run."""
+    project = make_project(path, {**FLOW_PARAMS, **(updates or {})})
+    raw = project / "data" / "raw"
+    write_song(raw / "one.mp3", 1, 3.0)
+    write_song(raw / "two.flac", 2, 3.0, rate=48000, subtype="PCM_24")
+    write_song(raw / "three.wav", 3, 3.0)
+    return project
+
+
+def cli_env(prefect_home: Path) -> dict:
+    """A user's shell: no Prefect server (the flows start Prefect's temporary API), a Prefect home
+    of its own (the first start also creates its database, the slowest start there is)."""
+    e = dict(env(), PREFECT_HOME=str(prefect_home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    e.pop("PREFECT_API_URL", None)
+    return e
+
+
+def burners(n: int, seconds: float) -> list[subprocess.Popen]:
+    """`n` processes that keep a core busy and stop by themselves after `seconds`."""
+    spin = f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass"
+    return [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(n)]

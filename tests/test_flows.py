@@ -1,64 +1,28 @@
-"""The Prefect flows on real projects: the pipeline flow over real DVC stages, retries of a held
-DVC lock, the retraining flow with champion promotion in a real sqlite MLflow registry, serving
-the deployment on a real local Prefect server, and the Dask executor against the local one."""
+"""The pipeline flow on real projects: every stage through real DVC, retries of a held DVC lock,
+a user's mistake as one sentence, and Prefect's temporary API too slow to start. Retraining and
+serving are in test_retrain.py, the Dask executor and tf.distribute in test_scale_out.py."""
 from __future__ import annotations
 
-import filecmp
 import json
 import os
-import shutil
 import subprocess
 import sys
-import time
-from pathlib import Path
 
-import httpx
-import pandas as pd
 import pytest
 
 from flows.pipeline import STAGES, RunInProgress, pipeline
-from flows.retrain import retrain
 from flows.services import stop_group
 from stages.config import UserError
-from tests.conftest import (BIN, ROOT, TINY_TRAIN, env, free_port, make_project, run, run_stage,
-                            set_params, wait_until_serving, write_song)
+from tests.conftest import ROOT, cli_env, env, flow_project, run, set_params
 
-pytestmark = pytest.mark.slow      # every test here runs real flows on real DVC projects
-
-FLOW_PARAMS = {**TINY_TRAIN, "generate.seconds": 2, "generate.n_songs": 2,
-               "evaluate.reference_seconds": 3, "flows.retries": 3, "flows.retry_delay_s": 1}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def prefect_api(tmp_path_factory):
-    """Prefect's test harness: a throw-away API and database, no server to start by hand."""
-    from prefect.testing.utilities import prefect_test_harness
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    with prefect_test_harness():
-        yield
-
-
-def flow_project(path: Path, updates: dict | None = None) -> Path:
-    """Three songs in formats whose encoders are deterministic (an OGG's stream serial is
-    random), so song ids, and with them the validation split, are the same on every run."""
-    project = make_project(path, {**FLOW_PARAMS, **(updates or {})})
-    raw = project / "data" / "raw"
-    write_song(raw / "one.mp3", 1, 3.0)
-    write_song(raw / "two.flac", 2, 3.0, rate=48000, subtype="PCM_24")
-    write_song(raw / "three.wav", 3, 3.0)
-    return project
+# every test here runs real flows on real DVC projects
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 
 
 def task_runs(name: str) -> list:
     from prefect.client.orchestration import get_client
     with get_client(sync_client=True) as client:
         return [r for r in client.read_task_runs() if r.name == name]
-
-
-def registry(project: Path):
-    from mlflow import MlflowClient
-    uri = f"sqlite:///{project / 'mlflow.db'}"
-    return MlflowClient(uri, uri)
 
 
 # --- the pipeline flow -------------------------------------------------------------------------
@@ -150,99 +114,8 @@ def test_pipeline_cli_prints_one_sentence_for_bad_params(tmp_path):
         in proc.stderr.splitlines()
 
 
-# --- retraining and the champion ---------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def served_project(tmp_path_factory) -> Path:
-    """A project whose first retraining made version 1 the champion (one epoch of training)."""
-    project = flow_project(tmp_path_factory.mktemp("retrain") / "p", {"train.epochs": 1})
-    first = retrain(project=str(project))
-    assert first["decision"] == "promoted" and first["champion"] == "1"
-    assert first["ran"] == list(STAGES) and "decode" in first["changed"]
-    return project
-
-
-def test_retrain_promotes_only_a_challenger_that_beats_the_champion(served_project):
-    project, client = served_project, registry(served_project)
-    assert str(client.get_model_version_by_alias("rawtune", "champion").version) == "1"
-
-    unchanged = retrain(project=str(project))
-    assert unchanged["decision"] == "nothing changed" and unchanged["ran"] == []
-    assert len(client.search_model_versions("name='rawtune'")) == 1
-
-    set_params(project / "params.yaml", {"train.epochs": 12})        # a better model
-    better = retrain(project=str(project))
-    assert better["changed"] == ["train"] and better["ran"] == ["train", "generate", "evaluate"]
-    assert better["decision"] == "promoted" and better["challenger"] == "2"
-    assert better["scores"]["challenger"] < better["scores"]["champion"]
-    train = json.loads((project / "metrics" / "train.json").read_text())
-    assert better["scores"]["challenger"] == pytest.approx(train["val_loss"], rel=1e-3)
-    assert str(client.get_model_version_by_alias("rawtune", "champion").version) == "2"
-    v1, v2 = (client.get_model_version("rawtune", v) for v in ("1", "2"))
-    assert v2.tags["rawtune.decision"] == "promoted" and "lost" in v1.tags["rawtune.defended"]
-    assert float(v1.tags["rawtune.val_loss"]) == pytest.approx(better["scores"]["champion"],
-                                                               rel=1e-4)
-
-    set_params(project / "params.yaml", {"train.epochs": 1})         # a worse model
-    worse = retrain(project=str(project))
-    assert worse["changed"] == ["train"]
-    assert worse["decision"] == "not promoted" and worse["challenger"] == "3"
-    assert worse["scores"]["challenger"] > worse["scores"]["champion"]
-    assert str(client.get_model_version_by_alias("rawtune", "champion").version) == "2"
-    v3 = client.get_model_version("rawtune", "3")
-    assert v3.tags["rawtune.decision"] == "not promoted"
-    assert "v2" in v3.tags["rawtune.compared"]
-
-    # a new song: a new codebook, whose codes the champion's model cannot read
-    write_song(project / "data" / "raw" / "four.wav", 4, 3.0)
-    renewed = retrain(project=str(project))
-    assert "decode" in renewed["changed"] and renewed["ran"][0] == "decode"
-    assert renewed["decision"] == "promoted" and renewed["scores"]["champion"] == float("inf")
-    assert str(client.get_model_version_by_alias("rawtune", "champion").version) == "4"
-
 
 # --- a busy machine ------------------------------------------------------------------------------
-
-def cli_env(prefect_home: Path) -> dict:
-    """A user's shell: no Prefect server (the flows start Prefect's temporary API), a Prefect home
-    of its own (the first start also creates its database, the slowest start there is)."""
-    e = dict(env(), PREFECT_HOME=str(prefect_home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    e.pop("PREFECT_API_URL", None)
-    return e
-
-
-def burners(n: int, seconds: float) -> list[subprocess.Popen]:
-    """`n` processes that keep a core busy and stop by themselves after `seconds`."""
-    spin = f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass"
-    return [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(n)]
-
-
-def test_flows_complete_while_other_work_holds_every_core(served_project, tmp_path):
-    """4 busy processes on the 2 cores while both flows start: Prefect's own 20 s start-up
-    timeout is not met there (a fresh start took 75 s on the 2-core machine; 16 s idle), the
-    product's flows.startup_timeout_s is. The burners stop by themselves after 90 s."""
-    fresh = flow_project(tmp_path / "p")
-    busy = burners(4, 90)
-    try:
-        flows = [subprocess.Popen([sys.executable, "-m", "flows.pipeline", "--project", str(fresh),
-                                   "--stages", "decode", "wav_to_npy"], cwd=ROOT,
-                                  env=cli_env(tmp_path / "home-pipeline"), stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True),
-                 subprocess.Popen([sys.executable, "-m", "flows.retrain", "--project",
-                                   str(served_project)], cwd=ROOT,
-                                  env=cli_env(tmp_path / "home-retrain"), stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)]
-        (pipe_out, pipe_err), (retrain_out, retrain_err) = (f.communicate(timeout=900)
-                                                            for f in flows)
-    finally:
-        for b in busy:
-            b.kill()
-    assert flows[0].returncode == 0, pipe_err[-3000:]
-    assert json.loads(pipe_out)["ran"] == ["decode", "wav_to_npy"]
-    assert flows[1].returncode == 0, retrain_err[-3000:]
-    assert json.loads(retrain_out)["decision"] == "nothing changed"
-    assert "Traceback" not in pipe_err + retrain_err
-
 
 def test_a_temporary_api_too_slow_to_start_is_tried_twice_then_one_sentence(tmp_path):
     project = flow_project(tmp_path / "p", {"flows.startup_timeout_s": 1})
@@ -261,132 +134,3 @@ def test_a_temporary_api_too_slow_to_start_is_tried_twice_then_one_sentence(tmp_
             "(`make serve`) and set PREFECT_API_URL=http://127.0.0.1:4200/api before running "
             "the flow.")
     assert not (project / "data" / "interim" / "wav").exists(), "no stage ran"
-
-
-# --- serving on a real Prefect server ----------------------------------------------------------
-
-
-def wait_for(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def test_serve_registers_the_cron_deployment_and_runs_a_triggered_run(served_project, tmp_path):
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    server_env = dict(env(), PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_API_URL=api,
-                      PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    server_env.pop("PREFECT_API_KEY", None)
-    logs = tmp_path / "server.log", tmp_path / "serve.log"
-    server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port)], env=server_env, stdout=logs[0].open("w"),
-                              stderr=subprocess.STDOUT, start_new_session=True)
-    serving = None
-    try:
-        wait_until_serving(f"{api}/health", server, log=logs[0])
-        serving = subprocess.Popen([sys.executable, "-m", "flows.retrain", "serve", "--project",
-                                    str(served_project)], cwd=ROOT, env=server_env,
-                                   stdout=logs[1].open("w"), stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-
-        def deployment():
-            found = httpx.post(f"{api}/deployments/filter", json={}, timeout=5).json()
-            return next((d for d in found if d["name"] == "weekly"), None)
-        dep = wait_for(deployment, 90, "the deployment to be registered")
-        assert [s["schedule"]["cron"] for s in dep["schedules"]] == ["0 3 * * 1"]
-        assert dep["parameters"] == {"project": str(served_project.resolve())}
-
-        def scheduled():
-            body = {"deployments": {"id": {"any_": [dep["id"]]}},
-                    "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}}
-            return httpx.post(f"{api}/flow_runs/filter", json=body, timeout=5).json()
-        upcoming = wait_for(scheduled, 90, "scheduled runs")
-        assert all(time.strptime(r["expected_start_time"][:10], "%Y-%m-%d") for r in upcoming)
-
-        trigger = subprocess.run([str(BIN / "prefect"), "deployment", "run",
-                                  "rawtune-retrain/weekly"], env=server_env, capture_output=True,
-                                 text=True, timeout=60)
-        assert trigger.returncode == 0, trigger.stdout + trigger.stderr
-        run_id = next(w for w in trigger.stdout.split() if w.count("-") == 4 and len(w) == 36)
-
-        def finished():
-            state = httpx.get(f"{api}/flow_runs/{run_id}", timeout=5).json()["state"]["type"]
-            return state if state in ("COMPLETED", "FAILED", "CRASHED") else None
-        assert wait_for(finished, 180, "the triggered run") == "COMPLETED", logs[1].read_text()
-        assert "nothing changed" in logs[1].read_text()
-    finally:
-        if serving is not None:
-            stop_group(serving)
-        stop_group(server)
-
-
-def test_serve_without_a_server_says_how_to_start_one(served_project):
-    proc = subprocess.run([sys.executable, "-m", "flows.retrain", "serve", "--project",
-                           str(served_project)], cwd=ROOT, env=dict(env(), PREFECT_API_URL=""),
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1
-    assert any(line.startswith("error: `serve` needs a Prefect server")
-               for line in proc.stderr.splitlines())
-    assert "Traceback" not in proc.stderr
-
-
-# --- scale-out ---------------------------------------------------------------------------------
-
-def preprocess(project: Path) -> None:
-    run_stage("decode", ["--raw", "data/raw", "--out", "data/interim/wav", "--manifest",
-                         "data/interim/manifest.parquet"], project)
-    run_stage("wav_to_npy", [], project)
-    run_stage("fft_blocks", [], project)
-
-
-def test_dask_executor_output_equals_the_local_one_byte_for_byte(tmp_path):
-    local = flow_project(tmp_path / "local")
-    dask = make_project(tmp_path / "dask", {**FLOW_PARAMS, "preprocess.executor": "dask"})
-    shutil.copytree(local / "data" / "raw", dask / "data" / "raw")   # the same bytes (OGG
-    for project in (local, dask):                                      # serials are random)
-        preprocess(project)
-    for folder in ("wav", "npy", "fft"):
-        a, b = local / "data" / "interim" / folder, dask / "data" / "interim" / folder
-        names = sorted(p.name for p in a.iterdir())
-        assert names == sorted(p.name for p in b.iterdir()) and len(names) >= 3
-        match, mismatch, errors = filecmp.cmpfiles(a, b, names, shallow=False)
-        assert mismatch == [] and errors == [], (folder, mismatch, errors)
-    cols = ["id", "status", "reason", "seconds", "frames", "peak_dbfs"]
-    pd.testing.assert_frame_equal(
-        pd.read_parquet(local / "data/interim/manifest.parquet")[cols].sort_values("id", ignore_index=True),
-        pd.read_parquet(dask / "data/interim/manifest.parquet")[cols].sort_values("id", ignore_index=True))
-
-
-def test_an_unreachable_dask_scheduler_is_one_sentence(tmp_path):
-    project = flow_project(tmp_path / "p", {"preprocess.executor": "dask",
-                                            "preprocess.dask_address": f"tcp://127.0.0.1:{free_port()}"})
-    proc = run_stage("decode", ["--raw", "data/raw", "--out", "data/interim/wav", "--manifest",
-                                "data/interim/manifest.parquet"], project, check=False)
-    assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1].startswith(
-        "error: The Dask scheduler at 'tcp://127.0.0.1:")
-    assert "Traceback" not in proc.stderr
-
-
-def test_mirrored_strategy_trains_with_the_same_loss_curve(tmp_path):
-    project = flow_project(tmp_path / "p", {"train.epochs": 5})
-    run(["dvc", "repro", "codebook"], project)
-    curves = {}
-    for strategy in ("default", "mirrored"):
-        set_params(project / "params.yaml", {"train.strategy": strategy})
-        proc = run_stage("train", ["--models", f"m-{strategy}", "--metrics", f"{strategy}.json",
-                                   "--history", f"{strategy}.csv", "--plot", f"{strategy}.png"],
-                         project)
-        if strategy == "mirrored":
-            assert "MirroredStrategy: 1 replica(s)" in proc.stderr
-        curves[strategy] = pd.read_csv(project / f"{strategy}.csv")
-    a, b = curves["default"], curves["mirrored"]
-    assert list(a["epoch"]) == list(b["epoch"]) == [1, 2, 3, 4, 5]
-    assert a["loss"].iloc[-1] < a["loss"].iloc[0] and b["loss"].iloc[-1] < b["loss"].iloc[0]
-    assert b["loss"].to_numpy() == pytest.approx(a["loss"].to_numpy(), rel=0.02)
-    assert b["val_loss"].to_numpy() == pytest.approx(a["val_loss"].to_numpy(), rel=0.02)

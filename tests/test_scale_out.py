@@ -1,0 +1,69 @@
+"""Past one machine: the Dask executor's output against the local pool's, an unreachable
+scheduler as one sentence, and tf.distribute's mirrored strategy against the default."""
+from __future__ import annotations
+
+import filecmp
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import (FLOW_PARAMS, flow_project, free_port, make_project, run, run_stage,
+                            set_params)
+
+pytestmark = pytest.mark.slow
+
+def preprocess(project: Path) -> None:
+    run_stage("decode", ["--raw", "data/raw", "--out", "data/interim/wav", "--manifest",
+                         "data/interim/manifest.parquet"], project)
+    run_stage("wav_to_npy", [], project)
+    run_stage("fft_blocks", [], project)
+
+
+def test_dask_executor_output_equals_the_local_one_byte_for_byte(tmp_path):
+    local = flow_project(tmp_path / "local")
+    dask = make_project(tmp_path / "dask", {**FLOW_PARAMS, "preprocess.executor": "dask"})
+    shutil.copytree(local / "data" / "raw", dask / "data" / "raw")   # the same bytes (OGG
+    for project in (local, dask):                                      # serials are random)
+        preprocess(project)
+    for folder in ("wav", "npy", "fft"):
+        a, b = local / "data" / "interim" / folder, dask / "data" / "interim" / folder
+        names = sorted(p.name for p in a.iterdir())
+        assert names == sorted(p.name for p in b.iterdir()) and len(names) >= 3
+        match, mismatch, errors = filecmp.cmpfiles(a, b, names, shallow=False)
+        assert mismatch == [] and errors == [], (folder, mismatch, errors)
+    cols = ["id", "status", "reason", "seconds", "frames", "peak_dbfs"]
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(local / "data/interim/manifest.parquet")[cols].sort_values("id", ignore_index=True),
+        pd.read_parquet(dask / "data/interim/manifest.parquet")[cols].sort_values("id", ignore_index=True))
+
+
+def test_an_unreachable_dask_scheduler_is_one_sentence(tmp_path):
+    project = flow_project(tmp_path / "p", {"preprocess.executor": "dask",
+                                            "preprocess.dask_address": f"tcp://127.0.0.1:{free_port()}"})
+    proc = run_stage("decode", ["--raw", "data/raw", "--out", "data/interim/wav", "--manifest",
+                                "data/interim/manifest.parquet"], project, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "error: The Dask scheduler at 'tcp://127.0.0.1:")
+    assert "Traceback" not in proc.stderr
+
+
+def test_mirrored_strategy_trains_with_the_same_loss_curve(tmp_path):
+    project = flow_project(tmp_path / "p", {"train.epochs": 5})
+    run(["dvc", "repro", "codebook"], project)
+    curves = {}
+    for strategy in ("default", "mirrored"):
+        set_params(project / "params.yaml", {"train.strategy": strategy})
+        proc = run_stage("train", ["--models", f"m-{strategy}", "--metrics", f"{strategy}.json",
+                                   "--history", f"{strategy}.csv", "--plot", f"{strategy}.png"],
+                         project)
+        if strategy == "mirrored":
+            assert "MirroredStrategy: 1 replica(s)" in proc.stderr
+        curves[strategy] = pd.read_csv(project / f"{strategy}.csv")
+    a, b = curves["default"], curves["mirrored"]
+    assert list(a["epoch"]) == list(b["epoch"]) == [1, 2, 3, 4, 5]
+    assert a["loss"].iloc[-1] < a["loss"].iloc[0] and b["loss"].iloc[-1] < b["loss"].iloc[0]
+    assert b["loss"].to_numpy() == pytest.approx(a["loss"].to_numpy(), rel=0.02)
+    assert b["val_loss"].to_numpy() == pytest.approx(a["val_loss"].to_numpy(), rel=0.02)
