@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.fft
-from scipy import signal
 
 LOG_FLOOR = 1e-4          # magnitude added before the log: -80 dB below a unit bin, the frames' floor
 
@@ -38,7 +37,8 @@ def n_frames(n_samples: int, hop: int) -> int:
 
 
 def window(n_fft: int) -> np.ndarray:
-    return signal.get_window("hann", n_fft).astype(np.float32)
+    from scipy import signal      # here: importing it costs ~1.4 s of CPU, and the stages that
+    return signal.get_window("hann", n_fft).astype(np.float32)   # import layouts start often
 
 
 def frame_rows(samples: np.ndarray, first: int, n_fft: int, hop: int) -> np.ndarray:
