@@ -51,7 +51,10 @@ sys.path.insert(0, str(ROOT))
 
 from stages import config, layouts, model as netlib, synth, train  # noqa: E402
 from stages.batches import EpochClock, Normaliser, dataset  # noqa: E402
-from stages.tensor_files import Tensors  # noqa: E402
+from stages import tensors as tensor_stage  # noqa: E402
+from stages.tensor_files import SONG_PARTS, Tensors  # noqa: E402
+
+SONG_SEQS = 16      # sequences per fake song
 
 
 def matmul_peak(dtype: str, n: int = 4096, reps: int = 5) -> float:
@@ -69,18 +72,21 @@ def matmul_peak(dtype: str, n: int = 4096, reps: int = 5) -> float:
 
 
 def fake_tensors(folder: Path, n_seq: int, seq_len: int, n_feat: int) -> Tensors:
-    """Random tensors on disk in the tensors stage's layout, read back through memory maps."""
+    """Random blocks made into tensors by the tensors stage's own functions (songs of
+    `SONG_SEQS` sequences, one at a time), read back through the songs' memory maps."""
     rng = np.random.default_rng(0)
-    for name in ("x", "y", "val_x", "val_y"):
-        arr = np.lib.format.open_memmap(folder / f"bench_{name}.npy", "w+", np.float32,
-                                        (n_seq, seq_len, n_feat))
-        for i in range(n_seq):
-            arr[i] = rng.standard_normal((seq_len, n_feat), np.float32)
-        arr.flush()
-        del arr
-    np.save(folder / "bench_mean.npy", np.zeros(n_feat, np.float32))
-    np.save(folder / "bench_var.npy", np.ones(n_feat, np.float32))
-    return Tensors(folder, "bench")
+    fft, out = folder / "fft", Tensors(folder / "processed", "bench")
+    fft.mkdir(parents=True)
+    songs = [f"{i:04d}" for i in range(-(-n_seq // SONG_SEQS))]
+    for song_id in songs:
+        np.save(fft / f"{song_id}.npy", rng.standard_normal((SONG_SEQS * seq_len, n_feat),
+                                                            np.float32))
+        tensor_stage.song_tensors(str(fft / f"{song_id}.npy"),
+                                  *(str(out.song_path(song_id, p)) for p in SONG_PARTS), seq_len)
+    cfg = tensor_stage.TensorsConfig(max_seq_len=seq_len, val_fraction=0.0, split_seed=0,
+                                     var_floor=0.0)
+    tensor_stage.write_tensors(fft, out, songs, songs, cfg, n_feat)    # val: the same songs
+    return out
 
 
 def step_time(cfg: netlib.ModelConfig, tensors: Tensors, batch: int, steps: int) -> float:

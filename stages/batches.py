@@ -1,7 +1,7 @@
 """Training data as tf.data pipelines over the memory-mapped tensors, and the trivial baselines.
 
-Nothing here loads a tensor file whole: batches are copied out of `np.load(mmap_mode="r")` maps
-row by row, normalised on the fly with the training `_mean`/`_var`, and prefetched. The order of
+Nothing here loads a tensor file whole: batches are copied out of memory maps (`read(part)` of
+`Tensors` or of a codebook's `Codes`) row by row, normalised on the fly with the training `_mean`/`_var`, and prefetched. The order of
 each epoch is a permutation drawn from (shuffle seed, epoch), so a resumed run sees exactly the
 batches an uninterrupted one would have seen.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stages import arrays, config
+from stages import config
 from stages.config import UserError
 from stages.model import LOG_SCALE_BOUND
 from stages.tensor_files import Tensors
@@ -69,8 +69,7 @@ def dataset(tensors, split: str, batch_size: int, norm: Normaliser | None,
     from stages.model import import_keras
     import_keras()
     import tensorflow as tf
-    x = arrays.read(tensors.path(f"{split}x"))
-    y = arrays.read(tensors.path(f"{split}y"))
+    x, y = tensors.read(f"{split}x"), tensors.read(f"{split}y")
     n = x.shape[0]
     codes = x.ndim == 2                       # (n, seq_len) codes, else (n, seq_len, n_features)
 
@@ -115,8 +114,7 @@ def streamed_losses(tensors: Tensors, predictors: dict, norm: Normaliser, loss: 
     """The loss of each predictor (raw x chunk -> prediction in `norm`'s units) against the
     normalised y of the split, averaged over every element as Keras averages a model's loss;
     streamed in chunks of sequences, so no split is ever loaded whole."""
-    x = arrays.read(tensors.path(f"{split}x"))
-    y = arrays.read(tensors.path(f"{split}y"))
+    x, y = tensors.read(f"{split}x"), tensors.read(f"{split}y")
     err = elementwise(loss)
     sums = dict.fromkeys(predictors, 0.0)
     count = 0
@@ -155,7 +153,7 @@ def code_baselines(codes, split: str = "val_", chunk: int = 256) -> dict[str, fl
     n_codes = codes.n_codes
     counts = np.ones(n_codes)                              # add-one smoothing
     repeats = total = 0
-    x, y = arrays.read(codes.path("x")), arrays.read(codes.path("y"))
+    x, y = codes.read("x"), codes.read("y")
     for start in range(0, x.shape[0], chunk):
         xs, ys = np.asarray(x[start:start + chunk]), np.asarray(y[start:start + chunk])
         counts += np.bincount(ys.reshape(-1), minlength=n_codes)
@@ -164,7 +162,7 @@ def code_baselines(codes, split: str = "val_", chunk: int = 256) -> dict[str, fl
     stay = min(max(repeats / max(total, 1), 1e-6), 1 - 1e-6)
     sums = dict(train_mean=0.0, repeat_last=0.0)
     count = 0
-    x, y = arrays.read(codes.path(f"{split}x")), arrays.read(codes.path(f"{split}y"))
+    x, y = codes.read(f"{split}x"), codes.read(f"{split}y")
     for start in range(0, x.shape[0], chunk):
         xs, ys = np.asarray(x[start:start + chunk]), np.asarray(y[start:start + chunk])
         sums["train_mean"] -= float(np.log(unigram[ys]).sum())
@@ -182,7 +180,7 @@ def model_loss(model, model_norm: Normaliser, tensors: Tensors, current: Normali
     changed the statistics is judged on equal terms. For a model trained on the current data this
     is the `val_loss` its training reported."""
     if tensors.n_sequences("val_") == 0:
-        raise UserError(f"'{tensors.path('val_x')}' holds no validation sequences; a model can "
+        raise UserError(f"'{tensors.folder}' holds no validation sequences; a model can "
                         "only be scored with at least two songs.")
 
     def predict(xs: np.ndarray) -> np.ndarray:
@@ -199,9 +197,9 @@ def code_model_loss(model, codes, chunk: int = 16) -> float:
     """A codebook model's validation cross-entropy (nats per code) on the split's codes, as
     Keras's sparse categorical cross-entropy averages it."""
     if codes.n_sequences("val_") == 0:
-        raise UserError(f"'{codes.path('val_x')}' holds no validation sequences; a model can "
+        raise UserError(f"'{codes.folder}' holds no validation sequences; a model can "
                         "only be scored with at least two songs.")
-    x, y = arrays.read(codes.path("val_x")), arrays.read(codes.path("val_y"))
+    x, y = codes.read("val_x"), codes.read("val_y")
     total, count = 0.0, 0
     for start in range(0, x.shape[0], chunk):
         logits = np.asarray(model.predict_on_batch(np.asarray(x[start:start + chunk], np.int32)),

@@ -1,8 +1,8 @@
 """Stage `codebook`: a codebook of frames learned from the training songs, and every sequence of
 the tensors as codes, for the `codebook` model family (params.yaml `train.family`).
 
-Reads the `tensors` outputs (`<name>_x.npy` holds training songs only, so the codebook never sees a
-validation song) and writes data/codebook/:
+Reads the `tensors` outputs (their training split, `Tensors.read("x")`, holds training songs only,
+so the codebook never sees a validation song) and writes data/codebook/:
 
   codebook.json     the settings, the codebook's digest (its identity, saved with every model that
                     predicts its codes), the fit's figures (distortion, codes in use, perplexity)
@@ -120,6 +120,11 @@ class Codes:
     def n_codes(self) -> int:
         return int(self.info["codes"])
 
+    def read(self, part: str) -> np.ndarray:
+        """A split's x or y codes ("x", "y", "val_x", "val_y"), memory-mapped, as `Tensors.read`
+        gives the frames they code."""
+        return arrays.read(self.path(part))
+
     def n_sequences(self, split: str = "") -> int:
         path = self.path(f"{split}x")
         return arrays.shape_of(path)[0] if path.is_file() else 0
@@ -171,24 +176,23 @@ def fit(frames: np.ndarray, cfg: CodebookConfig) -> tuple[Codebook, dict]:
 
 def training_frames(tensors: Tensors, max_frames: int, seed: int) -> np.ndarray:
     """At most `max_frames` frames drawn evenly at random from the training sequences."""
-    x = arrays.read(tensors.path("x"))
+    x = tensors.read("x")
     n_seq, seq_len, n_feat = x.shape
     total = n_seq * seq_len
     picks = np.sort(np.random.default_rng(seed).choice(total, min(total, max_frames),
                                                        replace=False))
     rows = np.empty((len(picks), n_feat), np.float32)
-    for start in range(0, len(picks), CHUNK_ROWS):      # sequence by sequence from the map
+    for start in range(0, len(picks), CHUNK_ROWS):      # a chunk at a time from the songs' maps
         chunk = picks[start:start + CHUNK_ROWS]
         rows[start:start + len(chunk)] = x[chunk // seq_len, chunk % seq_len]
     return rows
 
 
 def encode_tensors(book: Codebook, tensors: Tensors, out: Path) -> None:
-    """Each x/y file of the tensors as codes, streamed a few hundred sequences at a time."""
+    """Each split's x and y as codes, streamed a few hundred sequences at a time."""
     for split in SPLITS:
         for part in ("x", "y"):
-            src = tensors.path(f"{split}{part}")
-            frames = arrays.read(src)
+            frames = tensors.read(f"{split}{part}")
             with arrays.NpyWriter(out / f"{split}{part}.npy", frames.shape[:2], np.int16) as w:
                 step = max(1, CHUNK_ROWS // max(frames.shape[1], 1))
                 for start in range(0, frames.shape[0], step):

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from stages import arrays, audio, config, files, layouts, model as netlib
+from stages import audio, config, files, layouts, model as netlib
 from stages.batches import Normaliser
 from stages.config import AudioConfig, UserError
 from stages.tensor_files import Tensors
@@ -237,9 +237,10 @@ def seed_from_tensors(tensors, split: str, k: int, n_songs: int, rng: np.random.
     """The first k blocks (or codes) of n_songs sequences drawn at random, from as many different
     songs as there are (`song_of_seq`: each sequence's song), as the model reads them; `tensors`
     is the data the model trained on (a `Tensors`, or a codebook's `Codes`)."""
-    x = arrays.read(tensors.path(f"{split}x"))
+    x = tensors.read(f"{split}x")
     if x.shape[0] == 0:
-        raise UserError(f"'{tensors.path(f'{split}x')}' holds no sequences to seed from; use "
+        split_name = "validation" if split else "training"
+        raise UserError(f"'{tensors.folder}' holds no {split_name} sequences to seed from; use "
                         "'generate.seed_source: train' or add songs.")
     if k > x.shape[1]:
         raise UserError(f"params.yaml 'generate.seed_blocks' is {k} but training sequences have "

@@ -1,6 +1,6 @@
 """Per-song work: a pure function mapped over songs on a process pool here or on Dask, and the
-incremental pattern of the array stages (one output per input song, computed only when missing or
-made with other settings, orphans removed).
+incremental pattern of the array stages (one or a few outputs per input song, computed only when
+missing or made with other settings, orphans removed).
 """
 from __future__ import annotations
 
@@ -124,21 +124,25 @@ def _map_dask(fn: Callable, jobs: list[tuple], pool: SongPool, bar: dict) -> lis
 
 
 def sync_songs(in_dir: Path, in_suffix: str, out_dir: Path, stamp: dict, fn, extra: tuple,
-               pool: SongPool, desc: str) -> list[str]:
-    """The incremental per-song pattern shared by the array stages: one output per input song,
-    computed only when missing (or made with other params/code), orphans removed.
+               pool: SongPool, desc: str, out_suffixes: tuple[str, ...] = (".npy",)) -> list[str]:
+    """The incremental per-song pattern shared by the array stages: the outputs
+    `<id><suffix>` of each input song, one per suffix in `out_suffixes`, computed only when one
+    of them is missing (or they were made with other params/code), orphans removed.
+    `fn(src, *dsts, *extra)` gets the song's input and its output paths in suffix order. No
+    suffix may end another (".npy" beside "_x.npy" would prune every "<id>_x.npy").
     Returns the song ids present after the run."""
     ids = sorted(p.name[: -len(in_suffix)] for p in in_dir.glob(f"*{in_suffix}")
                  if not p.name.startswith("."))
     if not ids:
         raise UserError(f"No input songs in '{in_dir}'; run the earlier stages first.")
     prepare_out_dir(out_dir, stamp)
-    removed = prune(out_dir, set(ids), ".npy")
-    todo = [i for i in ids if not (out_dir / f"{i}.npy").is_file()]
+    removed = max([prune(out_dir, set(ids), s) for s in out_suffixes])   # songs, not files
+    # a song is done only when all its outputs exist (a kill between two leaves it to do again)
+    todo = [i for i in ids if not all((out_dir / f"{i}{s}").is_file() for s in out_suffixes)]
     log.info("%s: %d songs, %d to compute, %d removed", desc, len(ids), len(todo), removed)
     src, dst = in_dir.resolve(), out_dir.resolve()     # absolute: a Dask worker has its own cwd
-    map_songs(fn, [(str(src / f"{i}{in_suffix}"), str(dst / f"{i}.npy"), *extra) for i in todo],
-              pool, desc)
+    map_songs(fn, [(str(src / f"{i}{in_suffix}"), *(str(dst / f"{i}{s}") for s in out_suffixes),
+                    *extra) for i in todo], pool, desc)
     return ids
 
 

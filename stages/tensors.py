@@ -1,38 +1,48 @@
 """Stage `tensors`: data/interim/fft/<id>.npy -> the training tensors in data/processed/:
 
-  <name>_x.npy, <name>_y.npy          float32 (n_seq, max_seq_len, n_features), training songs
-  <name>_val_x.npy, <name>_val_y.npy  the same for validation songs (a song is in one split only)
-  <name>_mean.npy, <name>_var.npy     float32 (n_features,) mean and variance of the training x
-  <name>_index.parquet                one row per sequence: split, seq, song_id, start_block
-  <name>_audio.json                   the audio settings of the data (rate, scale, block, layout)
+  songs/<id>_x.npy, <id>_y.npy  float32 (n_seq, max_seq_len, n_features): the song's sequences
+  songs/<id>_stats.npy          float64 (3, n_features): count, mean and m2 of the song's x
+  <name>_index.parquet          one row per sequence: split, seq, song_id, start_block, row
+  <name>_mean.npy, <name>_var.npy   float32 (n_features,) mean and variance of the training x
+  <name>_audio.json             the audio settings of the data (rate, scale, block, layout)
 
 Each song's blocks are cut into sequences of `max_seq_len`; y is x shifted by one block, with a zero
 block after the song's last one. Unlike the seed, the tail of a song is kept: its last sequence is
 aligned to the song's end (overlapping the one before), and a song shorter than `max_seq_len` blocks is
 zero-padded after its end. Songs go to validation by a hash of their content id, so the split of a song
-never changes when others are added. Arrays are written slice by slice through memory maps and the
-statistics are merged song by song (Chan et al.), so memory does not grow with the dataset.
+never changes when others are added.
+
+Incremental like the array stages before it: a song's files are made once (on all cores, or Dask)
+and kept while the settings that made them stay, so a new song costs about one song; only the
+index, the statistics and the audio settings are rewritten every run. The training mean and
+variance are merged from the training songs' statistics files (Chan et al.), so no sequence is read
+twice and memory does not grow with the dataset. Readers see a split as one array through
+`Tensors.read` (stages/tensor_files.py); `--export FOLDER` writes it as the single `<name>_x.npy`,
+`_y.npy`, `_val_x.npy`, `_val_y.npy`, `_mean.npy`, `_var.npy` files the stage once made.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
-from stages import arrays, config, files, layouts, manifest
+from stages import arrays, config, files, layouts, manifest, pool
 from stages.config import AudioConfig, UserError
-from stages.tensor_files import Tensors
+from stages.tensor_files import PARTS, SONG_PARTS, Tensors
 
 log = logging.getLogger("rawtune.tensors")
 WINDOW_SEQS = 16  # sequences cut, written and counted at a time
 INDEX_SCHEMA = pa.schema([("split", pa.string()), ("seq", pa.int64()), ("song_id", pa.string()),
-                          ("start_block", pa.int64())])
+                          ("start_block", pa.int64()), ("row", pa.int64())])
+# the names of the stage's single files, now and in its earlier layout (`remove_stale_outputs`)
+STAGE_FILES = tuple(f"_{p}.npy" for p in PARTS + ("mean", "var")) + ("_index.parquet",
+                                                                     "_audio.json")
 
 
 def sequence_starts(n_blocks: int, max_seq_len: int) -> list[int]:
@@ -93,17 +103,29 @@ class RunningStats:
 
     def update(self, batch: np.ndarray) -> None:
         batch = batch.reshape(-1, batch.shape[-1])                     # (n_rows, n_features)
-        n = len(batch)
-        if n == 0:
+        if len(batch) == 0:
             return
         mean = batch.mean(axis=0, dtype=np.float64)     # float64 sums of float32 rows: no
         centred = batch - mean.astype(batch.dtype)      # float64 copy of the whole batch
-        m2 = np.einsum("ij,ij->j", centred, centred, dtype=np.float64)
+        self.merge(len(batch), mean, np.einsum("ij,ij->j", centred, centred, dtype=np.float64))
+
+    def merge(self, n: int, mean: np.ndarray, m2: np.ndarray) -> None:
+        """Fold in the statistics of `n` more rows (their mean and sum of squared deviations)."""
+        if n == 0:
+            return
         delta = mean - self.mean
         total = self.count + n
         self.mean += delta * n / total
         self.m2 += m2 + delta**2 * self.count * n / total
         self.count = total
+
+    def to_array(self) -> np.ndarray:
+        """(3, n_features) float64: count, mean and m2, the per-song statistics file's rows."""
+        return np.stack([np.full_like(self.mean, self.count), self.mean, self.m2])
+
+    def merge_array(self, saved: np.ndarray) -> None:
+        """Fold in statistics saved by `to_array`."""
+        self.merge(int(saved[0, 0]), saved[1], saved[2])
 
     @property
     def var(self) -> np.ndarray:
@@ -117,30 +139,26 @@ def floored_variance(var: np.ndarray, fraction: float) -> np.ndarray:
     return np.maximum(var, floor)
 
 
-def write_split(fft_dir: Path, song_ids: list[str], max_seq_len: int, n_feat: int,
-                x_path: Path, y_path: Path, stats: RunningStats | None,
-                pad: float = 0.0) -> list[dict]:
-    """Stream the sequences of `song_ids` into x/y files, `WINDOW_SEQS` sequences at a time (so a
-    song of any length costs a few MB); returns the index rows."""
-    songs = [(s, arrays.shape_of(fft_dir / f"{s}.npy")[0]) for s in song_ids]
-    starts = {s: sequence_starts(n, max_seq_len) for s, n in songs}
-    shape = (sum(len(v) for v in starts.values()), max_seq_len, n_feat)
-    index, seq = [], 0
-    with arrays.NpyWriter(x_path, shape) as xw, arrays.NpyWriter(y_path, shape) as yw:
-        for song_id, n_blocks in tqdm(songs, desc="tensors", unit="song", disable=None, leave=False):
-            path = fft_dir / f"{song_id}.npy"
-            for i in range(0, len(starts[song_id]), WINDOW_SEQS):
-                group = starts[song_id][i:i + WINDOW_SEQS]
-                part = arrays.read_rows(path, group[0], group[-1] + max_seq_len + 1)
-                x, y = cut_sequences(part, group[0], n_blocks, group, max_seq_len, pad)
-                xw.write(seq, x)
-                yw.write(seq, y)
-                if stats is not None:
-                    stats.update(x)
-                index += [dict(seq=seq + k, song_id=song_id, start_block=start)
-                          for k, start in enumerate(group)]
-                seq += len(group)
-    return index
+def song_tensors(src: str, x_dst: str, y_dst: str, stats_dst: str, max_seq_len: int,
+                 pad: float = 0.0) -> int:
+    """Pure per-song work: a song's blocks -> its x and y sequences and the statistics of its x,
+    `WINDOW_SEQS` sequences at a time (so a song of any length costs a few MB); returns how many
+    sequences it has. Blocks past the song's end are `pad` (silence in the data's layout)."""
+    n_blocks, n_feat = arrays.shape_of(src)
+    starts = sequence_starts(n_blocks, max_seq_len)
+    shape = (len(starts), max_seq_len, n_feat)           # (n_seq, max_seq_len, n_features)
+    stats = RunningStats(n_feat)
+    with arrays.NpyWriter(x_dst, shape) as xw, arrays.NpyWriter(y_dst, shape) as yw:
+        for i in range(0, len(starts), WINDOW_SEQS):
+            group = starts[i:i + WINDOW_SEQS]
+            part = arrays.read_rows(src, group[0], group[-1] + max_seq_len + 1)
+            x, y = cut_sequences(part, group[0], n_blocks, group, max_seq_len, pad)
+            xw.write(i, x)
+            yw.write(i, y)
+            stats.update(x)
+    with files.atomic_path(stats_dst) as tmp, open(tmp, "wb") as f:
+        np.save(f, stats.to_array())
+    return len(starts)
 
 
 @dataclass(frozen=True)
@@ -183,28 +201,85 @@ def data_audio(fft_dir: Path) -> AudioConfig:
                         "fft_blocks` first.") from err
 
 
+def make_song_files(fft_dir: Path, out: Tensors, max_seq_len: int, audio: AudioConfig,
+                    song_pool: pool.SongPool) -> None:
+    """Each song's x, y and statistics in out/songs, made only for songs that have none yet;
+    all of them again when the sequence length, the blocks' settings or this code changed."""
+    fft_code = (files.read_stamp(fft_dir) or {}).get("code")    # the code that made the blocks
+    stamp = dict(max_seq_len=max_seq_len, audio=audio.as_dict(), fft_code=fft_code,
+                 code=pool.source_digest("stages.arrays", "stages.tensors"))
+    pool.sync_songs(fft_dir, ".npy", out.songs_dir, stamp, song_tensors,
+                    (max_seq_len, layouts.silence(audio.layout)), song_pool, "tensors",
+                    tuple(f"_{part}.npy" for part in SONG_PARTS))
+
+
+def index_rows(fft_dir: Path, split: str, song_ids: list[str], max_seq_len: int) -> list[dict]:
+    """One row per sequence of the split, songs in the order given; from the blocks' headers."""
+    rows: list[dict] = []
+    for song_id in song_ids:
+        starts = sequence_starts(arrays.shape_of(fft_dir / f"{song_id}.npy")[0], max_seq_len)
+        rows += [dict(split=split, seq=len(rows) + k, song_id=song_id, start_block=start, row=k)
+                 for k, start in enumerate(starts)]
+    return rows
+
+
+def remove_stale_outputs(out: Tensors) -> None:
+    """DVC keeps the persisted folder as it was: the single files of the stage's earlier layout,
+    or another `tensors.name`'s files, are removed so the folder holds this run's data only."""
+    keep = {out.index_path.name, out.path("mean").name, out.path("var").name, out.audio_path.name}
+    for f in out.folder.iterdir():
+        if f.is_file() and f.name not in keep and f.name.endswith(STAGE_FILES):
+            f.unlink()
+
+
 def write_tensors(fft_dir: Path, out: Tensors, train: list[str], val: list[str],
-                  cfg: TensorsConfig, n_feat: int, pad: float = 0.0) -> list[dict]:
-    """Both splits' x/y, the training statistics and the index; returns the index rows."""
-    out.folder.mkdir(parents=True, exist_ok=True)
-    files.remove_stale_tmp(out.folder)
+                  cfg: TensorsConfig, n_feat: int) -> list[dict]:
+    """The index, and the training mean and variance merged from the training songs' statistics
+    files (no sequence is read again); returns the index rows. The songs' files must exist."""
     stats = RunningStats(n_feat)
-    index = [dict(r, split="train") for r in write_split(
-        fft_dir, train, cfg.max_seq_len, n_feat, out.path("x"), out.path("y"), stats, pad)]
-    index += [dict(r, split="val") for r in write_split(
-        fft_dir, val, cfg.max_seq_len, n_feat, out.path("val_x"), out.path("val_y"), None, pad)]
+    for song_id in train:
+        stats.merge_array(np.load(out.song_path(song_id, "stats"), allow_pickle=False))
     for suffix, values in (("mean", stats.mean), ("var", floored_variance(stats.var, cfg.var_floor))):
         with files.atomic_path(out.path(suffix)) as tmp, open(tmp, "wb") as f:
             np.save(f, values.astype(np.float32))
+    index = (index_rows(fft_dir, "train", train, cfg.max_seq_len)
+             + index_rows(fft_dir, "val", val, cfg.max_seq_len))
     with files.atomic_path(out.index_path) as tmp:
         pq.write_table(pa.Table.from_pylist(index, schema=INDEX_SCHEMA), tmp)
     return index
 
 
+def export(tensors: Tensors, folder: Path) -> list[Path]:
+    """The single files the stage wrote before it kept songs apart (`<name>_x.npy`, `_y.npy`,
+    `_val_x.npy`, `_val_y.npy`, `_mean.npy`, `_var.npy`, the same bytes), streamed
+    `WINDOW_SEQS` sequences at a time from the songs' files."""
+    tensors.check()
+    if folder.resolve() == tensors.folder.resolve():
+        raise UserError(f"Export to another folder than '{tensors.folder}' (the tensors stage "
+                        "removes single tensor files there).")
+    written = []
+    for part in PARTS:
+        seqs = tensors.read(part)
+        with arrays.NpyWriter(folder / f"{tensors.name}_{part}.npy", seqs.shape, seqs.dtype) as w:
+            for start in range(0, len(seqs), WINDOW_SEQS):
+                w.write(start, seqs[start:start + WINDOW_SEQS])
+        written.append(w.path)
+    for suffix in ("mean", "var"):
+        with files.atomic_path(folder / f"{tensors.name}_{suffix}.npy") as tmp:
+            shutil.copyfile(tensors.path(suffix), tmp)
+        written.append(folder / f"{tensors.name}_{suffix}.npy")
+    return written
+
+
 def main(args) -> None:
     params = config.load_params(args.params)
+    out = Tensors.from_params(args.out, params)
+    if args.export:
+        written = export(out, Path(args.export))
+        log.info("tensors: exported %s", ", ".join(str(p) for p in written))
+        return
     cfg = TensorsConfig.from_params(params)
-    fft_dir, out = Path(args.fft), Tensors.from_params(args.out, params)
+    fft_dir = Path(args.fft)
     song_ids, ok_rows, rows = usable_songs(fft_dir, Path(args.manifest))
     audio = data_audio(fft_dir)
     n_feat = arrays.shape_of(fft_dir / f"{song_ids[0]}.npy")[1]
@@ -212,7 +287,11 @@ def main(args) -> None:
     if not val:
         log.warning("only %d usable song(s): no validation set (add songs, or tensors.val_fraction "
                     "is 0)", len(song_ids))
-    index = write_tensors(fft_dir, out, train, val, cfg, n_feat, layouts.silence(audio.layout))
+    out.folder.mkdir(parents=True, exist_ok=True)
+    files.remove_stale_tmp(out.folder)
+    make_song_files(fft_dir, out, cfg.max_seq_len, audio, pool.SongPool.from_params(params))
+    remove_stale_outputs(out)
+    index = write_tensors(fft_dir, out, train, val, cfg, n_feat)
     files.write_json(out.audio_path, audio.as_dict())
 
     n_train = sum(r["split"] == "train" for r in index)
@@ -235,6 +314,10 @@ def build_parser():
     parser.add_argument("--out", default="data/processed", help="output folder (default: %(default)s)")
     parser.add_argument("--metrics", default="metrics/preprocess.json",
                         help="summary metrics file (default: %(default)s)")
+    parser.add_argument("--export", metavar="FOLDER",
+                        help="write the tensors of --out as single <name>_x.npy, _y.npy, "
+                             "_val_x.npy, _val_y.npy, _mean.npy, _var.npy files into FOLDER "
+                             "and stop")
     return parser
 
 

@@ -73,10 +73,12 @@ def distribution_strategy(name: str):
 # --- identity of a run --------------------------------------------------------------------------
 
 def tensors_fingerprint(tensors: Tensors) -> list:
-    """Identity of the training data without reading it: the tensors stage rewrites every file
-    it makes, so size and modification time change whenever the data does."""
-    return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns)
-                  for p in tensors.folder.glob(f"{tensors.name}_*.npy"))
+    """Identity of the training data without reading it: every file of it (each song's, the
+    index, mean and variance) is written whole under a new name, so a file's size and
+    modification time change whenever it does, and the list of files whenever a song comes or
+    goes."""
+    return [(str(p.relative_to(tensors.folder)), p.stat().st_size, p.stat().st_mtime_ns)
+            for p in tensors.files()]
 
 
 def fingerprint(train_params: dict, tensors: Tensors, audio: AudioConfig) -> str:
@@ -129,7 +131,7 @@ class Data:
         seq_len, n_feat = arrays.shape()
         n_train, n_val = arrays.n_sequences(), arrays.n_sequences("val_")
         if n_train == 0:
-            raise UserError(f"'{tensors.path('x')}' holds no training sequences; add songs.")
+            raise UserError(f"'{tensors.folder}' holds no training sequences; add songs.")
         if n_val == 0:
             log.warning("no validation songs (too few usable songs): the best model is chosen by "
                         "training loss and no baseline comparison is possible.")

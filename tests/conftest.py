@@ -16,6 +16,7 @@ import yaml
 
 from flows import services
 from stages import audio, synth
+from stages.tensor_files import Tensors
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -105,6 +106,31 @@ def assert_one_line_error(proc, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in line, line
     return line
+
+
+def save_tensors(folder: Path, x: np.ndarray, y: np.ndarray, val_x: np.ndarray,
+                 val_y: np.ndarray, mean: np.ndarray | None = None, var: np.ndarray | None = None,
+                 name: str = "music", per_song: int = 3) -> Tensors:
+    """Tensors in the stage's layout from whole splits given by hand: each split cut into songs
+    of `per_song` sequences (so a reader crosses song files), their index, mean and var."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from stages.tensors import INDEX_SCHEMA
+    tensors = Tensors(folder, name)
+    tensors.songs_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for split, xs, ys in (("train", x, y), ("val", val_x, val_y)):
+        for first in range(0, len(xs), per_song):
+            song_id = f"{split}{first:06d}"
+            for part, arr in (("x", xs), ("y", ys)):
+                np.save(tensors.song_path(song_id, part), arr[first:first + per_song])
+            rows += [dict(split=split, seq=first + k, song_id=song_id, start_block=0, row=k)
+                     for k in range(len(xs[first:first + per_song]))]
+    pq.write_table(pa.Table.from_pylist(rows, schema=INDEX_SCHEMA), tensors.index_path)
+    n_feat = x.shape[-1]
+    np.save(tensors.path("mean"), np.zeros(n_feat, np.float32) if mean is None else mean)
+    np.save(tensors.path("var"), np.ones(n_feat, np.float32) if var is None else var)
+    return tensors
 
 
 def write_song(path: Path, seed: int, seconds: float = 2.0, rate: int = 44100, channels: int = 2,

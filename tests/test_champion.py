@@ -9,7 +9,8 @@ from flows import champion
 from stages import files, model as netlib, registry
 from stages.batches import Normaliser
 from stages.config import AudioConfig
-from stages.tensor_files import Tensors
+from stages.codebook import Codes
+from tests.conftest import save_tensors
 
 
 def test_the_decision_rule_needs_the_minimum_improvement():
@@ -42,28 +43,18 @@ def test_each_family_is_scored_as_its_training_measured_it(tmp_path):
     from stages.batches import code_model_loss, model_loss
     rng = np.random.default_rng(0)
 
-    class Codes:
-        n_codes = 6
-
-        def path(self, suffix):
-            return tmp_path / f"{suffix}.npy"
-
-        def n_sequences(self, split=""):
-            return 3
     x, y = rng.integers(6, size=(2, 3, 5)).astype(np.int16)
-    np.save(tmp_path / "val_x.npy", x)
-    np.save(tmp_path / "val_y.npy", y)
+    for part, codes in (("x", x), ("y", y), ("val_x", x), ("val_y", y)):
+        np.save(tmp_path / f"{part}.npy", codes)
+    files.write_json(tmp_path / "codebook.json", dict(family="codebook", codes=6, digest="d"))
     cfg = netlib.ModelConfig(family="codebook", hidden=4)
     model = netlib.build_model(cfg, 5, 6)
     netlib.compile_model(model, cfg)
-    assert code_model_loss(model, Codes(), chunk=2) == pytest.approx(
+    assert code_model_loss(model, Codes(tmp_path).check(), chunk=2) == pytest.approx(
         model.evaluate(x.astype(np.int32), y.astype(np.int32), verbose=0), rel=1e-4)
 
-    tensors = Tensors(tmp_path / "t", "music")
-    tensors.folder.mkdir()
     frames = rng.normal(3, 2, size=(2, 4, 5, 3)).astype(np.float32)
-    np.save(tensors.path("val_x"), frames[0])
-    np.save(tensors.path("val_y"), frames[1])
+    tensors = save_tensors(tmp_path / "t", frames[0], frames[1], frames[0], frames[1])
     norm = Normaliser(np.full(3, 3.0), np.full(3, 4.0))
     cfg = netlib.ModelConfig(family="laplace", hidden=4)
     model = netlib.build_model(cfg, 5, 3)

@@ -11,7 +11,7 @@ from stages import codebook, files
 from stages.batches import code_baselines
 from stages.config import AudioConfig, UserError
 from stages.tensor_files import Tensors
-from tests.conftest import assert_one_line_error, run_stage, set_params
+from tests.conftest import assert_one_line_error, run_stage, save_tensors, set_params
 
 CENTRES = np.array([[0.0] * 6, [8.0] * 6, [0.0, 8.0] * 3], np.float32)
 CFG = codebook.CodebookConfig(codes=3, frames_per_code=1, max_frames=10_000, iterations=10,
@@ -53,16 +53,11 @@ def test_a_small_library_gets_fewer_codes_and_too_small_a_one_sentence():
 def write_tensors(folder, layout: str = "frames") -> Tensors:
     """Tensors of frames: training songs from the three clusters, validation songs from a fourth
     place no training frame comes near."""
-    t = Tensors(folder, "music")
-    folder.mkdir(parents=True, exist_ok=True)
     train, _ = clustered(20 * 9, CENTRES, 2)
     val, _ = clustered(4 * 9, np.array([[-20.0] * 6], np.float32), 3)
-    for split, frames in (("", train), ("val_", val)):
-        seqs = frames.reshape(-1, 9, 6)
-        np.save(t.path(f"{split}x"), seqs[:, :8])
-        np.save(t.path(f"{split}y"), seqs[:, 1:])
-    np.save(t.path("mean"), train.mean(0))
-    np.save(t.path("var"), train.var(0))
+    seqs, val_seqs = train.reshape(-1, 9, 6), val.reshape(-1, 9, 6)
+    t = save_tensors(folder, seqs[:, :8], seqs[:, 1:], val_seqs[:, :8], val_seqs[:, 1:],
+                     train.mean(0), train.var(0))
     files.write_json(t.audio_path, AudioConfig(22050, 32768, 10, layout, 5).as_dict())
     return t
 
@@ -82,8 +77,8 @@ def test_stage_codes_every_sequence_with_a_codebook_of_training_frames(proj):
         for part in ("x", "y"):
             got = np.load(codes.path(f"{split}{part}"))
             assert got.dtype == np.int16
-            np.testing.assert_array_equal(got, book.assign(np.load(t.path(f"{split}{part}"))))
-    x, y = np.load(codes.path("x")), np.load(codes.path("y"))
+            np.testing.assert_array_equal(got, book.assign(np.asarray(t.read(f"{split}{part}"))))
+    x, y = codes.read("x"), codes.read("y")
     np.testing.assert_array_equal(x[:, 1:], y[:, :-1])             # y is still x one step on
 
 
@@ -109,16 +104,12 @@ def test_a_codebook_of_fft_blocks_is_one_sentence(proj):
 
 
 def test_code_baselines_are_the_cross_entropy_of_frequencies_and_of_repeating(tmp_path):
-    class Codes:                                                   # the interface they read
-        n_codes = 3
-
-        def path(self, suffix):
-            return tmp_path / f"{suffix}.npy"
+    files.write_json(tmp_path / "codebook.json", dict(family="codebook", codes=3, digest="d"))
     np.save(tmp_path / "x.npy", np.array([[0, 0, 1, 1]], np.int16))
     np.save(tmp_path / "y.npy", np.array([[0, 1, 1, 0]], np.int16))    # 2 of 4 repeat the last
     np.save(tmp_path / "val_x.npy", np.array([[2, 0]], np.int16))
     np.save(tmp_path / "val_y.npy", np.array([[0, 0]], np.int16))
-    got = code_baselines(Codes())
+    got = code_baselines(codebook.Codes(tmp_path).check())
     unigram = np.array([1 + 2, 1 + 2, 1 + 0]) / 7                  # add-one counts of train y
     assert got["train_mean"] == pytest.approx(-np.log(unigram[0]))
     repeat = np.array([0.5 * unigram[0], 0.5 * unigram[0] + 0.5])  # 2 -> 0 (no repeat), 0 -> 0

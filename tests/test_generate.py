@@ -11,8 +11,8 @@ from stages import (audio, codebook, decode, fft_blocks, files, generate, layout
                     wav_to_npy)
 from stages.batches import Normaliser
 from stages.config import AudioConfig, UserError
-from stages.tensor_files import Tensors
-from tests.conftest import ROOT, assert_one_line_error, run, run_stage, set_params, write_song
+from tests.conftest import (ROOT, assert_one_line_error, run, run_stage, save_tensors, set_params,
+                            write_song)
 
 
 @pytest.mark.parametrize("cell, layers", [("lstm", 1), ("gru", 1), ("lstm", 2)])
@@ -152,9 +152,8 @@ def test_seeds_come_from_as_many_different_songs_as_there_are(tmp_path):
         picks = generate.spread_picks(songs, 4, np.random.default_rng(seed))
         assert len({songs[p] for p in picks[:3]}) == 3              # three songs, three seeds
         assert picks == generate.spread_picks(songs, 4, np.random.default_rng(seed))
-    t = Tensors(tmp_path, "music")
     x = np.arange(9 * 5 * 2, dtype=np.float32).reshape(9, 5, 2)
-    np.save(t.path("x"), x)
+    t = save_tensors(tmp_path, x, x, x[:0], x[:0], per_song=2)
     norm = Normaliser(np.zeros(2), np.ones(2))
     seed, picks = generate.seed_from_tensors(t, "", 3, 3, np.random.default_rng(0),
                                              generate.Reading(norm), songs)
@@ -218,10 +217,10 @@ def data_and_model(tmp_path, model_audio: AudioConfig | None):
                         "generate.seconds": 0.1, "generate.n_songs": 1, "generate.seed_blocks": 1})
     n_feat = 2048
     rng = np.random.default_rng(0)
-    for suffix, shape in (("x", (2, 4, n_feat)), ("y", (2, 4, n_feat)), ("val_x", (1, 4, n_feat)),
-                          ("val_y", (1, 4, n_feat)), ("mean", (n_feat,)), ("var", (n_feat,))):
-        np.save(project / "data" / f"music_{suffix}.npy",
-                np.abs(rng.normal(size=shape)).astype(np.float32))
+    x, y, val_x, val_y = (np.abs(rng.normal(size=(n, 4, n_feat))).astype(np.float32)
+                          for n in (2, 2, 1, 1))
+    save_tensors(project / "data", x, y, val_x, val_y,
+                 *np.abs(rng.normal(size=(2, n_feat))).astype(np.float32))
     files.write_json(project / "data" / "music_audio.json", DATA_AUDIO.as_dict())
     model = netlib.build_model(netlib.ModelConfig(hidden=4), None, n_feat)
     netlib.save(model, project / "model.keras", model_audio)

@@ -18,6 +18,7 @@ import pandas as pd
 import psutil
 import pytest
 
+from stages.tensor_files import Tensors
 from tests.conftest import BIN, env, make_project, run, set_params, write_song
 
 pytestmark = pytest.mark.slow
@@ -29,12 +30,20 @@ def repro(project: Path, check: bool = True) -> subprocess.CompletedProcess:
     return run(["dvc", "repro", "tensors"], project, check)
 
 
+def output_files(project: Path) -> list[Path]:
+    """Every file in the output folders and their sub-folders (hidden bookkeeping included)."""
+    return sorted(f for folder in OUTPUT_DIRS if (project / folder).is_dir()
+                  for f in (project / folder).rglob("*") if f.is_file())
+
+
 def snapshot(project: Path) -> dict[str, bytes]:
     """Every output file's bytes, by path relative to the project, sub-folders and hidden
     bookkeeping files included."""
-    return {f.relative_to(project).as_posix(): f.read_bytes()
-            for folder in OUTPUT_DIRS if (project / folder).is_dir()
-            for f in sorted((project / folder).rglob("*")) if f.is_file()}
+    return {f.relative_to(project).as_posix(): f.read_bytes() for f in output_files(project)}
+
+
+def mtimes(folder: Path) -> dict[str, int]:
+    return {f.name: f.stat().st_mtime_ns for f in folder.iterdir()}
 
 
 def song_ids(project: Path) -> set[str]:
@@ -52,43 +61,54 @@ def test_repro_builds_tensors_then_second_run_is_a_no_op(project, raw):
     three_songs(raw)
     first = repro(project)
     assert "Running stage 'tensors'" in first.stdout
-    x = np.load(project / "data/processed/music_x.npy", mmap_mode="r")
-    val_x = np.load(project / "data/processed/music_val_x.npy", mmap_mode="r")
+    tensors = Tensors(project / "data/processed", "music")
+    x, val_x = tensors.read("x"), tensors.read("val_x")
     assert x.shape[1:] == (8, 1025) and val_x.shape[1:] == (8, 1025)   # frames of 2048 samples
     assert x.shape[0] >= 1 and val_x.shape[0] >= 1       # three songs: both splits exist
     assert len(song_ids(project)) == 3
-    before = {f: p.stat().st_mtime_ns for f in OUTPUT_DIRS for p in (project / f).iterdir()}
+    before = {str(f): f.stat().st_mtime_ns for f in output_files(project)}
     second = repro(project)
     assert "Running stage" not in second.stdout
     assert "Data and pipelines are up to date" in second.stdout
-    after = {f: p.stat().st_mtime_ns for f in OUTPUT_DIRS for p in (project / f).iterdir()}
-    assert before == after
+    assert {str(f): f.stat().st_mtime_ns for f in output_files(project)} == before
 
 
 def test_adding_renaming_and_removing_a_song_touches_only_that_song(project, raw):
     three_songs(raw)
     repro(project)
     old_ids = song_ids(project)
+    songs = project / "data/processed/songs"
+    kept = mtimes(songs)
     write_song(raw / "four.ogg", 4, 2.0, rate=48000)
     added = repro(project)
     assert "3 already done" in added.stderr and "1 to decode" in added.stderr
-    assert added.stderr.count("1 to compute") == 2      # wav_to_npy and fft_blocks
+    assert added.stderr.count("1 to compute") == 3      # wav_to_npy, fft_blocks and tensors
     new_id, = song_ids(project) - old_ids
     for folder, suffix in zip(OUTPUT_DIRS[:3], (".wav", ".npy", ".npy")):
         assert (project / folder / f"{new_id}{suffix}").is_file()
+    now = mtimes(songs)                                 # the tensors wrote that song's files only
+    assert {k: v for k, v in now.items() if k in kept} == kept
+    assert set(now) - set(kept) == {f"{new_id}_{part}.npy" for part in ("x", "y", "stats")}
+    tensors = Tensors(project / "data/processed", "music")
+    assert new_id in tensors.song_ids()
+    assert "Data and pipelines are up to date" in repro(project).stdout
 
     (raw / "four.ogg").rename(raw / "renamed four.ogg")
     renamed = repro(project)
     assert "0 to decode" in renamed.stderr
     assert "Running stage 'wav_to_npy'" not in renamed.stdout   # same content: nothing downstream
+    assert mtimes(songs) == now                  # the stage re-ran for the manifest: no song redone
 
     (raw / "renamed four.ogg").unlink()
-    repro(project)
+    removed = repro(project)
+    assert removed.stderr.count("0 to compute, 1 removed") == 3   # and the tensors' files
     assert song_ids(project) == old_ids
     for folder, suffix in zip(OUTPUT_DIRS[:3], (".wav", ".npy", ".npy")):
         assert not (project / folder / f"{new_id}{suffix}").exists()
+    assert not list(songs.glob(f"{new_id}_*")) and mtimes(songs) == kept
     index = pd.read_parquet(project / "data/processed/music_index.parquet")
     assert set(index.song_id) == old_ids
+    assert "Data and pipelines are up to date" in repro(project).stdout
 
 
 def test_changing_block_size_gives_new_shapes_without_decoding_again(project, raw):
@@ -98,7 +118,7 @@ def test_changing_block_size_gives_new_shapes_without_decoding_again(project, ra
     set_params(project / "params.yaml", {"fft_blocks.block_size": 1024})
     out = repro(project)
     assert "0 to decode" in out.stderr and "Running stage 'fft_blocks'" in out.stdout
-    assert np.load(project / "data/processed/music_x.npy", mmap_mode="r").shape[1:] == (8, 1024)
+    assert Tensors(project / "data/processed", "music").shape() == (8, 1024)
     for f in (project / "data/interim/fft").glob("*.npy"):
         assert np.load(f, mmap_mode="r").shape[1] == 1024
 
@@ -117,7 +137,7 @@ def started(folder: str, n: int = 1):
 
 
 @pytest.mark.parametrize("when", [started("data/interim/wav", 3), started("data/interim/fft", 2),
-                                  started("data/processed", 1)], ids=["decode", "fft", "tensors"])
+                                  started("data/processed/songs", 2)], ids=["decode", "fft", "tensors"])
 def test_kill_9_mid_run_then_repro_gives_identical_outputs(project, raw, tmp_path, when):
     for i in range(6):
         write_song(raw / f"song {i}.mp3", 10 + i, 4.0)
@@ -131,7 +151,7 @@ def test_kill_9_mid_run_then_repro_gives_identical_outputs(project, raw, tmp_pat
     os.killpg(proc.pid, signal.SIGKILL)                 # dvc, the stage and its pool workers
     proc.wait()
     for folder in OUTPUT_DIRS:                          # nothing half-written under a real name
-        for f in (project / folder).glob("*.npy") if (project / folder).is_dir() else []:
+        for f in (project / folder).rglob("*.npy") if (project / folder).is_dir() else []:
             np.load(f, mmap_mode="r")
     run(["dvc", "repro", "tensors"], project)
     resumed = snapshot(project)

@@ -19,6 +19,7 @@ def preprocess(project: Path) -> None:
                          "data/interim/manifest.parquet"], project)
     run_stage("wav_to_npy", [], project)
     run_stage("fft_blocks", [], project)
+    run_stage("tensors", [], project)
 
 
 def test_dask_executor_output_equals_the_local_one_byte_for_byte(tmp_path):
@@ -27,10 +28,10 @@ def test_dask_executor_output_equals_the_local_one_byte_for_byte(tmp_path):
     shutil.copytree(local / "data" / "raw", dask / "data" / "raw")   # the same bytes (OGG
     for project in (local, dask):                                      # serials are random)
         preprocess(project)
-    for folder in ("wav", "npy", "fft"):
-        a, b = local / "data" / "interim" / folder, dask / "data" / "interim" / folder
-        names = sorted(p.name for p in a.iterdir())
-        assert names == sorted(p.name for p in b.iterdir()) and len(names) >= 3
+    for folder in ("interim/wav", "interim/npy", "interim/fft", "processed/songs", "processed"):
+        a, b = local / "data" / folder, dask / "data" / folder
+        names = sorted(p.name for p in a.iterdir() if p.is_file())
+        assert names == sorted(p.name for p in b.iterdir() if p.is_file()) and len(names) >= 3
         match, mismatch, errors = filecmp.cmpfiles(a, b, names, shallow=False)
         assert mismatch == [] and errors == [], (folder, mismatch, errors)
     cols = ["id", "status", "reason", "seconds", "frames", "peak_dbfs"]

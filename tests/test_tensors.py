@@ -1,5 +1,8 @@
-"""tensors: sequences and the one-block shift, the song-level split, streaming statistics, files."""
+"""tensors: sequences and the one-block shift, the song-level split, streaming statistics, the
+per-song files and their index, the reader over them, the export, incremental runs."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -9,8 +12,8 @@ from hypothesis import strategies as st
 
 from stages import arrays, files, tensors
 from stages.config import AudioConfig
-from stages.tensor_files import Tensors
-from tests.conftest import assert_one_line_error, run_stage, set_params
+from stages.tensor_files import OPEN_MAPS, Tensors
+from tests.conftest import assert_one_line_error, run_stage, save_tensors, set_params
 
 
 @pytest.mark.parametrize("n_blocks, expected", [
@@ -81,44 +84,182 @@ def make_fft_dir(project, lengths: dict[str, int], n_feat: int = 5, stamp: bool 
     return fft
 
 
-def test_stage_writes_split_tensors_and_training_statistics(proj):
-    lengths = {f"{i:016x}": n for i, n in enumerate([20, 9, 3, 30, 17, 8])}
-    make_fft_dir(proj, lengths)
-    run_stage("tensors", ["--fft", "fft", "--manifest", "manifest.parquet", "--out", "processed",
-                          "--metrics", "metrics/preprocess.json"], proj)
-    out = proj / "processed"
-    index = pd.read_parquet(out / "music_index.parquet")
+def run_tensors(project, *extra: str, check: bool = True):
+    return run_stage("tensors", ["--fft", "fft", "--manifest", "manifest.parquet", "--out",
+                                 "processed", "--metrics", "metrics/preprocess.json", *extra],
+                     project, check)
+
+
+def concatenated(project, index: pd.DataFrame, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """What the stage's single `<name>_x.npy`, `_y.npy` of a split held: each song's sequences
+    (`song_sequences` of its blocks), songs in sorted order."""
+    songs = sorted(set(index.loc[index.split == split, "song_id"]))
+    pairs = [tensors.song_sequences(np.load(project / "fft" / f"{s}.npy"), 8) for s in songs]
+    if not pairs:
+        return (np.zeros((0, 8, 5), np.float32),) * 2
+    return np.concatenate([x for x, _ in pairs]), np.concatenate([y for _, y in pairs])
+
+
+SIX_SONGS = {f"{i:016x}": n for i, n in enumerate([20, 9, 3, 30, 17, 8])}
+
+
+def test_stage_writes_per_song_tensors_an_index_and_training_statistics(proj):
+    make_fft_dir(proj, SIX_SONGS)
+    run_tensors(proj)
+    out = Tensors(proj / "processed", "music")
+    out.check()
+    index = pd.read_parquet(out.index_path)
     train_songs = set(index.loc[index.split == "train", "song_id"])
     val_songs = set(index.loc[index.split == "val", "song_id"])
     assert train_songs and val_songs and not train_songs & val_songs
-    assert train_songs | val_songs == set(lengths)
-    for split, prefix in (("train", "music"), ("val", "music_val")):
-        x, y = np.load(out / f"{prefix}_x.npy"), np.load(out / f"{prefix}_y.npy")
+    assert train_songs | val_songs == set(SIX_SONGS)
+    assert sorted(p.name for p in out.songs_dir.iterdir() if not p.name.startswith(".")) == \
+        sorted(f"{s}_{part}.npy" for s in SIX_SONGS for part in ("x", "y", "stats"))
+    for split, prefix in (("train", ""), ("val", "val_")):
+        expect_x, expect_y = concatenated(proj, index, split)
+        x, y = out.read(f"{prefix}x"), out.read(f"{prefix}y")
+        assert x.shape == y.shape == expect_x.shape and x.dtype == np.float32
+        assert out.n_sequences(prefix) == len(expect_x) == (index.split == split).sum()
+        for i in range(len(expect_x)):           # row i of the old single file, song by song
+            np.testing.assert_array_equal(x[i], expect_x[i])
+            np.testing.assert_array_equal(y[i], expect_y[i])
         rows = index[index.split == split].sort_values("seq")
-        assert x.shape == y.shape == (len(rows), 8, 5) and x.dtype == np.float32
-        for r in rows.itertuples():               # every sequence is its song's blocks
+        assert list(rows.seq) == list(range(len(rows)))
+        for r in rows.itertuples():              # the index says where each sequence lives
             blocks = np.load(proj / "fft" / f"{r.song_id}.npy")
-            expect_x, expect_y = tensors.song_sequences(blocks, 8)
             k = tensors.sequence_starts(len(blocks), 8).index(r.start_block)
-            np.testing.assert_array_equal(x[r.seq], expect_x[k])
-            np.testing.assert_array_equal(y[r.seq], expect_y[k])
-        assert np.isfinite(x).all() and np.isfinite(y).all()
-    train_x = np.load(out / "music_x.npy").reshape(-1, 5).astype(np.float64)
-    np.testing.assert_allclose(np.load(out / "music_mean.npy"), train_x.mean(axis=0), rtol=1e-5)
+            assert r.row == k
+            np.testing.assert_array_equal(np.load(out.song_path(r.song_id, "x"))[k], x[r.seq])
+    train_x = concatenated(proj, index, "train")[0].reshape(-1, 5).astype(np.float64)
+    np.testing.assert_allclose(np.load(out.path("mean")), train_x.mean(axis=0), rtol=1e-6)
     var = train_x.var(axis=0)
-    np.testing.assert_allclose(np.load(out / "music_var.npy"), np.maximum(var, 0.01 * var.mean()),
+    np.testing.assert_allclose(np.load(out.path("var")), np.maximum(var, 0.01 * var.mean()),
                                rtol=1e-5)
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]
-    assert Tensors(out, "music").audio() == AUDIO        # the data's settings, beside it
+    assert not [p for p in out.folder.rglob("*") if p.name.endswith(".tmp")]
+    assert out.audio() == AUDIO                  # the data's settings, beside it
+    summary = files.read_json(proj / "metrics/preprocess.json")
+    assert (summary["sequences_train"], summary["sequences_val"], summary["songs_ok"]) == \
+        (out.n_sequences(), out.n_sequences("val_"), 6)
+
+
+def test_export_writes_the_single_files_of_the_concatenation(proj):
+    make_fft_dir(proj, SIX_SONGS)
+    assert_one_line_error(run_tensors(proj, "--export", "exported", check=False),
+                          "'processed/music_index.parquet' not found", "dvc repro tensors")
+    run_tensors(proj)
+    assert_one_line_error(run_tensors(proj, "--export", "processed", check=False),
+                          "Export to another folder than 'processed'")
+    run_tensors(proj, "--export", "exported")
+    index = pd.read_parquet(proj / "processed/music_index.parquet")
+    got = {p.name for p in (proj / "exported").iterdir()}
+    assert got == {f"music_{s}.npy" for s in ("x", "y", "val_x", "val_y", "mean", "var")}
+    for split, prefix in (("train", ""), ("val", "val_")):
+        for part, expected in zip("xy", concatenated(proj, index, split)):
+            exported = np.load(proj / "exported" / f"music_{prefix}{part}.npy")
+            assert exported.dtype == expected.dtype
+            np.testing.assert_array_equal(exported, expected)
+    for suffix in ("mean", "var"):
+        assert (proj / "exported" / f"music_{suffix}.npy").read_bytes() == \
+            (proj / "processed" / f"music_{suffix}.npy").read_bytes()
+
+
+def test_the_reader_indexes_like_numpy_on_the_concatenation(proj):
+    make_fft_dir(proj, SIX_SONGS)
+    run_tensors(proj)
+    out = Tensors(proj / "processed", "music")
+    x = out.read("x")
+    whole = concatenated(proj, pd.read_parquet(out.index_path), "train")[0]
+    rng = np.random.default_rng(0)
+    picks = rng.permutation(len(whole))[:7]                  # unsorted, across songs
+    steps = rng.integers(8, size=7)
+    flat = rng.choice(len(whole) * 8, 20, replace=False)
+    for key in (0, 5, -1, len(whole) - 1, slice(None), slice(2, 9), slice(None, None, -3),
+                slice(4, 4), picks, np.sort(picks), picks.tolist(), (picks, slice(None, 3)),
+                (3, slice(None, 2)), (picks, steps), (flat // 8, flat % 8),
+                (picks.reshape(7, 1), steps[:3]), (picks, 2), (slice(1, 4), 0, slice(1, 3)),
+                np.arange(len(whole)) % 2 == 0):
+        got, expected = x[key], whole[key]
+        assert isinstance(got, np.ndarray) and got.shape == expected.shape, key
+        np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(np.asarray(x), whole)
+    assert (x.ndim, len(x), x.dtype) == (3, len(whole), np.float32)
+    with pytest.raises(IndexError):
+        x[len(whole)]
+    assert out.read("val_x")[np.array([], int)].shape == (0, 8, 5)
+
+
+def test_a_reader_keeps_a_bounded_number_of_songs_mapped(tmp_path):
+    rng = np.random.default_rng(0)
+    n = OPEN_MAPS + 9                                         # more songs than maps it may hold
+    x = rng.normal(size=(n, 2, 3)).astype(np.float32)
+    out = save_tensors(tmp_path, x, x, x[:1], x[:1], per_song=1)
+    seqs = out.read("x")
+    order = rng.permutation(n)
+    for i in order:
+        np.testing.assert_array_equal(seqs[i], x[i])
+    np.testing.assert_array_equal(seqs[np.concatenate([order, order])], x[np.concatenate([order, order])])
+    songs = str(out.songs_dir)
+    mapped = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
+              if songs in line}
+    assert 0 < len(mapped) <= OPEN_MAPS
+
+
+def test_only_a_new_song_is_computed_and_a_removed_one_is_deleted(proj):
+    make_fft_dir(proj, SIX_SONGS)
+    run_tensors(proj)
+    out = Tensors(proj / "processed", "music")
+    before = {p.name: p.stat().st_mtime_ns for p in out.songs_dir.iterdir()}
+    index_before = pd.read_parquet(out.index_path)
+    np.save(proj / "fft" / "00000000000000ff.npy",
+            np.random.default_rng(1).normal(size=(12, 5)).astype(np.float32))
+    manifest = pd.read_parquet(proj / "manifest.parquet")
+    pd.concat([manifest, manifest.iloc[:1].assign(path="new", id="00000000000000ff")]).to_parquet(
+        proj / "manifest.parquet")
+    added = run_tensors(proj)
+    assert "1 to compute, 0 removed" in added.stderr
+    after = {p.name: p.stat().st_mtime_ns for p in out.songs_dir.iterdir()}
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert set(after) - set(before) == {f"00000000000000ff_{p}.npy" for p in ("x", "y", "stats")}
+    index = pd.read_parquet(out.index_path)
+    assert "00000000000000ff" in set(index.song_id)
+    for split, prefix in (("train", ""), ("val", "val_")):   # still the concatenation
+        np.testing.assert_array_equal(np.asarray(out.read(f"{prefix}x")),
+                                      concatenated(proj, index, split)[0])
+
+    (out.song_path("00000000000000ff", "stats")).unlink()      # a song killed half-way is redone
+    assert "1 to compute" in run_tensors(proj).stderr
+    (proj / "fft" / "00000000000000ff.npy").unlink()
+    removed = run_tensors(proj)
+    assert "0 to compute, 1 removed" in removed.stderr
+    assert not list(out.songs_dir.glob("00000000000000ff_*"))
+    pd.testing.assert_frame_equal(pd.read_parquet(out.index_path), index_before)
+
+
+def test_new_settings_rebuild_every_song_and_old_single_files_are_removed(proj):
+    make_fft_dir(proj, SIX_SONGS)
+    run_tensors(proj)
+    out = Tensors(proj / "processed", "music")
+    for stale in ("music_x.npy", "music_val_y.npy", "old_index.parquet"):   # an earlier layout
+        (out.folder / stale).write_bytes(b"")
+    (out.folder / "notes.txt").write_text("not the stage's")
+    set_params(proj / "params.yaml", {"tensors.max_seq_len": 4})
+    rebuilt = run_tensors(proj)
+    assert "6 to compute" in rebuilt.stderr
+    assert out.shape() == (4, 5) and out.read("x")[0].shape == (4, 5)
+    assert sorted(p.name for p in out.folder.iterdir()) == [
+        "music_audio.json", "music_index.parquet", "music_mean.npy", "music_var.npy",
+        "notes.txt", "songs"]
+    set_params(proj / "params.yaml", {"tensors.val_fraction": 0.5})        # a new split only
+    assert "0 to compute" in run_tensors(proj).stderr
 
 
 def test_a_single_song_gives_an_empty_validation_set(proj):
     make_fft_dir(proj, {"00000000000000aa": 12})
-    proc = run_stage("tensors", ["--fft", "fft", "--manifest", "manifest.parquet", "--out", "p",
-                                 "--metrics", "m.json"], proj)
+    proc = run_tensors(proj)
     assert "no validation set" in proc.stderr
-    assert np.load(proj / "p" / "music_val_x.npy").shape == (0, 8, 5)
-    assert np.load(proj / "p" / "music_x.npy").shape == (2, 8, 5)
+    out = Tensors(proj / "processed", "music")
+    assert out.read("val_x").shape == (0, 8, 5) and out.n_sequences("val_") == 0
+    assert out.read("x").shape == (2, 8, 5)
 
 
 def test_bad_val_fraction_names_the_key(proj):

@@ -21,18 +21,15 @@ from stages.batches import EpochClock, Normaliser, baseline_losses, dataset, epo
 from stages.tensor_files import Tensors
 from stages.config import UserError
 from tests.conftest import (ROOT, TINY_TRAIN, env, free_port, make_project, run, run_stage,
-                            set_params, three_songs)
+                            save_tensors, set_params, three_songs)
 
 
 # --- tensors made by hand -------------------------------------------------------------------------
 
 def write_tensors(folder: Path, x: np.ndarray, y: np.ndarray, vx: np.ndarray, vy: np.ndarray,
                   mean: np.ndarray, var: np.ndarray, name: str = "music") -> Tensors:
-    folder.mkdir(parents=True, exist_ok=True)
-    for suffix, arr in (("x", x), ("y", y), ("val_x", vx), ("val_y", vy), ("mean", mean),
-                        ("var", var)):
-        np.save(folder / f"{name}_{suffix}.npy", arr.astype(np.float32))
-    return Tensors(folder, name)
+    return save_tensors(folder, *(a.astype(np.float32) for a in (x, y, vx, vy, mean, var)),
+                        name=name)
 
 
 def random_tensors(folder: Path, n=10, n_val=3, seq=4, feat=6, seed=0) -> Tensors:
@@ -98,7 +95,7 @@ def test_epoch_order_is_a_permutation_fixed_by_seed_and_epoch():
 def test_dataset_feeds_every_sequence_once_per_epoch_normalised_in_epoch_order(tmp_path):
     t = random_tensors(tmp_path, n=10, feat=6)
     norm = Normaliser.load(t)
-    x, y = np.load(t.path("x")), np.load(t.path("y"))
+    x, y = np.asarray(t.read("x")), np.asarray(t.read("y"))
     clock = EpochClock(0)
     ds = dataset(t, "", batch_size=4, norm=norm, clock=clock, seed=9)
     assert int(ds.cardinality()) == 3
@@ -118,6 +115,26 @@ def test_dataset_feeds_every_sequence_once_per_epoch_normalised_in_epoch_order(t
         np.testing.assert_allclose(got_y, norm.forward(y[idx]), rtol=1e-5, atol=1e-5)
     assert not np.array_equal(one_epoch(0)[0], one_epoch(1)[0])
     np.testing.assert_array_equal(one_epoch(1)[0], one_epoch(1)[0])   # a resumed epoch is the same
+
+
+def test_the_data_fingerprint_changes_with_any_song_file_the_index_or_the_statistics(tmp_path):
+    from stages.train import tensors_fingerprint
+    t = random_tensors(tmp_path, n=7)
+    seen = [tensors_fingerprint(t)]
+    assert tensors_fingerprint(t) == seen[0]                       # reading changes nothing
+
+    def changed_by(write) -> bool:
+        time.sleep(0.02)                                           # a later modification time
+        write()
+        seen.append(tensors_fingerprint(t))
+        return seen[-1] != seen[-2]
+    song = t.song_path(t.song_ids()[1], "y")
+    assert changed_by(lambda: np.save(song, np.load(song) + 1))    # same size, new content
+    assert changed_by(lambda: t.index_path.write_bytes(t.index_path.read_bytes()))
+    for suffix in ("mean", "var"):
+        assert changed_by(lambda: np.save(t.path(suffix), np.load(t.path(suffix)) * 2))
+    assert changed_by(lambda: np.save(t.song_path("new", "x"), np.zeros((1, 4, 6), np.float32)))
+    assert changed_by(lambda: t.song_path("new", "x").unlink())    # a song removed
 
 
 def test_model_shapes_cells_and_layers():
