@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from stages import arrays, config, pool
 from stages.layouts import n_features, n_frames, pack, song_frames, to_blocks
 
