@@ -140,14 +140,25 @@ class Data:
 
 # --- the stage ------------------------------------------------------------------------------------
 
+def free_cores(sample_s: float = 0.5) -> int:
+    """The cores other work leaves free right now: all of them less the CPU the machine used
+    over `sample_s` while this process slept, at least one."""
+    import psutil
+    cores = os.cpu_count() or 1
+    busy = psutil.cpu_percent(interval=sample_s) / 100 * cores
+    return max(1, min(cores, round(cores - busy)))
+
+
 def configure_threads(threads: int) -> int:
-    """TensorFlow's threads per op (0: its default, one per core); returns how many it uses."""
+    """TensorFlow's threads per op: `threads`, or (0) the cores free when training starts.
+    Beside a second training on 2 cores a step took 1.6-1.9x its time alone with 2 threads each,
+    1.03x with one each (bench/train.py --beside). Returns the number used."""
+    used = threads or free_cores()
     netlib.import_keras()
     import tensorflow as tf
-    if threads:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
-    return threads or os.cpu_count() or 1
+    tf.config.threading.set_intra_op_parallelism_threads(used)
+    tf.config.threading.set_inter_op_parallelism_threads(min(2, used))
+    return used
 
 
 def verdict(val_loss: float | None, baselines: dict[str, float]) -> dict:
@@ -316,7 +327,10 @@ def main(args) -> None:
     fp = fingerprint(dict(params["train"]), data.tensors, data.audio)
     norm = Normaliser.for_params(data.tensors, params)
 
-    configure_threads(tc.threads)     # after the cheap checks: importing TensorFlow takes seconds
+    threads = configure_threads(tc.threads)   # after the cheap checks: importing TF takes seconds
+    if not tc.threads:
+        log.info("training with %d thread(s) per op: the cores free now (train.threads: 0)",
+                 threads)
     strategy = distribution_strategy(tc.strategy)
     if tc.strategy != "default":
         log.info("tf.distribute %s: %d replica(s)", type(strategy).__name__,
@@ -325,6 +339,8 @@ def main(args) -> None:
     tracker = start_tracking(params, data, state, paths)
     train_seconds = fit(model, state, first_epoch, tc, cfg, data, norm, paths, tracker)
     summary = summarise(state, cfg, data, tracker)
+    summary["threads"] = threads                  # what train.threads (0: the free cores) gave
+    tracker.set_tags({"rawtune.threads": str(threads)})
     finish(summary, state, cfg, data, paths, tracker, train_seconds, model_name)
     files.write_json(paths.metrics, summary)
     shutil.rmtree(paths.ckpt_dir, ignore_errors=True)       # done: nothing left to resume
