@@ -282,10 +282,27 @@ def run_size(label: str, corpus: Path, tmp: Path, params: dict, skip_seed: bool,
     return row
 
 
-def add_one_song(rows: list[dict], n_songs: int, demo: dict, tmp: Path, block_size: int) -> dict:
-    """Time the re-run after one more demo song lands in an `n_songs`-song project (the larger
-    corpus's project, when that is the same demo corpus)."""
+def add_one_song(rows: list[dict], n_songs: int, demo: dict, tmp: Path, block_size: int,
+                 real: Path | None = None) -> dict:
+    """Time the re-run after one more song lands in an `n_songs`-song project: the first songs
+    of the `real` corpus when given, else demo songs (the larger corpus's project, when that is
+    the same demo corpus)."""
     same = [r for r in rows if r["songs"] == n_songs and r["corpus"].parent == tmp]
+    if real is not None:
+        songs = audio_files(real)[:n_songs + 1]
+        if len(songs) <= n_songs:
+            sys.exit(f"error: --songs {n_songs}: the corpus has only {len(songs)} songs.")
+        corpus = tmp / f"corpus-{n_songs}"
+        corpus.mkdir()
+        for f in songs[:n_songs]:
+            (corpus / f.name).symlink_to(f.resolve())
+        project = corpus_project(tmp / "ours-add-one", corpus, block_size)
+        full = repro(project, tmp / "full.log")
+        (corpus / songs[-1].name).symlink_to(songs[-1].resolve())
+        again = repro(project, tmp / "add-one.log")
+        return dict(full_s=full["s"], s=again["s"], fraction=again["s"] / full["s"], run=again,
+                    songs=f"{n_songs} real songs, {sum(map(seconds, songs[:n_songs])) / 60:.1f} "
+                          f"min, + one of {seconds(songs[-1]) / 60:.1f} min")
     if same:
         project, corpus, full = same[0]["project"], same[0]["corpus"], same[0]["ours"]
     else:
@@ -294,7 +311,8 @@ def add_one_song(rows: list[dict], n_songs: int, demo: dict, tmp: Path, block_si
         full = repro(project, tmp / "full.log")
     demo_corpus(corpus, n_songs + 1, demo)             # writes only the new song
     again = repro(project, tmp / "add-one.log")
-    return dict(full_s=full["s"], s=again["s"], fraction=again["s"] / full["s"], run=again)
+    return dict(full_s=full["s"], s=again["s"], fraction=again["s"] / full["s"], run=again,
+                songs=f"{n_songs} demo songs + one")
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -397,7 +415,10 @@ def main(args: argparse.Namespace) -> None:
                 for label, corpus, dask in (("1x", small, False),
                                             ("large" if args.large else f"{args.scale}x", big,
                                              True))]
-        head = report(rows, add_one_song(rows, args.songs, demo, tmp, block_size), args.scale)
+        inc = add_one_song(rows, args.songs, demo, tmp, block_size, small if args.corpus else None)
+        print(f"add one song to {inc['songs']}: {inc['s']:.1f} s after a full run of "
+              f"{inc['full_s']:.1f} s ({inc['fraction']:.2f})", flush=True)
+        head = report(rows, inc, args.scale)
     finally:
         if args.keep:
             print(f"kept {tmp}")
