@@ -52,7 +52,7 @@ def test_an_unreachable_dask_scheduler_is_one_sentence(tmp_path):
 
 
 def test_mirrored_strategy_trains_with_the_same_loss_curve(tmp_path):
-    project = flow_project(tmp_path / "p", {"train.epochs": 5})
+    project = flow_project(tmp_path / "p", {"train.epochs": 3})
     run(["dvc", "repro", "codebook"], project)
     curves = {}
     for strategy in ("default", "mirrored"):
@@ -64,7 +64,7 @@ def test_mirrored_strategy_trains_with_the_same_loss_curve(tmp_path):
             assert "MirroredStrategy: 1 replica(s)" in proc.stderr
         curves[strategy] = pd.read_csv(project / f"{strategy}.csv")
     a, b = curves["default"], curves["mirrored"]
-    assert list(a["epoch"]) == list(b["epoch"]) == [1, 2, 3, 4, 5]
+    assert list(a["epoch"]) == list(b["epoch"]) == [1, 2, 3]
     assert a["loss"].iloc[-1] < a["loss"].iloc[0] and b["loss"].iloc[-1] < b["loss"].iloc[0]
     assert b["loss"].to_numpy() == pytest.approx(a["loss"].to_numpy(), rel=0.02)
     assert b["val_loss"].to_numpy() == pytest.approx(a["val_loss"].to_numpy(), rel=0.02)
