@@ -382,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--block-size", type=int, help="samples per block for every way "
                         "(default: params.yaml fft_blocks.block_size; the seed's code used 2048)")
     parser.add_argument("--skip-seed", action="store_true", help="do not run the seed's way")
+    parser.add_argument("--only-add-one", action="store_true", help="only time adding one song "
+                        "to the first --songs songs of --corpus (or of demo songs)")
     parser.add_argument("--keep", action="store_true", help="keep the temp folders and logs")
     parser.add_argument("--worker", choices=("seed", "floor"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -409,6 +411,15 @@ def main(args: argparse.Namespace) -> None:
             small = demo_corpus(tmp / "corpus-1x", demo["songs"], demo)
             big = (linked_corpus(args.large, tmp / "corpus-large") if args.large else
                    demo_corpus(tmp / f"corpus-{args.scale}x", demo["songs"] * args.scale, demo))
+        if args.only_add_one:
+            inc = add_one_song([], args.songs, demo, tmp, block_size,
+                               small if args.corpus else None)
+            print(f"add one song to {inc['songs']}: {inc['s']:.1f} s after a full run of "
+                  f"{inc['full_s']:.1f} s ({inc['fraction']:.2f}); stage processes "
+                  + ", ".join(f"{k} {v:.1f} s" for k, v in inc["run"]["stages"].items()))
+            print(json.dumps(dict(add_one_song_fraction=round(inc["fraction"], 3),
+                                  add_one_s=round(inc["s"], 1), full_s=round(inc["full_s"], 1))))
+            return
         limit_mb = (args.seed_memory_gb * 1024 if args.seed_memory_gb
                     else 0.7 * psutil.virtual_memory().available / 2**20)
         rows = [run_size(label, corpus, tmp, params, args.skip_seed, limit_mb, dask and args.dask)
