@@ -49,7 +49,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stages import config, layouts, model as netlib, synth, train  # noqa: E402
+from stages import codebook, config, files, layouts, model as netlib, synth, train  # noqa: E402,E501
 from stages.batches import EpochClock, Normaliser, dataset  # noqa: E402
 from stages import tensors as tensor_stage  # noqa: E402
 from stages.tensor_files import SONG_PARTS, Tensors  # noqa: E402
@@ -89,16 +89,32 @@ def fake_tensors(folder: Path, n_seq: int, seq_len: int, n_feat: int) -> Tensors
     return out
 
 
-def step_time(cfg: netlib.ModelConfig, tensors: Tensors, batch: int, steps: int) -> float:
-    """Median seconds per training step after a warm-up epoch, fed by the stage's pipeline."""
+def fake_codes(folder: Path, tensors: Tensors, n_codes: int) -> codebook.Codes:
+    """Random codes of the tensors' sequences in the codebook stage's layout (the default
+    family's input)."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    for part in ("x", "y", "val_x", "val_y"):
+        np.save(folder / f"{part}.npy", rng.integers(0, n_codes, tensors.read(part).shape[:2])
+                .astype(np.int16))
+    files.write_json(folder / "codebook.json", dict(family="codebook", codes=n_codes,
+                                                    digest="bench"))
+    return codebook.Codes(folder).check()
+
+
+def step_time(cfg: netlib.ModelConfig, tensors: Tensors, batch: int, steps: int,
+              codes: codebook.Codes | None = None) -> float:
+    """Median seconds per training step after a warm-up epoch, fed by the stage's pipeline
+    (from the `codes` for the codebook family)."""
     import keras
     keras.utils.set_random_seed(0)
-    seq_len, n_feat = tensors.shape()
+    data = codes if cfg.family == "codebook" else tensors
+    seq_len, n_feat = data.shape()
     model = netlib.build_model(cfg, seq_len, n_feat)
     netlib.compile_model(model, cfg)
     norm = Normaliser.load(tensors)
     clock = EpochClock()
-    ds = dataset(tensors, "", batch, norm, clock, 0).take(steps)
+    ds = dataset(data, "", batch, norm, clock, 0).take(steps)
 
     class Timer(keras.callbacks.Callback):
         def on_train_batch_begin(self, b, logs=None):
@@ -287,9 +303,11 @@ def main() -> None:
     audio = config.AudioConfig.from_params(params)
     block, rate = audio.block_size, audio.sample_rate
     n_feat = layouts.n_features(block, audio.layout)
+    n_codes = config.param(params, "codebook.codes", int)
+    n_in = n_codes if base.family == "codebook" else n_feat      # what the network reads
     seq_len = config.param(params, "tensors.max_seq_len", int)
     default_batch = train.TrainConfig.from_params(params).batch_size
-    seq_per_minute = 60 * rate / block / seq_len
+    seq_per_minute = 60 * rate / audio.hop / seq_len
 
     peak32, peak16 = matmul_peak("float32"), matmul_peak("bfloat16")
     print(f"floor: float32 matmul {peak32:.0f} GFLOP/s, bfloat16 matmul {peak16:.0f} GFLOP/s")
@@ -299,15 +317,16 @@ def main() -> None:
         settings += [(default_batch, netlib.ModelConfig(**{**base.as_dict(), "jit_compile": True})),
                      (default_batch, netlib.ModelConfig(**{**base.as_dict(),
                                                           "precision": "mixed_bfloat16"}))]
-    flops_seq = netlib.flops_per_sequence(base, seq_len, n_feat)
-    print(f"model: {base.cell} hidden {base.hidden} x {base.layers}, {seq_len} x {n_feat} "
-          f"per sequence, {flops_seq / 1e9:.2f} GFLOP per sequence per step")
+    flops_seq = netlib.flops_per_sequence(base, seq_len, n_in)
+    print(f"model: {base.family}, {base.cell} hidden {base.hidden} x {base.layers}, {seq_len} x "
+          f"{n_in} per sequence, {flops_seq / 1e9:.2f} GFLOP per sequence per step")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tensors = fake_tensors(Path(tmp), max(b for b, _ in settings) * args.steps, seq_len,
                                n_feat)
+        codes = fake_codes(Path(tmp) / "codebook", tensors, n_codes)
         for batch, cfg in settings:
-            t = step_time(cfg, tensors, batch, args.steps)
+            t = step_time(cfg, tensors, batch, args.steps, codes)
             gflops = flops_seq * batch / t / 1e9
             per_min = t / batch * seq_per_minute
             row = dict(batch=batch, precision=cfg.precision, jit=cfg.jit_compile,
