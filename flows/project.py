@@ -80,6 +80,69 @@ class Paths:
                             "git.") from err
 
 
+# --- DVC's own lock files after a kill -------------------------------------------------------------
+# DVC rewrites dvc.lock and .dvc/tmp/rwlock in place (truncate, then write): a kill -9 of `dvc` in
+# that moment leaves an empty file and every later `dvc` stops. `repair` mends that before each
+# `dvc` call here, and `python -m flows.repair` does it for a user of plain `dvc`.
+
+def _unreadable_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+        return False
+    except (OSError, ValueError):
+        return path.exists()
+
+
+def _unreadable_yaml(path: Path) -> bool:
+    try:
+        return not isinstance(yaml.safe_load(path.read_text()), dict)
+    except OSError:
+        return False                                 # no dvc.lock yet: nothing to repair
+    except yaml.YAMLError:
+        return True
+
+
+def _committed(project: Path, name: str) -> bytes | None:
+    proc = subprocess.run(["git", "show", f"HEAD:{name}"], cwd=project, capture_output=True)
+    return proc.stdout if proc.returncode == 0 and proc.stdout.strip() else None
+
+
+def repair(project: str | Path) -> list[str]:
+    """Fix what a kill of `dvc` left of its lock files; returns a sentence per fix (none when
+    nothing needed it). Raises RunInProgress while another DVC process runs."""
+    from dvc.lock import LockError, make_lock
+    root = Path(project).resolve()
+    tmp = root / ".dvc" / "tmp"
+    if not tmp.is_dir():
+        return []
+    lock = make_lock(str(tmp / "lock"), tmp_dir=str(tmp))
+    try:
+        lock.lock()
+    except LockError as err:
+        raise RunInProgress(BUSY.format(project=root)) from err
+    fixed = []
+    try:
+        rwlock = tmp / "rwlock"
+        if _unreadable_json(rwlock):
+            rwlock.unlink()
+            fixed.append(f"removed the unreadable {rwlock.relative_to(root)} (DVC was killed "
+                         "while writing it)")
+        dvc_lock = root / "dvc.lock"
+        if _unreadable_yaml(dvc_lock):
+            committed = _committed(root, "dvc.lock")
+            if committed is not None:
+                dvc_lock.write_bytes(committed)
+                fixed.append("restored the empty dvc.lock from git (DVC was killed while "
+                             "writing it); the stages changed since that commit run again")
+            else:
+                dvc_lock.unlink()
+                fixed.append("removed the empty dvc.lock (DVC was killed while writing it); "
+                             "every stage runs again, and finished songs are kept")
+    finally:
+        lock.unlock()
+    return fixed
+
+
 # --- the dvc command line -----------------------------------------------------------------------
 
 def dvc_executable() -> str:
@@ -103,7 +166,6 @@ def run_dvc(args: list[str], project: Path, on_line=None) -> str:
     line goes to `on_line` as it comes. Returns the output; a held lock raises RunInProgress,
     any other failure UserError with the stage's (or DVC's) one sentence. What an earlier kill of
     DVC left of its own lock files is repaired first (flows/repair.py)."""
-    from flows.repair import repair
     for fixed in repair(project):
         logging.getLogger("rawtune").warning("repaired: %s.", fixed)
     env = dict(os.environ, DVC_NO_ANALYTICS="1",

@@ -15,72 +15,9 @@ song, so they only check them).
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
-from pathlib import Path
 
-import yaml
-
-from flows.project import BUSY, RunInProgress
-
-
-def _unreadable_json(path: Path) -> bool:
-    try:
-        json.loads(path.read_text())
-        return False
-    except (OSError, ValueError):
-        return path.exists()
-
-
-def _unreadable_yaml(path: Path) -> bool:
-    try:
-        return not isinstance(yaml.safe_load(path.read_text()), dict)
-    except OSError:
-        return False                                 # no dvc.lock yet: nothing to repair
-    except yaml.YAMLError:
-        return True
-
-
-def _committed(project: Path, name: str) -> bytes | None:
-    proc = subprocess.run(["git", "show", f"HEAD:{name}"], cwd=project, capture_output=True)
-    return proc.stdout if proc.returncode == 0 and proc.stdout.strip() else None
-
-
-def repair(project: str | Path) -> list[str]:
-    """Fix what a kill of `dvc` left of its lock files; returns a sentence per fix (none when
-    nothing needed it). Raises RunInProgress while another DVC process runs."""
-    from dvc.lock import LockError, make_lock
-    root = Path(project).resolve()
-    tmp = root / ".dvc" / "tmp"
-    if not tmp.is_dir():
-        return []
-    lock = make_lock(str(tmp / "lock"), tmp_dir=str(tmp))
-    try:
-        lock.lock()
-    except LockError as err:
-        raise RunInProgress(BUSY.format(project=root)) from err
-    fixed = []
-    try:
-        rwlock = tmp / "rwlock"
-        if _unreadable_json(rwlock):
-            rwlock.unlink()
-            fixed.append(f"removed the unreadable {rwlock.relative_to(root)} (DVC was killed "
-                         "while writing it)")
-        dvc_lock = root / "dvc.lock"
-        if _unreadable_yaml(dvc_lock):
-            committed = _committed(root, "dvc.lock")
-            if committed is not None:
-                dvc_lock.write_bytes(committed)
-                fixed.append("restored the empty dvc.lock from git (DVC was killed while "
-                             "writing it); the stages changed since that commit run again")
-            else:
-                dvc_lock.unlink()
-                fixed.append("removed the empty dvc.lock (DVC was killed while writing it); "
-                             "every stage runs again, and finished songs are kept")
-    finally:
-        lock.unlock()
-    return fixed
+from flows.project import RunInProgress, repair
 
 
 def main(argv: list[str] | None = None) -> int:
