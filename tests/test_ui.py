@@ -48,17 +48,19 @@ def promoted(tmp_path_factory) -> Path:
     return clone
 
 
-@pytest.fixture
-def ui(promoted: Path, tmp_path: Path):
-    """`mlflow ui` on the project's store, bound to 127.0.0.1; stopped with its job workers."""
+@pytest.fixture(scope="module")
+def ui(promoted: Path):
+    """`make ui` on the demo's clone, on a free loopback port (the command the demo's summary
+    names), shared by this file's tests; stopped with its job workers. Its terminal output is
+    in ui.log beside the clone."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([str(BIN / "mlflow"), "ui", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", "sqlite:///mlflow.db"], cwd=promoted,
-                            env=env(), stdout=(tmp_path / "ui.log").open("w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    log = promoted.parent / "ui.log"
+    proc = subprocess.Popen(["make", "ui", f"VENV={VENV}", f"MLFLOW_PORT={port}"], cwd=promoted,
+                            env=env(), stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
     try:
-        wait_until_serving(f"{base}/health", proc, log=tmp_path / "ui.log")
+        wait_until_serving(f"{base}/health", proc, log=log)
         yield base
     finally:
         stop_group(proc)
@@ -173,7 +175,7 @@ def test_the_run_page_shows_curves_songs_and_verdicts_with_the_network_off(promo
 
 
 @pytest.mark.slow
-def test_fresh_clone_make_demo_then_its_next_steps_work(promoted, tmp_path):
+def test_fresh_clone_make_demo_then_its_next_steps_work(promoted, ui):
     clone = promoted
     said = (clone / "demo.out").read_text()
     out = said[said.index("New songs in data/generated/"):].splitlines()
@@ -191,17 +193,9 @@ def test_fresh_clone_make_demo_then_its_next_steps_work(promoted, tmp_path):
         assert path in "\n".join(summary) and (clone / path).exists(), path
     assert summary[-1] == "Next: make ui, then open http://127.0.0.1:5000/#/experiments/1/runs"
 
-    port = free_port()
-    log = tmp_path / "ui.log"
-    ui = subprocess.Popen(["make", "ui", f"VENV={VENV}", f"MLFLOW_PORT={port}"], cwd=clone,
-                          env=env(), stdout=log.open("w"), stderr=subprocess.STDOUT,
-                          start_new_session=True)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_until_serving(f"{base}/health", ui, log=log)
-        assert f"MLflow UI, the training runs: {base}/#/experiments/1/runs" in log.read_text()
-        runs = httpx.post(f"{base}/api/2.0/mlflow/runs/search",
-                          json={"experiment_ids": ["1"]}, timeout=10).json()["runs"]
-        assert [r["info"]["status"] for r in runs] == ["FINISHED"]
-    finally:
-        stop_group(ui)
+    base = ui                                   # `make ui` on this clone (the fixture)
+    said_ui = (clone.parent / "ui.log").read_text()
+    assert f"MLflow UI, the training runs: {base}/#/experiments/1/runs" in said_ui
+    runs = httpx.post(f"{base}/api/2.0/mlflow/runs/search",
+                      json={"experiment_ids": ["1"]}, timeout=10).json()["runs"]
+    assert [r["info"]["status"] for r in runs] == ["FINISHED"]
