@@ -65,13 +65,15 @@ class SongPool:
     workers: int = 1
     executor: str = "local"
     address: str = ""
+    timeout_s: float = 30.0
 
     @classmethod
     def from_params(cls, params: dict) -> "SongPool":
         workers = default_workers(param(params, "preprocess.workers", int, minimum=0))
         executor = param(params, "preprocess.executor", str, choices=EXECUTORS)
         address = param(params, "preprocess.dask_address", (str, type(None))) or ""
-        return cls(workers, executor, address.strip())
+        timeout_s = param(params, "preprocess.dask_timeout_s", (int, float), minimum=1)
+        return cls(workers, executor, address.strip(), float(timeout_s))
 
 
 EXECUTORS = ("local", "dask")
@@ -79,9 +81,27 @@ EXECUTORS = ("local", "dask")
 
 def map_songs(fn: Callable, jobs: list[tuple], pool: SongPool, desc: str) -> list:
     """Run the pure per-song function `fn(*job)` over `jobs` on `pool`, results in job order,
-    with a progress bar (quiet when stderr is not a terminal)."""
+    with a progress bar (quiet when stderr is not a terminal). Each job's first item is its input
+    file: the largest start first, so the run does not end with one core finishing a long song
+    while the others wait."""
     if not jobs:
         return []
+    order = sorted(range(len(jobs)), key=lambda k: -_size(jobs[k][0]))
+    results = _map([jobs[k] for k in order], fn, pool, desc)
+    in_job_order = [None] * len(jobs)
+    for k, result in zip(order, results):
+        in_job_order[k] = result
+    return in_job_order
+
+
+def _size(path) -> int:
+    try:
+        return os.path.getsize(path)
+    except (OSError, TypeError):
+        return 0
+
+
+def _map(jobs: list[tuple], fn: Callable, pool: SongPool, desc: str) -> list:
     bar = dict(total=len(jobs), desc=desc, unit="song", disable=None, leave=False)
     if pool.executor == "dask":
         return _map_dask(fn, jobs, pool, bar)
@@ -97,10 +117,12 @@ def _map_dask(fn: Callable, jobs: list[tuple], pool: SongPool, bar: dict) -> lis
     from dask.distributed import Client, LocalCluster, as_completed
     if pool.address:
         try:
-            client = Client(pool.address, timeout="10s")
+            client = Client(pool.address, timeout=f"{pool.timeout_s}s")
         except (OSError, TimeoutError) as err:
             raise UserError(f"The Dask scheduler at '{pool.address}' (params.yaml "
-                            f"'preprocess.dask_address') cannot be reached ({type(err).__name__})."
+                            f"'preprocess.dask_address') cannot be reached within "
+                            f"{pool.timeout_s:g} s ({type(err).__name__}); check the address, or "
+                            f"raise 'preprocess.dask_timeout_s' for a busy cluster."
                             ) from err
         cluster = None
     else:

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flows.pipeline import STAGES
+from flows.pipeline import STAGES, pipeline
 from flows.retrain import retrain
 from flows.services import stop_group
 from tests.conftest import (BIN, ROOT, burners, cli_env, env, flow_project, free_port,
@@ -29,13 +29,36 @@ def registry(project: Path):
 # --- retraining and the champion ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def served_project(tmp_path_factory) -> Path:
-    """A project whose first retraining made version 1 the champion (one epoch of training)."""
+def first_retrain(tmp_path_factory) -> tuple[Path, dict]:
+    """A fresh project's first retraining (one epoch of training) and what it returned: the
+    pipeline flow ran every stage, and version 1 became the champion."""
     project = flow_project(tmp_path_factory.mktemp("retrain") / "p", {"train.epochs": 1})
-    first = retrain(project=str(project))
+    return project, retrain(project=str(project))
+
+
+@pytest.fixture(scope="module")
+def served_project(first_retrain) -> Path:
+    project, first = first_retrain
     assert first["decision"] == "promoted" and first["champion"] == "1"
-    assert first["ran"] == list(STAGES) and "decode" in first["changed"]
     return project
+
+
+def test_the_pipeline_flow_runs_every_stage_then_everything_is_up_to_date(first_retrain):
+    project, first = first_retrain
+    assert first["ran"] == list(STAGES) and "decode" in first["changed"]
+    train = json.loads((project / "metrics" / "train.json").read_text())
+    assert first["mlflow_run_id"] == train["mlflow_run_id"] and train["model_version"] == "1"
+    assert sorted(first["verdicts"]) == ["song_01.wav", "song_02.wav"]
+    assert all(v in ("ok", "silent", "quiet", "noise", "static", "smear", "clicks", "copy",
+                         "loop", "same") for v in first["verdicts"].values())
+    assert (project / "data" / "generated" / "song_01.wav").is_file()
+    status = subprocess.run(["dvc", "status", "--json"], cwd=project, env=env(),
+                            capture_output=True, text=True, check=True)
+    assert json.loads(status.stdout) == {}, "the flow left DVC's lock file behind the outputs"
+
+    again = pipeline(project=str(project))
+    assert again["ran"] == [] and again["up_to_date"] == list(STAGES)
+    assert all(n == 1 for n in again["attempts"].values())
 
 
 def test_retrain_promotes_only_a_challenger_that_beats_the_champion(served_project):

@@ -42,12 +42,14 @@ def test_dask_executor_output_equals_the_local_one_byte_for_byte(tmp_path):
 
 def test_an_unreachable_dask_scheduler_is_one_sentence(tmp_path):
     project = flow_project(tmp_path / "p", {"preprocess.executor": "dask",
-                                            "preprocess.dask_address": f"tcp://127.0.0.1:{free_port()}"})
+                                            "preprocess.dask_address": f"tcp://127.0.0.1:{free_port()}",
+                                            "preprocess.dask_timeout_s": 2})
     proc = run_stage("decode", ["--raw", "data/raw", "--out", "data/interim/wav", "--manifest",
                                 "data/interim/manifest.parquet"], project, check=False)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith(
         "error: The Dask scheduler at 'tcp://127.0.0.1:")
+    assert "cannot be reached within 2 s" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

@@ -308,3 +308,25 @@ def test_quiet_bins_are_floored_relative_to_the_mean_variance():
     np.testing.assert_allclose(tensors.floored_variance(var, 0.01), [100.0, 1.0, 1.01 / 3])
     np.testing.assert_array_equal(tensors.floored_variance(var, 0.0)[:2], var[:2])
     assert tensors.floored_variance(np.zeros(3), 0.01).min() > 0     # never a division by zero
+
+
+STARTED: list[str] = []
+
+
+def _record(src: str, tag: str) -> str:
+    STARTED.append(Path(src).name)
+    return f"{Path(src).name}:{tag}"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_per_song_work_starts_with_the_largest_song_and_returns_in_job_order(tmp_path, workers):
+    from stages import pool
+    sizes = {"a.npy": 10, "b.npy": 3000, "c.npy": 200, "d.npy": 50000}
+    for name, size in sizes.items():
+        (tmp_path / name).write_bytes(b"\0" * size)
+    jobs = [(str(tmp_path / name), str(k)) for k, name in enumerate(sizes)]
+    STARTED.clear()
+    out = pool.map_songs(_record, jobs, pool.SongPool(workers=workers), "test")
+    assert out == ["a.npy:0", "b.npy:1", "c.npy:2", "d.npy:3"]
+    if workers == 1:                                   # in this process: the order it ran in
+        assert STARTED == ["d.npy", "b.npy", "c.npy", "a.npy"]
