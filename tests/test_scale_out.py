@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import filecmp
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.conftest import (FLOW_PARAMS, flow_project, free_port, make_project, run, run_stage,
+from tests.conftest import (FLOW_PARAMS, env, flow_project, free_port, make_project, run_stage,
                             set_params)
 
 pytestmark = pytest.mark.slow
@@ -53,20 +55,24 @@ def test_an_unreachable_dask_scheduler_is_one_sentence(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_mirrored_strategy_trains_with_the_same_loss_curve(tmp_path):
-    project = flow_project(tmp_path / "p", {"train.epochs": 3})
-    run(["dvc", "repro", "codebook"], project)
-    curves = {}
-    for strategy in ("default", "mirrored"):
-        set_params(project / "params.yaml", {"train.strategy": strategy})
-        proc = run_stage("train", ["--models", f"m-{strategy}", "--metrics", f"{strategy}.json",
-                                   "--history", f"{strategy}.csv", "--plot", f"{strategy}.png"],
-                         project)
-        if strategy == "mirrored":
-            assert "MirroredStrategy: 1 replica(s)" in proc.stderr
-        curves[strategy] = pd.read_csv(project / f"{strategy}.csv")
-    a, b = curves["default"], curves["mirrored"]
-    assert list(a["epoch"]) == list(b["epoch"]) == [1, 2, 3]
+def test_mirrored_strategy_trains_with_the_same_loss_curve(trained, tmp_path):
+    """The shared project trained with the default strategy (`dvc repro train`); the same data
+    and params with `train.strategy: mirrored`, into other files and another MLflow store, so
+    the shared project is left as it was."""
+    params = tmp_path / "params.yaml"
+    params.write_text((trained / "params.yaml").read_text())
+    set_params(params, {"train.strategy": "mirrored"})
+    out = tmp_path / "mirrored"
+    proc = subprocess.run([sys.executable, "-m", "stages.train", "--params", str(params),
+                           "--models", str(out / "models"), "--metrics", str(out / "train.json"),
+                           "--history", str(out / "history.csv"), "--plot", str(out / "curve.png")],
+                          cwd=trained, capture_output=True, text=True,
+                          env=dict(env(), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'm.db'}"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MirroredStrategy: 1 replica(s)" in proc.stderr
+    a = pd.read_csv(trained / "metrics" / "train_history.csv")
+    b = pd.read_csv(out / "history.csv")
+    assert list(a["epoch"]) == list(b["epoch"]) == [1, 2, 3, 4]
     assert a["loss"].iloc[-1] < a["loss"].iloc[0] and b["loss"].iloc[-1] < b["loss"].iloc[0]
     assert b["loss"].to_numpy() == pytest.approx(a["loss"].to_numpy(), rel=0.02)
     assert b["val_loss"].to_numpy() == pytest.approx(a["val_loss"].to_numpy(), rel=0.02)
