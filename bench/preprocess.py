@@ -315,6 +315,23 @@ def add_one_song(rows: list[dict], n_songs: int, demo: dict, tmp: Path, block_si
                 songs=f"{n_songs} demo songs + one")
 
 
+# what one second of audio leaves on disk in a project: WAV, npy, frames, x and y, each also in
+# DVC's cache (the defaults' frames; the seed's layouts write less)
+PROJECT_BYTES_PER_S = 2 * 660e3
+
+
+def check_disk(tmp: Path, corpora: list[Path]) -> None:
+    """Stop with one sentence when the projects would not fit: a full disk kills a stage's pool
+    worker mid-write (SIGBUS on its memory map) instead of raising an error."""
+    need = PROJECT_BYTES_PER_S * sum(seconds(f) for c in corpora for f in audio_files(c))
+    free = shutil.disk_usage(tmp).free
+    if free < need:
+        shutil.rmtree(tmp, ignore_errors=True)
+        sys.exit(f"error: the benchmark's projects need about {need / 2**30:.1f} GB in {tmp.parent} "
+                 f"and {free / 2**30:.1f} GB are free; free some space or set TMPDIR to a larger "
+                 "disk.")
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 2) if a and b else None
 
@@ -411,6 +428,8 @@ def main(args: argparse.Namespace) -> None:
             small = demo_corpus(tmp / "corpus-1x", demo["songs"], demo)
             big = (linked_corpus(args.large, tmp / "corpus-large") if args.large else
                    demo_corpus(tmp / f"corpus-{args.scale}x", demo["songs"] * args.scale, demo))
+        check_disk(tmp, [small] if args.only_add_one else [small, big, big] if args.dask
+                   else [small, big])
         if args.only_add_one:
             inc = add_one_song([], args.songs, demo, tmp, block_size,
                                small if args.corpus else None)
