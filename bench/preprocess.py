@@ -320,16 +320,23 @@ def add_one_song(rows: list[dict], n_songs: int, demo: dict, tmp: Path, block_si
 PROJECT_BYTES_PER_S = 2 * 660e3
 
 
-def check_disk(tmp: Path, corpora: list[Path]) -> None:
-    """Stop with one sentence when the projects would not fit: a full disk kills a stage's pool
-    worker mid-write (SIGBUS on its memory map) instead of raising an error."""
-    need = PROJECT_BYTES_PER_S * sum(seconds(f) for c in corpora for f in audio_files(c))
+def check_disk(tmp: Path, projects: dict[Path, int]) -> None:
+    """Stop with one sentence when the projects (how many of each corpus) would not fit: a full
+    disk kills a stage's pool worker mid-write (SIGBUS on its memory map) instead of raising an
+    error. The caller removes `tmp`."""
+    need = PROJECT_BYTES_PER_S * sum(n * sum(map(seconds, audio_files(corpus)))
+                                     for corpus, n in projects.items())
     free = shutil.disk_usage(tmp).free
     if free < need:
-        shutil.rmtree(tmp, ignore_errors=True)
         sys.exit(f"error: the benchmark's projects need about {need / 2**30:.1f} GB in {tmp.parent} "
                  f"and {free / 2**30:.1f} GB are free; free some space or set TMPDIR to a larger "
                  "disk.")
+
+
+def say_add_one(inc: dict) -> None:
+    print(f"add one song to {inc['songs']}: {inc['s']:.1f} s after a full run of "
+          f"{inc['full_s']:.1f} s ({inc['fraction']:.2f}); stage processes "
+          + ", ".join(f"{k} {v:.1f} s" for k, v in inc["run"]["stages"].items()), flush=True)
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -428,14 +435,11 @@ def main(args: argparse.Namespace) -> None:
             small = demo_corpus(tmp / "corpus-1x", demo["songs"], demo)
             big = (linked_corpus(args.large, tmp / "corpus-large") if args.large else
                    demo_corpus(tmp / f"corpus-{args.scale}x", demo["songs"] * args.scale, demo))
-        check_disk(tmp, [small] if args.only_add_one else [small, big, big] if args.dask
-                   else [small, big])
+        check_disk(tmp, {small: 1} if args.only_add_one else {small: 1, big: 2 if args.dask else 1})
         if args.only_add_one:
             inc = add_one_song([], args.songs, demo, tmp, block_size,
                                small if args.corpus else None)
-            print(f"add one song to {inc['songs']}: {inc['s']:.1f} s after a full run of "
-                  f"{inc['full_s']:.1f} s ({inc['fraction']:.2f}); stage processes "
-                  + ", ".join(f"{k} {v:.1f} s" for k, v in inc["run"]["stages"].items()))
+            say_add_one(inc)
             print(json.dumps(dict(add_one_song_fraction=round(inc["fraction"], 3),
                                   add_one_s=round(inc["s"], 1), full_s=round(inc["full_s"], 1))))
             return
@@ -446,8 +450,7 @@ def main(args: argparse.Namespace) -> None:
                                             ("large" if args.large else f"{args.scale}x", big,
                                              True))]
         inc = add_one_song(rows, args.songs, demo, tmp, block_size, small if args.corpus else None)
-        print(f"add one song to {inc['songs']}: {inc['s']:.1f} s after a full run of "
-              f"{inc['full_s']:.1f} s ({inc['fraction']:.2f})", flush=True)
+        say_add_one(inc)
         head = report(rows, inc, args.scale)
     finally:
         if args.keep:

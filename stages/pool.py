@@ -97,7 +97,7 @@ def map_songs(fn: Callable, jobs: list[tuple], pool: SongPool, desc: str) -> lis
 def _size(path) -> int:
     try:
         return os.path.getsize(path)
-    except (OSError, TypeError):
+    except OSError:                                    # gone already: the job will say so
         return 0
 
 
