@@ -176,10 +176,9 @@ def read_songs(npy_dir: Path, ids: list[str], seconds: float, rate: int) -> list
 
 def song_ids(tensors: Tensors) -> tuple[list[str], list[str]]:
     """(training song ids, validation song ids) from the tensors' index."""
-    import pyarrow.parquet as pq
     if not tensors.index_path.is_file():
         raise UserError(f"'{tensors.index_path}' not found; run `dvc repro tensors` first.")
-    index = pq.read_table(tensors.index_path, columns=["split", "song_id"]).to_pylist()
+    index = files.read_parquet(tensors.index_path, ["split", "song_id"]).to_pylist()
     return (sorted({r["song_id"] for r in index if r["split"] == "train"}),
             sorted({r["song_id"] for r in index if r["split"] == "val"}))
 

@@ -255,10 +255,9 @@ def seed_from_tensors(tensors, split: str, k: int, n_songs: int, rng: np.random.
 
 def songs_of_sequences(index_path: Path, split: str) -> list[str] | None:
     """Each sequence's song id in a split ("" train, "val_"), from the tensors' index."""
-    import pyarrow.parquet as pq
     if not index_path.is_file():
         return None
-    rows = pq.read_table(index_path, columns=["split", "seq", "song_id"]).to_pylist()
+    rows = files.read_parquet(index_path, ["split", "seq", "song_id"]).to_pylist()
     wanted = "val" if split else "train"
     return [r["song_id"] for r in sorted((r for r in rows if r["split"] == wanted),
                                          key=lambda r: r["seq"])]

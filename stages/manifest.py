@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages.files import atomic_path
+from stages.files import atomic_path, read_parquet
 
 MANIFEST_COLUMNS = [("path", "string"), ("id", "string"), ("status", "string"),
                     ("reason", "string"), ("seconds", "float64"), ("sample_rate_in", "int64"),
@@ -14,8 +14,7 @@ MANIFEST_COLUMNS = [("path", "string"), ("id", "string"), ("status", "string"),
 
 
 def read_manifest(path: str | Path) -> list[dict]:
-    import pyarrow.parquet as pq  # here, not at the top: the array stages start faster without it
-    return pq.ParquetFile(path).read().to_pylist()  # (read_table would import pandas)
+    return read_parquet(path).to_pylist()
 
 
 def write_manifest(path: str | Path, rows: list[dict]) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 
 from stages import arrays
 from stages.config import AudioConfig, UserError, tensors_name
-from stages.files import read_json
+from stages.files import read_json, read_parquet
 
 SONGS = "songs"                        # the folder of per-song files inside the tensors' folder
 SONG_PARTS = ("x", "y", "stats")       # <song_id>_<part>.npy
@@ -160,10 +160,9 @@ class Tensors:
 
     def index(self, split: str | None = None) -> dict[str, list]:
         """The index's columns (of one split's rows, "train" or "val", in sequence order)."""
-        import pyarrow.parquet as pq
         if not self.index_path.is_file():
             return dict(split=[], seq=[], song_id=[], start_block=[], row=[])
-        table = pq.read_table(self.index_path)
+        table = read_parquet(self.index_path)
         if split is not None:
             import pyarrow.compute as pc
             table = table.filter(pc.equal(table["split"], split)).sort_by("seq")

@@ -206,3 +206,21 @@ def test_a_song_as_near_as_the_real_songs_is_never_noise(reference, thresholds):
     finally:
         ref.figures.clear()
         ref.figures.update(saved)
+
+
+@pytest.mark.parametrize("n", [10, 300, 2048, 5000, 44100])
+def test_the_run_spectrograms_and_frames_are_scipy_signals_without_importing_it(n):
+    """The PNGs' spectrogram and evaluate's frames are computed in numpy (importing scipy.signal
+    costs every stage that draws or judges ~1 s) and equal what scipy.signal gives."""
+    from scipy import signal
+    from stages.plots import power_spectrogram
+    x = np.random.default_rng(n).normal(size=n)
+    nper = min(2048, max(16, n))
+    expected = signal.spectrogram(np.pad(x, (0, max(0, 16 - n))), fs=22050, window="hann",
+                                  nperseg=nper, noverlap=nper * 3 // 4)
+    for got, want in zip(power_spectrogram(x, 22050), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-15)
+    frames = quality.frames(x)
+    np.testing.assert_allclose(quality.power_frames(x), np.abs(np.fft.rfft(
+        frames * signal.get_window("hann", quality.FRAME), axis=1)) ** 2 / quality.FRAME,
+        rtol=1e-9, atol=1e-15)
