@@ -41,10 +41,11 @@ browser:
 	  else echo "note: chromium is not installed and installing it needs root; the MLflow UI test will be skipped."; fi; }
 
 # the suite's files run on every core at once (one file's tests stay on one worker, so its
-# fixtures are made once); TEST_WORKERS=0 runs them one after another
+# fixtures are made once; the longest files first, tests/conftest.py); TEST_WORKERS=0 runs them
+# one after another
 TEST_WORKERS ?= auto
 test: setup browser
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 ui: setup
 	@echo "MLflow UI, the training runs: $$($(BIN)/python -m stages.report --ui-address --port $(MLFLOW_PORT))"

@@ -21,6 +21,20 @@ from stages.tensor_files import Tensors
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
+# The files whose tests take longest on 2 cores, longest first (worker-seconds in one run of the
+# suite: retrain ~320, train ~220, pipeline ~160, ui ~140, generate ~130, flows ~75, scale-out ~35).
+# `make test` hands out whole files in collection order (--dist loadfile --no-loadscope-reorder);
+# starting these first keeps a long file from starting while the other worker is nearly done.
+LONGEST_FIRST = ("test_retrain.py", "test_train.py", "test_pipeline.py", "test_ui.py",
+                 "test_generate.py", "test_flows.py", "test_scale_out.py")
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    rank = {name: k for k, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))     # stable: a file's own
+                                                                           # order is kept
+
+
 # Small but real settings: a few blocks per second, short sequences.
 SMALL_PARAMS = {"decode.sample_rate": 44100, "fft_blocks.block_size": 2048, "fft_blocks.hop": 512,
                 "tensors.max_seq_len": 8,
