@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -28,16 +30,31 @@ def task_runs(name: str) -> list:
 # --- the pipeline flow -------------------------------------------------------------------------
 
 def test_a_held_dvc_lock_is_retried_then_the_stage_runs(tmp_path):
-    project = flow_project(tmp_path / "p")
+    """Another DVC holds the project's lock until the flow's first attempt has failed on it (on
+    a loaded machine the flow may take seconds to get there: a fixed hold could end first)."""
+    project, released = flow_project(tmp_path / "p"), tmp_path / "release"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom dvc.lock import make_lock\n"
+        [sys.executable, "-c", "import os, sys, time\nfrom dvc.lock import make_lock\n"
          "lock = make_lock('.dvc/tmp/lock'); lock.lock(); print('held', flush=True)\n"
-         "time.sleep(float(sys.argv[1])); lock.unlock()", "5"],
+         "end = time.monotonic() + 120\n"
+         "while not os.path.exists(sys.argv[1]) and time.monotonic() < end: time.sleep(0.05)\n"
+         "lock.unlock()", str(released)],
         cwd=project, env=env(), stdout=subprocess.PIPE, text=True)
+    before = {r.id for r in task_runs("decode")}
+
+    def release_after_a_failed_attempt():
+        while not released.exists():
+            runs = [r for r in task_runs("decode") if r.id not in before]
+            if any(r.run_count >= 2 or r.state_name == "AwaitingRetry" for r in runs):
+                released.touch()
+            time.sleep(0.1)
+    watcher = threading.Thread(target=release_after_a_failed_attempt, daemon=True)
     try:
         assert holder.stdout.readline().strip() == "held"
+        watcher.start()
         summary = pipeline(project=str(project), stages=["decode"])
     finally:
+        released.touch()
         holder.wait(30)
     assert summary["ran"] == ["decode"]
     assert summary["attempts"]["decode"] >= 2, "the first attempt should have met the held lock"
