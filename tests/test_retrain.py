@@ -106,10 +106,10 @@ def test_retrain_promotes_only_a_challenger_that_beats_the_champion(served_proje
 def test_flows_complete_while_other_work_holds_every_core(served_project, tmp_path):
     """4 busy processes on the 2 cores while both flows start: Prefect's own 20 s start-up
     timeout is not met there (a fresh start took 75 s on the 2-core machine; 16 s idle), the
-    product's flows.startup_timeout_s is. The burners stop by themselves after 30 s, while
+    product's flows.startup_timeout_s is. The burners stop by themselves after 20 s, while
     both flows are still starting."""
     fresh = flow_project(tmp_path / "p")
-    busy = burners(4, 30)
+    busy = burners(4, 20)
     try:
         flows = [subprocess.Popen([sys.executable, "-m", "flows.pipeline", "--project", str(fresh),
                                    "--stages", "decode", "wav_to_npy"], cwd=ROOT,
