@@ -52,6 +52,7 @@ class GenerateConfig:
     top_p: float
     code_frames: str
     griffin_lim_iters: int
+    phase_init: str
 
     @classmethod
     def from_params(cls, params: dict) -> "GenerateConfig":
@@ -65,7 +66,8 @@ class GenerateConfig:
                   format=p("format", str, FORMATS), top_k=p("top_k", int, minimum=0),
                   top_p=float(p("top_p", (int, float), above=0, minimum=0)),
                   code_frames=p("code_frames", str, CODE_FRAMES),
-                  griffin_lim_iters=p("griffin_lim_iters", int, minimum=0))
+                  griffin_lim_iters=p("griffin_lim_iters", int, minimum=0),
+                  phase_init=p("phase_init", str, layouts.PHASE_INITS))
         if cfg.top_p > 1:
             raise UserError(f"params.yaml 'generate.top_p' must be at most 1, got {cfg.top_p!r}.")
         if cfg.seed_source == "file" and not cfg.seed_file:
@@ -358,7 +360,8 @@ def to_samples(made: np.ndarray, src: Source, cfg: GenerateConfig,
     a = src.audio
     features = src.reading.features(made, cfg.code_frames == "member", rng)
     samples = layouts.synthesise(features, a.layout, a.block_size, a.hop, cfg.crossfade,
-                                 cfg.griffin_lim_iters, seed=int(rng.integers(2 ** 31)))
+                                 cfg.griffin_lim_iters, seed=int(rng.integers(2 ** 31)),
+                                 init=cfg.phase_init)
     return samples[:, :int(round(cfg.seconds * a.sample_rate))]
 
 

@@ -71,17 +71,61 @@ def stft(samples: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
     return scipy.fft.rfft(rows * window(n_fft), axis=-1, workers=-1)
 
 
+PHASE_INITS = ("locked", "random")
+
+
+def locked_phases(log_mag: np.ndarray, n_fft: int, hop: int, seed: int = 0) -> np.ndarray:
+    """(songs, n_frames, bins) log-magnitudes -> phases of a phase-locked vocoder (Laroche and
+    Dolson): each spectral peak's phase advances by hop samples of its frequency (the peak bin
+    refined by a parabola through the log-magnitudes around it), and each bin takes the phase of
+    the peak whose region it is in, plus pi per bin (Hann frames that are not zero-phase); a
+    random phase per bin starts each song. Griffin-Lim from these phases converges in a few
+    iterations instead of many: on real music, the spectral error after 2 iterations is below
+    that of 16 from random phases."""
+    mag = np.asarray(log_mag, np.float32)
+    n_songs, n, bins = mag.shape
+    k = np.arange(bins, dtype=np.int32)
+    a, b, c = mag[..., :-2], mag[..., 1:-1], mag[..., 2:]
+    peak = np.zeros(mag.shape, bool)
+    peak[..., 1:-1] = (b > a) & (b >= c)
+    offset = np.zeros(mag.shape, np.float32)        # the peak's bin, refined by a parabola
+    offset[..., 1:-1] = np.clip(0.5 * (a - c) / np.minimum(a - 2 * b + c, np.float32(-1e-6)),
+                                np.float32(-0.5), np.float32(0.5))
+    left = np.maximum.accumulate(np.where(peak, k, np.int32(-bins)), axis=-1)
+    right = np.minimum.accumulate(np.where(peak, k, np.int32(2 * bins))[..., ::-1], axis=-1)[..., ::-1]
+    owner = np.where(k - left <= right - k, left, right)
+    owner = np.where((owner < 0) | (owner >= bins), k, owner)                # a frame without peaks
+    # frame-major from here: one contiguous row of every song per step
+    advance = (np.float32(2 * np.pi * hop / n_fft) * (k.astype(np.float32) + offset)
+               ).swapaxes(0, 1).copy()
+    lock = (np.float32(np.pi) * ((k - owner) & 1).astype(np.float32)).swapaxes(0, 1).copy()
+    owner = (owner + np.int32(bins) * np.arange(n_songs, dtype=np.int32)[:, None, None]
+             ).swapaxes(0, 1).copy()
+    phase = np.empty((n, n_songs, bins), np.float32)
+    previous = np.random.default_rng(seed).random((n_songs, bins), dtype=np.float32) * np.float32(2 * np.pi)
+    for m in range(n):
+        peaks = (previous + advance[m]).ravel()
+        previous = phase[m] = peaks[owner[m]] + lock[m]
+        if m % 64 == 63:
+            np.mod(previous, np.float32(2 * np.pi), out=previous)   # float32 keeps its precision
+    return np.mod(phase.swapaxes(0, 1), np.float32(2 * np.pi))
+
+
 def griffin_lim(log_mag: np.ndarray, n_fft: int, hop: int, iters: int, momentum: float = 0.99,
-                seed: int = 0) -> np.ndarray:
+                seed: int = 0, init: str = "locked") -> np.ndarray:
     """(..., n_frames, bins) log-magnitude frames -> samples (..., (n_frames - 1) * hop) whose
-    STFT magnitude is close to them: fast Griffin-Lim (momentum 0.99) from random phases, every
-    song of the batch at once, on tf.signal (2-3x numpy's speed here). Run eagerly: each op is a
-    whole batch of FFTs, so tracing a graph (about 3 s per process) would cost more than it saves."""
+    STFT magnitude is close to them: fast Griffin-Lim (momentum 0.99) from the phases of a
+    phase-locked vocoder (`init: locked`) or random ones, every song of the batch at once, on
+    tf.signal (2-3x numpy's speed here). Run eagerly: each op is a whole batch of FFTs, so tracing
+    a graph (about 3 s per process) would cost more than it saves."""
     import tensorflow as tf
     log_mag = np.asarray(log_mag, np.float32)
     shape = log_mag.shape
     mag = np.maximum(np.exp(log_mag.reshape((-1,) + shape[-2:])) - LOG_FLOOR, 0)
-    phase = np.random.default_rng(seed).random(mag.shape, dtype=np.float32) * np.float32(2 * np.pi)
+    if init == "locked":
+        phase = locked_phases(log_mag.reshape(mag.shape), n_fft, hop, seed)
+    else:
+        phase = np.random.default_rng(seed).random(mag.shape, dtype=np.float32) * np.float32(2 * np.pi)
     n, n_samples = mag.shape[1], (mag.shape[1] - 1) * hop
     inverse_window = tf.signal.inverse_stft_window_fn(hop)
 
@@ -168,9 +212,10 @@ def analyse(samples: np.ndarray, layout: str, block_size: int, hop: int) -> np.n
 
 
 def synthesise(features: np.ndarray, layout: str, block_size: int, hop: int, crossfade: int = 0,
-               iters: int = 16, seed: int = 0) -> np.ndarray:
+               iters: int = 16, seed: int = 0, init: str = "locked") -> np.ndarray:
     """(songs, n, n_features) blocks or frames -> (songs, n_samples): the block layouts' exact
-    inverse (with `crossfade`), or Griffin-Lim (`iters` iterations) for frames, all songs at once."""
+    inverse (with `crossfade`), or Griffin-Lim (`iters` iterations from `init` phases) for
+    frames, all songs at once."""
     if layout == "frames":
-        return griffin_lim(features, block_size, hop, iters, seed=seed)
+        return griffin_lim(features, block_size, hop, iters, seed=seed, init=init)
     return np.stack([blocks_to_samples(f, layout, block_size, crossfade) for f in features])

@@ -119,6 +119,32 @@ def test_griffin_lim_rebuilds_audio_with_the_frames_magnitudes():
     assert abs(level(out[1][rate:]) - level(song[:rate - hop])) < 1.0   # reversed: 440 Hz at the end
 
 
+def test_phase_locked_start_needs_a_few_griffin_lim_iterations_not_many():
+    """Griffin-Lim from a phase-locked vocoder's phases (the default) against random phases, on
+    two songs at once (tones that start, stop and glide, over a little noise): no iteration at
+    all from locked phases beats 16 from random ones."""
+    rate, n_fft, hop = 8000, 256, 64
+    t = np.arange(3 * rate) / rate
+    song = (0.3 * np.sin(2 * np.pi * 440 * t) * (t < 1.5)
+            + 0.2 * np.sin(2 * np.pi * (600 * t + 40 * np.sin(np.pi * t)))
+            + 0.2 * np.sin(2 * np.pi * 1230 * t) * (t > 1)
+            + 0.01 * np.random.default_rng(0).normal(size=t.size)).astype(np.float32)
+    log_mag = np.log(np.abs(layouts.stft(song, n_fft, hop)) + layouts.LOG_FLOOR)
+    batch = np.stack([log_mag, log_mag[::-1]])
+    wanted = np.exp(batch) - layouts.LOG_FLOOR
+
+    def error(init: str, iters: int) -> float:
+        out = layouts.griffin_lim(batch, n_fft, hop, iters, init=init)
+        assert out.shape == (2, (batch.shape[1] - 1) * hop) and np.isfinite(out).all()
+        mag = np.abs(layouts.stft(out, n_fft, hop))[:, :batch.shape[1]]
+        return float(np.linalg.norm(mag - wanted) / np.linalg.norm(wanted))
+    assert error("locked", 0) < error("random", 16) < error("random", 2)
+    assert error("locked", 2) < 0.5 * error("random", 16)
+    phases = layouts.locked_phases(batch, n_fft, hop)
+    assert phases.shape == batch.shape and phases.dtype == np.float32
+    assert phases.min() >= 0 and phases.max() < 2 * np.pi + 1e-5
+
+
 def test_stage_writes_one_array_per_song_and_prunes(proj):
     set_params(proj / "params.yaml", {"fft_blocks.fft": "rfft"})
     npy, out = proj / "npy", proj / "fft"
