@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages.files import atomic_path, read_parquet
+from stages.files import read_parquet, write_parquet
 
 MANIFEST_COLUMNS = [("path", "string"), ("id", "string"), ("status", "string"),
                     ("reason", "string"), ("seconds", "float64"), ("sample_rate_in", "int64"),
@@ -19,7 +19,5 @@ def read_manifest(path: str | Path) -> list[dict]:
 
 def write_manifest(path: str | Path, rows: list[dict]) -> None:
     import pyarrow as pa
-    import pyarrow.parquet as pq
     schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in MANIFEST_COLUMNS])
-    with atomic_path(path) as tmp:
-        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+    write_parquet(path, rows, schema)

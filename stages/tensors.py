@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from stages import arrays, config, files, layouts, manifest, pool
 from stages.config import AudioConfig, UserError
@@ -244,8 +243,7 @@ def write_tensors(fft_dir: Path, out: Tensors, train: list[str], val: list[str],
             np.save(f, values.astype(np.float32))
     index = (index_rows(fft_dir, "train", train, cfg.max_seq_len)
              + index_rows(fft_dir, "val", val, cfg.max_seq_len))
-    with files.atomic_path(out.index_path) as tmp:
-        pq.write_table(pa.Table.from_pylist(index, schema=INDEX_SCHEMA), tmp)
+    files.write_parquet(out.index_path, index, INDEX_SCHEMA)
     return index
 
 
