@@ -92,7 +92,8 @@ def locked_phases(log_mag: np.ndarray, n_fft: int, hop: int, seed: int = 0) -> n
     offset[..., 1:-1] = np.clip(0.5 * (a - c) / np.minimum(a - 2 * b + c, np.float32(-1e-6)),
                                 np.float32(-0.5), np.float32(0.5))
     left = np.maximum.accumulate(np.where(peak, k, np.int32(-bins)), axis=-1)
-    right = np.minimum.accumulate(np.where(peak, k, np.int32(2 * bins))[..., ::-1], axis=-1)[..., ::-1]
+    right = np.minimum.accumulate(np.where(peak, k, np.int32(2 * bins))[..., ::-1],
+                                  axis=-1)[..., ::-1]
     owner = np.where(k - left <= right - k, left, right)
     owner = np.where((owner < 0) | (owner >= bins), k, owner)                # a frame without peaks
     # frame-major from here: one contiguous row of every song per step
@@ -102,7 +103,8 @@ def locked_phases(log_mag: np.ndarray, n_fft: int, hop: int, seed: int = 0) -> n
     owner = (owner + np.int32(bins) * np.arange(n_songs, dtype=np.int32)[:, None, None]
              ).swapaxes(0, 1).copy()
     phase = np.empty((n, n_songs, bins), np.float32)
-    previous = np.random.default_rng(seed).random((n_songs, bins), dtype=np.float32) * np.float32(2 * np.pi)
+    previous = np.random.default_rng(seed).random((n_songs, bins), dtype=np.float32)
+    previous *= np.float32(2 * np.pi)
     for m in range(n):
         peaks = (previous + advance[m]).ravel()
         previous = phase[m] = peaks[owner[m]] + lock[m]
@@ -125,7 +127,8 @@ def griffin_lim(log_mag: np.ndarray, n_fft: int, hop: int, iters: int, momentum:
     if init == "locked":
         phase = locked_phases(log_mag.reshape(mag.shape), n_fft, hop, seed)
     else:
-        phase = np.random.default_rng(seed).random(mag.shape, dtype=np.float32) * np.float32(2 * np.pi)
+        phase = np.random.default_rng(seed).random(mag.shape, dtype=np.float32)
+        phase *= np.float32(2 * np.pi)
     n, n_samples = mag.shape[1], (mag.shape[1] - 1) * hop
     inverse_window = tf.signal.inverse_stft_window_fn(hop)
 
