@@ -34,6 +34,7 @@ log = logging.getLogger("rawtune")
 SEED_SOURCES = ("train", "val", "file")
 FORMATS = ("wav", "mp3")
 CODE_FRAMES = ("member", "centroid")
+PALETTES = ("song", "all")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class GenerateConfig:
     code_frames: str
     griffin_lim_iters: int
     phase_init: str
+    palette: str
 
     @classmethod
     def from_params(cls, params: dict) -> "GenerateConfig":
@@ -67,7 +69,8 @@ class GenerateConfig:
                   top_p=float(p("top_p", (int, float), above=0, minimum=0)),
                   code_frames=p("code_frames", str, CODE_FRAMES),
                   griffin_lim_iters=p("griffin_lim_iters", int, minimum=0),
-                  phase_init=p("phase_init", str, layouts.PHASE_INITS))
+                  phase_init=p("phase_init", str, layouts.PHASE_INITS),
+                  palette=p("palette", str, PALETTES))
         if cfg.top_p > 1:
             raise UserError(f"params.yaml 'generate.top_p' must be at most 1, got {cfg.top_p!r}.")
         if cfg.seed_source == "file" and not cfg.seed_file:
@@ -124,7 +127,7 @@ class Stepper:
         softmax at that temperature, kept to the top_k codes and the top_p mass (codebook);
         temperature 0 takes the mean or the likeliest code."""
         import tensorflow as tf
-        temperature, top_k, top_p = how
+        temperature, top_k, top_p, bias = how
         if self.family == "regression":
             return out + temperature * tf.random.stateless_normal(tf.shape(out), seed=seed)
         if self.family == "laplace":
@@ -143,6 +146,7 @@ class Stepper:
             return tf.where(logits < floor, -1e9, logits)
 
         # each filter only when asked for: top-p's sort would be the dearest op of every step
+        out = out + bias                      # codes outside a song's palette: -1e9
         logits = out / tf.maximum(temperature, 1e-6)
         logits = tf.cond(top_k > 0, lambda: keep_top_k(logits), lambda: logits)
         logits = tf.cond(top_p < 1.0, lambda: keep_top_p(logits), lambda: logits)
@@ -179,15 +183,21 @@ class Stepper:
 
 
 def generate_blocks(stepper: Stepper, seed: np.ndarray, n_blocks: int, temperature: float,
-                    rng: np.random.Generator, top_k: int = 0, top_p: float = 1.0) -> np.ndarray:
+                    rng: np.random.Generator, top_k: int = 0, top_p: float = 1.0,
+                    palettes: np.ndarray | None = None) -> np.ndarray:
     """Warm the state up on the seed (batch, k[, features]), then sample each next block or code
     from the prediction and feed it back for `n_blocks` steps (the draws follow from `rng`'s
     seed, so a run is reproducible). Returns (batch, n_blocks[, features]): normalised blocks or
-    frames, or codes. The closed loop runs as one TensorFlow graph: no Python work per step."""
+    frames, or codes. `palettes` (batch, codes) of bool keeps each song of a codebook model to
+    the codes marked for it. The closed loop runs as one TensorFlow graph: no Python work per
+    step."""
     import tensorflow as tf
     outs, states = stepper.run(seed)
     noise_seed = int(rng.integers(2 ** 31 - 1))
-    how = (tf.constant(float(temperature)), tf.constant(int(top_k)), tf.constant(float(top_p)))
+    bias = (np.zeros((len(seed), 1), np.float32) if palettes is None
+            else np.where(palettes, 0.0, -1e9).astype(np.float32))
+    how = (tf.constant(float(temperature)), tf.constant(int(top_k)), tf.constant(float(top_p)),
+           tf.constant(bias))
     made = stepper.loop(tf.constant(outs[:, -1]), states, tf.constant(n_blocks), how,
                         tf.constant(noise_seed, tf.int32))
     return made.numpy()
@@ -265,9 +275,9 @@ def songs_of_sequences(index_path: Path, split: str) -> list[str] | None:
                                          key=lambda r: r["seq"])]
 
 
-def seed_from_file(path: str, k: int, n_songs: int, audio_cfg: AudioConfig,
-                   reading: Reading) -> np.ndarray:
-    """The first k blocks of the user's own audio file, decoded exactly as training songs are."""
+def file_inputs(path: str, k: int, audio_cfg: AudioConfig, reading: Reading) -> np.ndarray:
+    """Every block of the user's own audio file (at least k), decoded exactly as training songs
+    are, as the model reads them."""
     if not Path(path).is_file():
         raise UserError(f"Seed file '{path}' (generate.seed_file) not found.")
     try:
@@ -278,21 +288,54 @@ def seed_from_file(path: str, k: int, n_songs: int, audio_cfg: AudioConfig,
     if len(blocks) < k:
         raise UserError(f"Seed file '{path}' has {len(blocks)} block(s) of {audio_cfg.block_size} "
                         f"samples; 'generate.seed_blocks' asks for {k}.")
-    return np.repeat(reading.inputs(blocks[:k])[None], n_songs, axis=0)
+    return reading.inputs(blocks)
+
+
+def seed_from_file(path: str, k: int, n_songs: int, audio_cfg: AudioConfig,
+                   reading: Reading) -> np.ndarray:
+    """The first k blocks of the user's own audio file, n_songs times."""
+    return np.repeat(file_inputs(path, k, audio_cfg, reading)[None, :k], n_songs, axis=0)
+
+
+def palette(codes: np.ndarray, n_codes: int) -> np.ndarray:
+    """(n_codes,) bool: the codes that occur in `codes`."""
+    allowed = np.zeros(n_codes, bool)
+    allowed[np.unique(codes)] = True
+    return allowed
+
+
+def song_palettes(tensors, split: str, song_of_seq: list[str], picks: list[int]) -> np.ndarray:
+    """(len(picks), n_codes) bool: the codes of every sequence of each picked sequence's song."""
+    x, y = tensors.read(f"{split}x"), tensors.read(f"{split}y")
+    rows = {}
+    for seq, song in enumerate(song_of_seq):
+        rows.setdefault(song, []).append(seq)
+    return np.stack([palette(np.concatenate([np.asarray(x[rows[song_of_seq[p]]]).ravel(),
+                                             np.asarray(y[rows[song_of_seq[p]]]).ravel()]),
+                             tensors.n_codes) for p in picks])
 
 
 def choose_seeds(cfg: GenerateConfig, tensors, audio_cfg: AudioConfig, reading: Reading,
-                 rng: np.random.Generator, index_path: Path) -> tuple[np.ndarray, list[str]]:
-    """The seeds as the model reads them (n_songs, seed_blocks[, features]) and where each came
-    from."""
+                 rng: np.random.Generator, index_path: Path
+                 ) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+    """The seeds as the model reads them (n_songs, seed_blocks[, features]), where each came
+    from, and, for a codebook model with `generate.palette: song`, each new song's palette: the
+    codes its seed's whole song plays (None: every code)."""
+    by_song = cfg.palette == "song" and reading.book is not None
     if cfg.seed_source == "file":
-        seed = seed_from_file(cfg.seed_file, cfg.seed_blocks, cfg.n_songs, audio_cfg, reading)
-        return seed, [cfg.seed_file] * cfg.n_songs
+        inputs = file_inputs(cfg.seed_file, cfg.seed_blocks, audio_cfg, reading)
+        seed = np.repeat(inputs[None, :cfg.seed_blocks], cfg.n_songs, axis=0)
+        palettes = (np.repeat(palette(inputs, len(reading.book.centroids))[None], cfg.n_songs, 0)
+                    if by_song else None)
+        return seed, [cfg.seed_file] * cfg.n_songs, palettes
     split = "" if cfg.seed_source == "train" else "val_"
     songs = songs_of_sequences(index_path, split)
     seed, picks = seed_from_tensors(tensors, split, cfg.seed_blocks, cfg.n_songs, rng, reading,
                                     songs)
-    return seed, [f"{cfg.seed_source} sequence {i}" for i in picks]
+    palettes = (song_palettes(tensors, split, songs, picks)
+                if by_song and songs is not None and len(songs) == tensors.n_sequences(split)
+                else None)
+    return seed, [f"{cfg.seed_source} sequence {i}" for i in picks], palettes
 
 
 # --- the stage ---------------------------------------------------------------------------------
@@ -424,15 +467,20 @@ def main(args) -> None:
     model_source = args.model or cfg.model
     src = model_for(model_source, audio_cfg, tensors, Path(args.codebook), params)
     rng = np.random.default_rng(cfg.random_seed)
-    seed, seeds = choose_seeds(cfg, src.arrays, audio_cfg, src.reading, rng, tensors.index_path)
+    seed, seeds, palettes = choose_seeds(cfg, src.arrays, audio_cfg, src.reading, rng,
+                                         tensors.index_path)
 
     n_steps = steps_for(cfg.seconds, audio_cfg)
     log.info("generating %d song(s) of %d %s (%.1f s) from %d seed step(s), %s model, "
              "temperature %g", cfg.n_songs, n_steps,
              "frames" if audio_cfg.layout == "frames" else "blocks", cfg.seconds, cfg.seed_blocks,
              src.stepper.family, cfg.temperature)
+    if palettes is not None:
+        log.info("each song keeps to its seed song's palette: %s of %d codes",
+                 ", ".join(str(int(n)) for n in palettes.sum(axis=1)), palettes.shape[1])
     t0 = time.perf_counter()
-    made = generate_blocks(src.stepper, seed, n_steps, cfg.temperature, rng, cfg.top_k, cfg.top_p)
+    made = generate_blocks(src.stepper, seed, n_steps, cfg.temperature, rng, cfg.top_k, cfg.top_p,
+                           palettes)
     network_s = time.perf_counter() - t0
     songs_samples = to_samples(made, src, cfg, rng)
     wall = time.perf_counter() - t0
@@ -443,6 +491,7 @@ def main(args) -> None:
     summary = dict(songs=songs, n_songs=cfg.n_songs, seconds=cfg.seconds, blocks=n_steps,
                    family=src.stepper.family, generation_s=round(wall, 3),
                    network_s=round(network_s, 3), realtime_factor=round(audio_seconds / wall, 1),
+                   palette_codes=None if palettes is None else palettes.sum(axis=1).tolist(),
                    model=model_source, audio=src.audio.as_dict())
     files.write_json(args.metrics, summary)
     log.info("%d song(s) -> %s (%.1f s of audio in %.1f s, %.1f s of it the network: %.0fx real "

@@ -128,6 +128,28 @@ def test_codes_are_sampled_by_temperature_top_k_and_top_p():
     assert ranks.max() <= 2 and ranks.max() > 0
 
 
+def test_each_song_keeps_to_its_palette_whatever_the_temperature(tmp_path):
+    model, stepper = codebook_stepper()
+    seed = np.array([[1, 2, 3], [4, 5, 6]], np.int32)
+    palettes = np.zeros((2, 16), bool)
+    palettes[0, [1, 2, 3]] = True
+    palettes[1, 9:] = True
+    for t, k, p in [(0.0, 0, 1.0), (1.0, 0, 1.0), (8.0, 0, 1.0), (8.0, 2, 1.0), (8.0, 0, 0.5)]:
+        made = generate.generate_blocks(stepper, seed, 60, t, np.random.default_rng(0), top_k=k,
+                                        top_p=p, palettes=palettes)
+        assert set(np.unique(made[0])) <= {1, 2, 3} and made[1].min() >= 9
+    assert len(np.unique(made[1])) > 1                    # hot draws still vary inside it
+    # a song's palette is every code of every sequence of its song, seeds and targets
+    codes = tmp_path / "codes"
+    codes.mkdir()
+    x = np.array([[0, 1], [2, 2], [5, 6], [7, 7]], np.int16)     # songs a, a, b, c
+    np.save(codes / "x.npy", x)
+    np.save(codes / "y.npy", x + 8)
+    files.write_json(codes / "codebook.json", dict(digest="d", codes=16))
+    got = generate.song_palettes(codebook.Codes(codes), "", ["a", "a", "b", "c"], [1, 2])
+    assert [np.flatnonzero(row).tolist() for row in got] == [[0, 1, 2, 8, 9, 10], [5, 6, 13, 14]]
+
+
 def test_laplace_draws_spread_by_their_scale_around_the_mean():
     import keras
     keras.utils.set_random_seed(6)
