@@ -174,6 +174,21 @@ def fit(frames: np.ndarray, cfg: CodebookConfig) -> tuple[Codebook, dict]:
     return Codebook(centroids, members), figures
 
 
+def geometry(centroids: np.ndarray, dim: int) -> np.ndarray:
+    """(codes, dim) vectors whose distances follow the codes' frames: the principal components of
+    the centroids (each feature standardised), scaled to unit variance; zeros past the codebook's
+    rank. A network whose code embedding starts here reads similar frames alike from its first
+    step, which an embedding learnt from scratch must discover code by code."""
+    z = (centroids - centroids.mean(axis=0)) / (centroids.std(axis=0) + 1e-3)
+    z -= z.mean(axis=0)
+    _, _, vt = np.linalg.svd(z.astype(np.float64), full_matrices=False)
+    vectors = z @ vt[:dim].T
+    vectors /= vectors.std() + 1e-12
+    out = np.zeros((len(centroids), dim), np.float32)
+    out[:, :vectors.shape[1]] = vectors
+    return out
+
+
 def training_frames(tensors: Tensors, max_frames: int, seed: int) -> np.ndarray:
     """At most `max_frames` frames drawn evenly at random from the training sequences."""
     x = tensors.read("x")

@@ -34,6 +34,7 @@ FAMILIES = ("regression", "laplace", "codebook")
 LOSSES = ("mse", "mae")
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 PRECISIONS = ("float32", "mixed_bfloat16")
+CODE_INITS = ("geometry", "random")
 
 
 def import_keras():
@@ -95,6 +96,7 @@ class ModelConfig:
     precision: str = "float32"
     jit_compile: bool = False
     input_noise: float = 0.0
+    code_init: str = "random"
 
     @classmethod
     def from_params(cls, params: dict) -> "ModelConfig":
@@ -106,7 +108,8 @@ class ModelConfig:
                    loss=p("loss", str, LOSSES), optimizer=p("optimizer", str, OPTIMIZERS),
                    learning_rate=float(lr), precision=p("precision", str, PRECISIONS),
                    jit_compile=p("jit_compile", bool),
-                   input_noise=float(p("input_noise", (int, float), minimum=0)))
+                   input_noise=float(p("input_noise", (int, float), minimum=0)),
+                   code_init=p("code_init", str, CODE_INITS))
 
     def as_dict(self) -> dict:
         return asdict(self)

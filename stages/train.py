@@ -196,6 +196,9 @@ def start_or_resume(cfg: netlib.ModelConfig, tc: TrainConfig, data: Data, norm: 
     keras.utils.set_random_seed(tc.seed)
     with strategy.scope():
         model = netlib.build_model(cfg, data.seq_len, data.n_features)
+        if cfg.family == "codebook" and cfg.code_init == "geometry":
+            model.get_layer("encode").set_weights(
+                [codebook.geometry(data.arrays.load().centroids, cfg.hidden)])
         netlib.compile_model(model, cfg)
     t0 = time.perf_counter()
     if not data.n_val:

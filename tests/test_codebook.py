@@ -114,3 +114,20 @@ def test_code_baselines_are_the_cross_entropy_of_frequencies_and_of_repeating(tm
     assert got["train_mean"] == pytest.approx(-np.log(unigram[0]))
     repeat = np.array([0.5 * unigram[0], 0.5 * unigram[0] + 0.5])  # 2 -> 0 (no repeat), 0 -> 0
     assert got["repeat_last"] == pytest.approx(-np.log(repeat).mean())
+
+
+@pytest.mark.parametrize("dim", [4, 12])
+def test_code_geometry_keeps_the_distances_between_the_codes_frames(dim):
+    frames, _ = clustered(300, np.random.default_rng(4).normal(0, 5, (6, 6)), 5)
+    centroids = codebook.fit(frames, dataclasses.replace(CFG, codes=6))[0].centroids
+    vectors = codebook.geometry(centroids, dim)
+    assert vectors.shape == (6, dim) and vectors.dtype == np.float32
+    assert abs(vectors[:, :6].std() - 1) < 1e-4                  # unit variance where filled
+    z = (centroids - centroids.mean(0)) / (centroids.std(0) + 1e-3)
+    apart = lambda v: np.linalg.norm(v[:, None] - v[None], axis=-1)[np.triu_indices(6, 1)]  # noqa
+    ratio = apart(vectors) / apart(z)
+    if dim >= 6:                   # every component kept: the same distances, scaled
+        np.testing.assert_allclose(ratio, ratio[0], rtol=1e-4)
+        assert not vectors[:, 6:].any()                           # nothing past the rank
+    else:                          # the main components: the far codes stay the far ones
+        assert np.corrcoef(apart(vectors), apart(z))[0, 1] > 0.95
