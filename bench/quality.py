@@ -125,9 +125,15 @@ def main() -> None:
                         help="training budget of the other configs (default: --minutes)")
     parser.add_argument("--only", choices=sorted(CONFIGS), action="append",
                         help="run these configs only")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="make the projects in this new folder and keep them (their songs, "
+                             "spectrograms and MLflow runs); default: a temporary folder")
     args = parser.parse_args()
     everything = {}
+    if args.keep is not None and args.keep.exists():
+        parser.error(f"--keep {args.keep} exists already; name a new folder.")
     with tempfile.TemporaryDirectory() as tmp:
+        tmp = args.keep or tmp
         for corpus in args.corpus:
             results = []
             for name in args.only or list(CONFIGS):

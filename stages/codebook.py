@@ -85,13 +85,27 @@ class Codebook:
             codes[start:start + CHUNK_ROWS] = np.argmax(rows @ self.centroids.T - half_norms, axis=1)
         return codes.reshape(frames.shape[:-1])
 
-    def decode(self, codes: np.ndarray, sharp: bool, rng: np.random.Generator) -> np.ndarray:
-        """Codes (...) -> frames (..., n_features): a real member frame of each code drawn at
-        random (`sharp`), or the code's centre."""
-        if not sharp:
+    def decode(self, codes: np.ndarray, how: str, rng: np.random.Generator) -> np.ndarray:
+        """Codes (..., time) -> frames (..., time, n_features), each code played as (`how`):
+        `member`, a real frame of it drawn at random; `nearest`, the real frame of it whose
+        spectral shape is nearest the frame played before (the first drawn at random; the
+        level is left out, or a quiet frame would choose quiet ones after it): a code held or
+        revisited keeps one frame, so a held note keeps its pitch; `centroid`, the code's
+        centre."""
+        if how == "centroid":
             return self.centroids[codes]
-        pick = rng.integers(self.members.shape[1], size=codes.shape)
-        return self.members[codes, pick]
+        frames = self.members[codes, rng.integers(self.members.shape[1], size=codes.shape)]
+        if how == "member" or codes.shape[-1] < 2:
+            return frames
+        lines = codes.reshape(-1, codes.shape[-1])
+        out = frames.reshape(lines.shape + frames.shape[-1:])
+        rows = np.arange(len(lines))
+        for t in range(1, lines.shape[1]):
+            options = self.members[lines[:, t]]                       # (lines, members, features)
+            gap = options - out[:, t - 1, None]
+            gap = np.square(gap - gap.mean(axis=-1, keepdims=True)).sum(axis=-1)
+            out[:, t] = options[rows, gap.argmin(axis=1)]
+        return out.reshape(frames.shape)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ log = logging.getLogger("rawtune")
 
 SEED_SOURCES = ("train", "val", "file")
 FORMATS = ("wav", "mp3")
-CODE_FRAMES = ("member", "centroid")
+CODE_FRAMES = ("nearest", "member", "centroid")
 PALETTES = ("song", "all")
 
 
@@ -55,6 +55,8 @@ class GenerateConfig:
     griffin_lim_iters: int
     phase_init: str
     palette: str
+    max_silence_s: float
+    silence_db: float
 
     @classmethod
     def from_params(cls, params: dict) -> "GenerateConfig":
@@ -70,7 +72,9 @@ class GenerateConfig:
                   code_frames=p("code_frames", str, CODE_FRAMES),
                   griffin_lim_iters=p("griffin_lim_iters", int, minimum=0),
                   phase_init=p("phase_init", str, layouts.PHASE_INITS),
-                  palette=p("palette", str, PALETTES))
+                  palette=p("palette", str, PALETTES),
+                  max_silence_s=float(p("max_silence_s", (int, float), minimum=0)),
+                  silence_db=float(p("silence_db", (int, float), above=0)))
         if cfg.top_p > 1:
             raise UserError(f"params.yaml 'generate.top_p' must be at most 1, got {cfg.top_p!r}.")
         if cfg.seed_source == "file" and not cfg.seed_file:
@@ -121,13 +125,14 @@ class Stepper:
             new_states.append(list(state) if isinstance(state, (list, tuple)) else [state])
         return self.decode(h), new_states
 
-    def _sample(self, out, seed, how):
+    def _sample(self, out, seed, how, barred):
         """The next input from a prediction: the block plus N(0, temperature) noise (regression),
         a Laplace draw with its scale times the temperature (laplace), or a code drawn from the
-        softmax at that temperature, kept to the top_k codes and the top_p mass (codebook);
-        temperature 0 takes the mean or the likeliest code."""
+        softmax at that temperature, kept to the top_k codes and the top_p mass (codebook), never
+        one outside the song's palette or `barred` (-1e9 added to its logit); temperature 0 takes
+        the mean or the likeliest code."""
         import tensorflow as tf
-        temperature, top_k, top_p, bias = how
+        temperature, top_k, top_p, bias = how[:4]
         if self.family == "regression":
             return out + temperature * tf.random.stateless_normal(tf.shape(out), seed=seed)
         if self.family == "laplace":
@@ -146,7 +151,7 @@ class Stepper:
             return tf.where(logits < floor, -1e9, logits)
 
         # each filter only when asked for: top-p's sort would be the dearest op of every step
-        out = out + bias                      # codes outside a song's palette: -1e9
+        out = out + bias + barred             # codes outside a song's palette, barred: -1e9
         logits = out / tf.maximum(temperature, 1e-6)
         logits = tf.cond(top_k > 0, lambda: keep_top_k(logits), lambda: logits)
         logits = tf.cond(top_p < 1.0, lambda: keep_top_p(logits), lambda: logits)
@@ -159,15 +164,22 @@ class Stepper:
         import tensorflow as tf
         made = tf.TensorArray(tf.int32 if self.family == "codebook" else tf.float32,
                               size=n_blocks)
+        silent, max_silent = how[4:]          # (batch, codes) bool; silent steps allowed in a row
 
-        def body(t, out, states, made):
-            block = self._sample(out, tf.stack([noise_seed, t]), how)
+        def body(t, out, states, made, run, left):
+            barred = tf.where(silent & (left > 0)[:, None], -1e9, 0.0)
+            block = self._sample(out, tf.stack([noise_seed, t]), how, barred)
             made = made.write(t, block)
+            if self.family == "codebook":     # each song's run of silence, then as long barred
+                run = tf.where(tf.gather(silent, block, batch_dims=1), run + 1, 0)
+                left = tf.where(run >= max_silent, max_silent, tf.maximum(left - 1, 0))
+                run = tf.where(run >= max_silent, 0, run)
             out, states = self._step(block, states)
-            return t + 1, out, states, made
+            return t + 1, out, states, made, run, left
 
-        _, _, _, made = tf.while_loop(lambda t, *_: t < n_blocks, body,
-                                      (tf.constant(0), out, states, made))
+        zeros = tf.zeros(tf.shape(out)[:1], tf.int32)
+        _, _, _, made, _, _ = tf.while_loop(lambda t, *_: t < n_blocks, body,
+                                            (tf.constant(0), out, states, made, zeros, zeros))
         stacked = made.stack()
         return tf.transpose(stacked, [1, 0] + list(range(2, len(stacked.shape))))
 
@@ -184,23 +196,42 @@ class Stepper:
 
 def generate_blocks(stepper: Stepper, seed: np.ndarray, n_blocks: int, temperature: float,
                     rng: np.random.Generator, top_k: int = 0, top_p: float = 1.0,
-                    palettes: np.ndarray | None = None) -> np.ndarray:
+                    palettes: np.ndarray | None = None, silent: np.ndarray | None = None,
+                    max_silent: int = 0) -> np.ndarray:
     """Warm the state up on the seed (batch, k[, features]), then sample each next block or code
     from the prediction and feed it back for `n_blocks` steps (the draws follow from `rng`'s
     seed, so a run is reproducible). Returns (batch, n_blocks[, features]): normalised blocks or
     frames, or codes. `palettes` (batch, codes) of bool keeps each song of a codebook model to
-    the codes marked for it. The closed loop runs as one TensorFlow graph: no Python work per
-    step."""
+    the codes marked for it; after `max_silent` codes in a row marked for it in `silent`
+    (batch or 1, codes), a song draws none of those for as many steps (0: no limit). The closed loop runs as one
+    TensorFlow graph: no Python work per step."""
     import tensorflow as tf
     outs, states = stepper.run(seed)
     noise_seed = int(rng.integers(2 ** 31 - 1))
     bias = (np.zeros((len(seed), 1), np.float32) if palettes is None
             else np.where(palettes, 0.0, -1e9).astype(np.float32))
+    if silent is None or max_silent <= 0:
+        silent = np.zeros((1, stepper.n_features if stepper.family == "codebook" else 1), bool)
+    silent = np.broadcast_to(np.asarray(silent, bool).reshape(-1, silent.shape[-1]),
+                             (len(seed), silent.shape[-1]))
     how = (tf.constant(float(temperature)), tf.constant(int(top_k)), tf.constant(float(top_p)),
-           tf.constant(bias))
+           tf.constant(bias), tf.constant(silent),
+           tf.constant(int(max_silent) if max_silent > 0 else 2 ** 30))
     made = stepper.loop(tf.constant(outs[:, -1]), states, tf.constant(n_blocks), how,
                         tf.constant(noise_seed, tf.int32))
     return made.numpy()
+
+
+def silent_codes(book, plays: np.ndarray, n_fft: int, below_db: float) -> np.ndarray:
+    """(songs, n_codes) bool: for each song, the codes whose frame is at least `below_db` under
+    the median frame of the music it grows from (`plays`: (songs, n_codes) how often each code
+    plays there) — a fade's tail, a hum, silence — or under -60 dBFS."""
+    level = layouts.frame_dbfs(book.centroids, n_fft)
+    order = np.argsort(level)
+    cum = np.cumsum(plays[:, order], axis=1)
+    middle = np.array([np.searchsorted(c, c[-1] / 2) for c in cum])
+    median = level[order][np.minimum(middle, len(level) - 1)]
+    return (level < median[:, None] - below_db) | (level < layouts.SILENT_DBFS)
 
 
 # --- from blocks to audio ----------------------------------------------------------------------
@@ -223,23 +254,32 @@ class Reading:
         """Blocks or frames in the data's units -> what the model reads."""
         return self.book.assign(features) if self.book is not None else self.norm.forward(features)
 
-    def features(self, made: np.ndarray, sharp: bool, rng: np.random.Generator) -> np.ndarray:
-        """What the model made -> blocks or frames in the data's units."""
+    def features(self, made: np.ndarray, code_frames: str,
+                 rng: np.random.Generator) -> np.ndarray:
+        """What the model made -> blocks or frames in the data's units (`code_frames`: how a
+        code is played)."""
         if self.book is not None:
-            return self.book.decode(made, sharp, rng)
+            return self.book.decode(made, code_frames, rng)
         return self.norm.inverse(made)
 
 
 # --- seeds ---------------------------------------------------------------------------------------
 
-def spread_picks(song_of_seq: list[str], n_songs: int, rng: np.random.Generator) -> list[int]:
+def spread_picks(song_of_seq: list[str], n_songs: int, rng: np.random.Generator,
+                 loudness: np.ndarray | None = None) -> list[int]:
     """n_songs sequence numbers, each from another song while there are songs left (then round
-    again): new songs seeded from one song tend to sound alike."""
+    again): new songs seeded from one song tend to sound alike. Songs are drawn in proportion to
+    their length: a 6 s jingle is rarely the whole palette of a new 30 s song. With each
+    sequence's `loudness`, a song's seed is one of its louder half: a song's silent intro or
+    tail warms the model up into silence."""
     by_song: dict[str, list[int]] = {}
     for seq, song in enumerate(song_of_seq):
         by_song.setdefault(song, []).append(seq)
     songs = [by_song[s] for s in sorted(by_song)]
-    order = rng.permutation(len(songs))
+    if loudness is not None:
+        songs = [[q for q in seqs if loudness[q] >= np.median(loudness[seqs])] for seqs in songs]
+    sizes = np.array([len(s) for s in songs], float)
+    order = rng.choice(len(songs), size=len(songs), replace=False, p=sizes / sizes.sum())
     return [int(rng.choice(songs[order[i % len(songs)]])) for i in range(n_songs)]
 
 
@@ -258,7 +298,11 @@ def seed_from_tensors(tensors, split: str, k: int, n_songs: int, rng: np.random.
         raise UserError(f"params.yaml 'generate.seed_blocks' is {k} but training sequences have "
                         f"{x.shape[1]} blocks; use at most {x.shape[1]}.")
     if song_of_seq is not None and len(song_of_seq) == x.shape[0]:
-        picks = spread_picks(song_of_seq, n_songs, rng)
+        loudness = None
+        if reading.book is not None:       # of each code's frame; then of each sequence's seed
+            code_db = np.log(np.exp(2 * reading.book.centroids.astype(np.float64)).sum(axis=1))
+            loudness = np.median(code_db[np.asarray(x[:, :k])], axis=1)
+        picks = spread_picks(song_of_seq, n_songs, rng, loudness)
     else:
         picks = rng.choice(x.shape[0], size=n_songs, replace=x.shape[0] < n_songs).tolist()
     seed = np.asarray(x[picks, :k])
@@ -297,45 +341,44 @@ def seed_from_file(path: str, k: int, n_songs: int, audio_cfg: AudioConfig,
     return np.repeat(file_inputs(path, k, audio_cfg, reading)[None, :k], n_songs, axis=0)
 
 
-def palette(codes: np.ndarray, n_codes: int) -> np.ndarray:
-    """(n_codes,) bool: the codes that occur in `codes`."""
-    allowed = np.zeros(n_codes, bool)
-    allowed[np.unique(codes)] = True
-    return allowed
+def code_counts(codes: np.ndarray, n_codes: int) -> np.ndarray:
+    """(n_codes,) how often each code occurs in `codes`."""
+    return np.bincount(np.asarray(codes, np.int64).ravel(), minlength=n_codes)
 
 
-def song_palettes(tensors, split: str, song_of_seq: list[str], picks: list[int]) -> np.ndarray:
-    """(len(picks), n_codes) bool: the codes of every sequence of each picked sequence's song."""
+def song_plays(tensors, split: str, song_of_seq: list[str], picks: list[int]) -> np.ndarray:
+    """(len(picks), n_codes): how often each code plays in every sequence (inputs and targets)
+    of each picked sequence's song."""
     x, y = tensors.read(f"{split}x"), tensors.read(f"{split}y")
     rows = {}
     for seq, song in enumerate(song_of_seq):
         rows.setdefault(song, []).append(seq)
-    return np.stack([palette(np.concatenate([np.asarray(x[rows[song_of_seq[p]]]).ravel(),
-                                             np.asarray(y[rows[song_of_seq[p]]]).ravel()]),
-                             tensors.n_codes) for p in picks])
+    return np.stack([code_counts(np.asarray(x[rows[song_of_seq[p]]]), tensors.n_codes)
+                     + code_counts(np.asarray(y[rows[song_of_seq[p]]]), tensors.n_codes)
+                     for p in picks])
 
 
 def choose_seeds(cfg: GenerateConfig, tensors, audio_cfg: AudioConfig, reading: Reading,
                  rng: np.random.Generator, index_path: Path
                  ) -> tuple[np.ndarray, list[str], np.ndarray | None]:
     """The seeds as the model reads them (n_songs, seed_blocks[, features]), where each came
-    from, and, for a codebook model with `generate.palette: song`, each new song's palette: the
-    codes its seed's whole song plays (None: every code)."""
-    by_song = cfg.palette == "song" and reading.book is not None
+    from, and, for a codebook model, how often each code plays in each seed's whole song
+    (n_songs, n_codes; None where the songs are not known)."""
+    book = reading.book
     if cfg.seed_source == "file":
         inputs = file_inputs(cfg.seed_file, cfg.seed_blocks, audio_cfg, reading)
         seed = np.repeat(inputs[None, :cfg.seed_blocks], cfg.n_songs, axis=0)
-        palettes = (np.repeat(palette(inputs, len(reading.book.centroids))[None], cfg.n_songs, 0)
-                    if by_song else None)
-        return seed, [cfg.seed_file] * cfg.n_songs, palettes
+        plays = (None if book is None else
+                 np.repeat(code_counts(inputs, len(book.centroids))[None], cfg.n_songs, 0))
+        return seed, [cfg.seed_file] * cfg.n_songs, plays
     split = "" if cfg.seed_source == "train" else "val_"
     songs = songs_of_sequences(index_path, split)
     seed, picks = seed_from_tensors(tensors, split, cfg.seed_blocks, cfg.n_songs, rng, reading,
                                     songs)
-    palettes = (song_palettes(tensors, split, songs, picks)
-                if by_song and songs is not None and len(songs) == tensors.n_sequences(split)
-                else None)
-    return seed, [f"{cfg.seed_source} sequence {i}" for i in picks], palettes
+    plays = (song_plays(tensors, split, songs, picks)
+             if book is not None and songs is not None
+             and len(songs) == tensors.n_sequences(split) else None)
+    return seed, [f"{cfg.seed_source} sequence {i}" for i in picks], plays
 
 
 # --- the stage ---------------------------------------------------------------------------------
@@ -401,7 +444,7 @@ def to_samples(made: np.ndarray, src: Source, cfg: GenerateConfig,
                rng: np.random.Generator) -> np.ndarray:
     """What the model made -> (n_songs, n_samples) audio, every song at once, cut to length."""
     a = src.audio
-    features = src.reading.features(made, cfg.code_frames == "member", rng)
+    features = src.reading.features(made, cfg.code_frames, rng)
     samples = layouts.synthesise(features, a.layout, a.block_size, a.hop, cfg.crossfade,
                                  cfg.griffin_lim_iters, seed=int(rng.integers(2 ** 31)),
                                  init=cfg.phase_init)
@@ -467,8 +510,14 @@ def main(args) -> None:
     model_source = args.model or cfg.model
     src = model_for(model_source, audio_cfg, tensors, Path(args.codebook), params)
     rng = np.random.default_rng(cfg.random_seed)
-    seed, seeds, palettes = choose_seeds(cfg, src.arrays, audio_cfg, src.reading, rng,
-                                         tensors.index_path)
+    seed, seeds, plays = choose_seeds(cfg, src.arrays, audio_cfg, src.reading, rng,
+                                      tensors.index_path)
+    palettes = plays > 0 if plays is not None and cfg.palette == "song" else None
+    silent = None
+    if src.reading.book is not None:        # the training songs' codes where no song is known
+        if plays is None or cfg.palette == "all":
+            plays = code_counts(src.arrays.read("x"), src.arrays.n_codes)[None]
+        silent = silent_codes(src.reading.book, plays, audio_cfg.block_size, cfg.silence_db)
 
     n_steps = steps_for(cfg.seconds, audio_cfg)
     log.info("generating %d song(s) of %d %s (%.1f s) from %d seed step(s), %s model, "
@@ -480,7 +529,8 @@ def main(args) -> None:
                  ", ".join(str(int(n)) for n in palettes.sum(axis=1)), palettes.shape[1])
     t0 = time.perf_counter()
     made = generate_blocks(src.stepper, seed, n_steps, cfg.temperature, rng, cfg.top_k, cfg.top_p,
-                           palettes)
+                           palettes, silent, round(cfg.max_silence_s * audio_cfg.sample_rate
+                                                   / audio_cfg.hop))
     network_s = time.perf_counter() - t0
     songs_samples = to_samples(made, src, cfg, rng)
     wall = time.perf_counter() - t0

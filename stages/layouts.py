@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+SILENT_DBFS = -60.0        # a frame below this level is silence (evaluate's silent fraction too)
 LOG_FLOOR = 1e-4          # magnitude added before the log: -80 dB below a unit bin, the frames' floor
 
 
@@ -72,6 +73,14 @@ def stft(samples: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
 
 
 PHASE_INITS = ("locked", "random")
+
+
+def frame_dbfs(log_mag: np.ndarray, n_fft: int) -> np.ndarray:
+    """(..., bins) log-magnitude Hann frames -> the level in dBFS of the audio each one covers
+    (Parseval over the one-sided spectrum, undoing the Hann window's power of 3/8)."""
+    power = np.square(np.maximum(np.exp(np.asarray(log_mag, np.float64)) - LOG_FLOOR, 0))
+    power[..., 1:-1] *= 2
+    return 10 * np.log10(power.sum(axis=-1) / (n_fft ** 2 * 0.375) + 1e-12)
 
 
 def locked_phases(log_mag: np.ndarray, n_fft: int, hop: int, seed: int = 0) -> np.ndarray:

@@ -19,10 +19,12 @@ from scipy import linalg
 from scipy.ndimage import median_filter
 from scipy.spatial import cKDTree
 
+from stages import layouts
+
 FRAME, HOP = 2048, 1024
 N_MELS, FMIN, FMAX = 64, 30.0, 11000.0
 TEXTURE_FRAMES, COARSE = 43, 4
-SILENT_DBFS = -60.0
+SILENT_DBFS = layouts.SILENT_DBFS
 EPS = 1e-10
 
 

@@ -31,11 +31,11 @@ def test_fit_finds_the_clusters_and_decodes_to_their_own_frames():
     # each cluster is one code, whatever its number
     assert all(len(set(codes[which == c])) == 1 for c in range(3)) and len(set(codes)) == 3
     assert figures["codes_used"] == 3 and figures["distortion"] < 0.1 * figures["variance"]
-    sharp = book.decode(codes[:50], sharp=True, rng=np.random.default_rng(1))
+    sharp = book.decode(codes[:50], "member", rng=np.random.default_rng(1))
     rows = {tuple(r) for r in frames}
     assert all(tuple(r) in rows for r in sharp)                   # real training frames...
     np.testing.assert_array_equal(book.assign(sharp), codes[:50])  # ...of the code played
-    blurred = book.decode(codes[:50], sharp=False, rng=np.random.default_rng(1))
+    blurred = book.decode(codes[:50], "centroid", rng=np.random.default_rng(1))
     np.testing.assert_array_equal(blurred, book.centroids[codes[:50]])
     again, _ = codebook.fit(frames, CFG)
     assert again.digest == book.digest and codebook.fit(frames[:500], CFG)[0].digest != book.digest
@@ -131,3 +131,26 @@ def test_code_geometry_keeps_the_distances_between_the_codes_frames(dim):
         assert not vectors[:, 6:].any()                           # nothing past the rank
     else:                          # the main components: the far codes stay the far ones
         assert np.corrcoef(apart(vectors), apart(z))[0, 1] > 0.95
+
+
+def test_nearest_playback_holds_a_code_on_one_frame_and_moves_to_the_closest_shape():
+    members = np.array([[[0, 0, 0], [5, 0, 0], [0, 5, 0], [0, 0, 0]],       # code 0
+                        [[9, 9, 9], [14, 9, 9], [9, 14, 9], [1, 0, 0]]],    # code 1: 9 dB louder
+                       np.float32)
+    book = codebook.Codebook(members.mean(axis=1), members)
+    codes = np.array([[0, 0, 0, 1, 1, 0], [1, 1, 0, 0, 1, 1]])
+    firsts = set()
+    for seed in range(8):
+        got = book.decode(codes, "nearest", np.random.default_rng(seed))
+        assert got.shape == (2, 6, 3)
+        for song, row in zip(got, codes):                          # every frame a real member
+            assert all(any((f == m).all() for m in members[c]) for f, c in zip(song, row))
+        np.testing.assert_array_equal(got[0, :3], np.repeat(got[0, :1], 3, axis=0))  # held
+        # the same shape, 9 louder; never [1, 0, 0], nearer [0, 0, 0] but of another shape
+        np.testing.assert_array_equal(got[0, 3:5], [got[0, 0] + 9] * 2)
+        np.testing.assert_array_equal(got[0, 5], got[0, 0])          # and back again
+        np.testing.assert_array_equal(got[1, 1], got[1, 0])
+        firsts.add(tuple(got[0, 0]))
+    assert len(firsts) == 3                                        # the first frame: at random
+    drawn = {tuple(book.decode(codes, "member", np.random.default_rng(s))[0, 1]) for s in range(30)}
+    assert len(drawn) == 3                                         # member: any, at random

@@ -146,8 +146,46 @@ def test_each_song_keeps_to_its_palette_whatever_the_temperature(tmp_path):
     np.save(codes / "x.npy", x)
     np.save(codes / "y.npy", x + 8)
     files.write_json(codes / "codebook.json", dict(digest="d", codes=16))
-    got = generate.song_palettes(codebook.Codes(codes), "", ["a", "a", "b", "c"], [1, 2])
+    got = generate.song_plays(codebook.Codes(codes), "", ["a", "a", "b", "c"], [1, 2])
     assert [np.flatnonzero(row).tolist() for row in got] == [[0, 1, 2, 8, 9, 10], [5, 6, 13, 14]]
+    assert got[0, [0, 2, 10]].tolist() == [1, 2, 2] and got.sum() == 8 + 4
+
+
+def longest_run(row: np.ndarray, marked: np.ndarray) -> int:
+    best = run = 0
+    for code in row:
+        run = run + 1 if marked[code] else 0
+        best = max(best, run)
+    return best
+
+
+def test_a_song_stays_silent_no_longer_than_max_silent():
+    model, stepper = codebook_stepper()
+    seed = np.array([[1, 2, 3], [4, 5, 6]], np.int32)
+    silent = np.arange(16) < 8                                   # codes 0-7 are silence
+    palettes = np.zeros((2, 16), bool)
+    palettes[:, :9] = True                                       # 8 silent codes and code 8
+    made = lambda m: generate.generate_blocks(  # noqa: E731
+        stepper, seed, 300, 1.0, np.random.default_rng(0), palettes=palettes, silent=silent,
+        max_silent=m)
+    free, held = made(0), made(3)
+    assert max(longest_run(r, silent) for r in free) > 3          # left alone: long silences
+    assert max(longest_run(r, silent) for r in held) == 3         # never a 4th silent code
+    assert max(longest_run(r, ~silent) for r in held) >= 3        # then sound as long
+    assert silent[held].mean() <= 0.51 < silent[free].mean()          # at most half silence
+    assert palettes[0][held].all()                                # and still in its palette
+    # the level of a code's frame decides whether it is silence: -60 dBFS, as evaluate's
+    tone = lambda amp: layouts.analyse(  # noqa: E731
+        (amp * np.sin(np.arange(8192) * 0.3)).astype(np.float32), "frames", 1024, 256)[4]
+    levels = layouts.frame_dbfs(np.stack([tone(1.0), tone(1e-3), tone(3e-4)]), 1024)
+    np.testing.assert_allclose(levels, [-3.01, -63.01, -73.47], atol=0.05)
+    assert (levels < layouts.SILENT_DBFS).tolist() == [False, True, True]
+    # ...or 20 dB under the median frame of the song a new one grows from
+    frames = np.stack([tone(a) for a in (0.5, 0.1, 0.02, 0.01, 1e-3)])    # -9, -23, -37, -43, -63
+    book = codebook.Codebook(frames, frames[:, None])
+    plays = np.array([[5, 1, 1, 1, 1], [0, 1, 0, 5, 0]])           # loud song, quiet song
+    got = generate.silent_codes(book, plays, 1024, 20.0)
+    assert got.tolist() == [[False, False, True, True, True], [False, False, False, False, True]]
 
 
 def test_laplace_draws_spread_by_their_scale_around_the_mean():
@@ -181,6 +219,15 @@ def test_seeds_come_from_as_many_different_songs_as_there_are(tmp_path):
                                              generate.Reading(norm), songs)
     assert sorted(songs[p] for p in picks) == ["a", "b", "c"]
     np.testing.assert_array_equal(seed, x[picks, :3])
+    # longer songs seed more often: one song of 30 sequences against ten of one
+    long_first = [generate.spread_picks(["long"] * 30 + list("abcdefghij"), 1,
+                                        np.random.default_rng(s))[0] < 30 for s in range(200)]
+    assert 0.6 < np.mean(long_first) < 0.9                         # 30 / 40 of the sequences
+    # seeds from the louder half of each song: never from its silent intro
+    loud = np.array([-9, -9, -9, 1, 2, 3, -9, 5, 0.0])
+    for seed in range(20):
+        picks = generate.spread_picks(songs, 3, np.random.default_rng(seed), loud)
+        assert all(loud[p] > -9 for p in picks)
 
 
 @pytest.mark.parametrize("name, kwargs, layout", [
