@@ -94,18 +94,24 @@ class Codebook:
         centre."""
         if how == "centroid":
             return self.centroids[codes]
-        frames = self.members[codes, rng.integers(self.members.shape[1], size=codes.shape)]
+        pick = rng.integers(self.members.shape[1], size=codes.shape)
         if how == "member" or codes.shape[-1] < 2:
-            return frames
-        lines = codes.reshape(-1, codes.shape[-1])
-        out = frames.reshape(lines.shape + frames.shape[-1:])
-        rows = np.arange(len(lines))
-        for t in range(1, lines.shape[1]):
-            options = self.members[lines[:, t]]                       # (lines, members, features)
-            gap = options - out[:, t - 1, None]
-            gap = np.square(gap - gap.mean(axis=-1, keepdims=True)).sum(axis=-1)
-            out[:, t] = options[rows, gap.argmin(axis=1)]
-        return out.reshape(frames.shape)
+            return self.members[codes, pick]
+        # |a - b - mean(a - b)|^2 = |a|^2 - 2 a.b + |b|^2 - (sum a - sum b)^2 / n, per member
+        n = self.members.shape[-1]
+        squares = np.square(self.members).sum(axis=-1)             # (codes, members)
+        sums = self.members.sum(axis=-1)
+        for line, picks in zip(codes.reshape(-1, codes.shape[-1]).tolist(),
+                               pick.reshape(-1, codes.shape[-1])):
+            for t in range(1, len(line)):
+                a, b, k = line[t], line[t - 1], picks[t - 1]
+                if a == b:                                         # a held code keeps its frame
+                    picks[t] = k
+                    continue
+                gap = (squares[a] - 2 * (self.members[a] @ self.members[b, k]) + squares[b, k]
+                       - np.square(sums[a] - sums[b, k]) / n)
+                picks[t] = gap.argmin()
+        return self.members[codes, pick]
 
 
 @dataclass(frozen=True)
