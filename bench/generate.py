@@ -34,8 +34,16 @@ def ours(src, seed: np.ndarray, seconds: float, gen) -> tuple[float, float]:
     """(wall seconds, of which the network) for one call of generate's own path."""
     t = time.perf_counter()
     rng = np.random.default_rng(0)
+    palettes = silent = None
+    book = src.reading.book
+    if book is not None:      # as the stage: each song keeps to a palette, with the silence guard
+        plays = rng.integers(0, 3, size=(len(seed), len(book.centroids)))
+        palettes = plays > 0 if gen.palette == "song" else None
+        silent = generate.silent_codes(book, plays, src.audio.block_size, gen.silence_db)
     made = generate.generate_blocks(src.stepper, seed, generate.steps_for(seconds, src.audio),
-                                    gen.temperature, rng, gen.top_k, gen.top_p)
+                                    gen.temperature, rng, gen.top_k, gen.top_p, palettes, silent,
+                                    round(gen.max_silence_s * src.audio.sample_rate
+                                          / src.audio.hop))
     network = time.perf_counter() - t
     generate.to_samples(made, src, dataclasses.replace(gen, seconds=seconds), rng)
     return time.perf_counter() - t, network
