@@ -203,8 +203,8 @@ def generate_blocks(stepper: Stepper, seed: np.ndarray, n_blocks: int, temperatu
     seed, so a run is reproducible). Returns (batch, n_blocks[, features]): normalised blocks or
     frames, or codes. `palettes` (batch, codes) of bool keeps each song of a codebook model to
     the codes marked for it; after `max_silent` codes in a row marked for it in `silent`
-    (batch or 1, codes), a song draws none of those for as many steps (0: no limit). The closed loop runs as one
-    TensorFlow graph: no Python work per step."""
+    (batch or 1, codes), a song draws none of those for as many steps (0: no limit). The closed
+    loop runs as one TensorFlow graph: no Python work per step."""
     import tensorflow as tf
     outs, states = stepper.run(seed)
     noise_seed = int(rng.integers(2 ** 31 - 1))
