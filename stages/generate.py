@@ -277,7 +277,8 @@ def spread_picks(song_of_seq: list[str], n_songs: int, rng: np.random.Generator,
         by_song.setdefault(song, []).append(seq)
     songs = [by_song[s] for s in sorted(by_song)]
     if loudness is not None:
-        songs = [[q for q in seqs if loudness[q] >= np.median(loudness[seqs])] for seqs in songs]
+        songs = [[q for q, loud in zip(seqs, loudness[seqs] >= np.median(loudness[seqs])) if loud]
+                 for seqs in songs]
     sizes = np.array([len(s) for s in songs], float)
     order = rng.choice(len(songs), size=len(songs), replace=False, p=sizes / sizes.sum())
     return [int(rng.choice(songs[order[i % len(songs)]])) for i in range(n_songs)]
@@ -299,8 +300,9 @@ def seed_from_tensors(tensors, split: str, k: int, n_songs: int, rng: np.random.
                         f"{x.shape[1]} blocks; use at most {x.shape[1]}.")
     if song_of_seq is not None and len(song_of_seq) == x.shape[0]:
         loudness = None
-        if reading.book is not None:       # of each code's frame; then of each sequence's seed
-            code_db = np.log(np.exp(2 * reading.book.centroids.astype(np.float64)).sum(axis=1))
+        if reading.book is not None:       # of each code's frame (only their order matters
+            bins = reading.book.centroids.shape[1]         # here); then of each sequence's seed
+            code_db = layouts.frame_dbfs(reading.book.centroids, 2 * (bins - 1))
             loudness = np.median(code_db[np.asarray(x[:, :k])], axis=1)
         picks = spread_picks(song_of_seq, n_songs, rng, loudness)
     else:

@@ -169,6 +169,17 @@ def verdict(val_loss: float | None, baselines: dict[str, float]) -> dict:
                 beats_repeat_last=val_loss < baselines["repeat_last"])
 
 
+def new_model(cfg: netlib.ModelConfig, data: Data):
+    """A compiled, untrained model for the data; a codebook model's code embedding starts from
+    the codes' geometry (`train.code_init`)."""
+    model = netlib.build_model(cfg, data.seq_len, data.n_features)
+    if cfg.family == "codebook" and cfg.code_init == "geometry":
+        model.get_layer("encode").set_weights(
+            [codebook.geometry(data.arrays.load().centroids, cfg.hidden)])
+    netlib.compile_model(model, cfg)
+    return model
+
+
 def start_or_resume(cfg: netlib.ModelConfig, tc: TrainConfig, data: Data, norm: Normaliser,
                     paths: Paths, fp: str, strategy):
     """(model, state, first epoch to run): from the last committed checkpoint when its params and
@@ -195,11 +206,7 @@ def start_or_resume(cfg: netlib.ModelConfig, tc: TrainConfig, data: Data, norm: 
     paths.ckpt_dir.mkdir(parents=True)
     keras.utils.set_random_seed(tc.seed)
     with strategy.scope():
-        model = netlib.build_model(cfg, data.seq_len, data.n_features)
-        if cfg.family == "codebook" and cfg.code_init == "geometry":
-            model.get_layer("encode").set_weights(
-                [codebook.geometry(data.arrays.load().centroids, cfg.hidden)])
-        netlib.compile_model(model, cfg)
+        model = new_model(cfg, data)
     t0 = time.perf_counter()
     if not data.n_val:
         baselines = {}

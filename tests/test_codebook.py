@@ -154,3 +154,18 @@ def test_nearest_playback_holds_a_code_on_one_frame_and_moves_to_the_closest_sha
     assert len(firsts) == 3                                        # the first frame: at random
     drawn = {tuple(book.decode(codes, "member", np.random.default_rng(s))[0, 1]) for s in range(30)}
     assert len(drawn) == 3                                         # member: any, at random
+
+
+def test_a_new_codebook_model_starts_from_the_codes_geometry_unless_asked_not_to(proj):
+    from stages import config, model as netlib, train
+    t = write_tensors(proj / "data" / "processed")
+    set_params(proj / "params.yaml", {"train.family": "codebook", "codebook.codes": 3,
+                                      "codebook.members": 2, "codebook.frames_per_code": 10})
+    run_stage("codebook", ["--data", str(t.folder), "--out", "cb"], proj)
+    data = train.Data.open(t.folder, config.load_params(proj / "params.yaml"), proj / "cb")
+    expected = codebook.geometry(codebook.Codes(proj / "cb").load().centroids, 8)
+    for init in ("geometry", "random"):
+        cfg = netlib.ModelConfig(family="codebook", hidden=8, code_init=init)
+        weights = train.new_model(cfg, data).get_layer("encode").get_weights()[0]
+        assert weights.shape == expected.shape
+        assert np.allclose(weights, expected) == (init == "geometry")

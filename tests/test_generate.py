@@ -369,6 +369,10 @@ def test_repro_generate_writes_songs_and_attaches_them_to_the_training_run(train
         assert (out / f"song_{i:02d}.png").read_bytes().startswith(b"\x89PNG")
     summary = json.loads((trained / "metrics/generate.json").read_text())
     assert summary["n_songs"] == 2 and summary["realtime_factor"] > 0
+    # each song keeps to its seed song's codes: a part of the codebook, never more
+    n_codes = json.loads((trained / "data/codebook/codebook.json").read_text())["codes"]
+    assert len(summary["palette_codes"]) == 2
+    assert all(0 < n <= n_codes for n in summary["palette_codes"])
     assert all(s["clipped_fraction"] == 0 or s["peak"] == 1.0 for s in summary["songs"])
     from mlflow import MlflowClient
     run_id = json.loads((trained / "metrics/train.json").read_text())["mlflow_run_id"]
