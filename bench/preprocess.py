@@ -426,6 +426,16 @@ def main(args: argparse.Namespace) -> None:
     print(f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}, block_size {block_size}, "
           f"max_seq_len {max_seq_len}, workers {params['preprocess']['workers']}", flush=True)
     try:
+        if args.only_add_one:                     # neither the seed's way nor a larger corpus
+            real = (None if not args.corpus else args.corpus[0].resolve()
+                    if len(args.corpus) == 1 else linked_corpus(args.corpus, tmp / "corpus-1x"))
+            if real is not None:
+                check_disk(tmp, {real: 1})
+            inc = add_one_song([], args.songs, demo, tmp, block_size, real)
+            say_add_one(inc)
+            print(json.dumps(dict(add_one_song_fraction=round(inc["fraction"], 3),
+                                  add_one_s=round(inc["s"], 1), full_s=round(inc["full_s"], 1))))
+            return
         if args.corpus:
             small = (args.corpus[0].resolve() if len(args.corpus) == 1 else
                      linked_corpus(args.corpus, tmp / "corpus-1x"))
@@ -435,14 +445,7 @@ def main(args: argparse.Namespace) -> None:
             small = demo_corpus(tmp / "corpus-1x", demo["songs"], demo)
             big = (linked_corpus(args.large, tmp / "corpus-large") if args.large else
                    demo_corpus(tmp / f"corpus-{args.scale}x", demo["songs"] * args.scale, demo))
-        check_disk(tmp, {small: 1} if args.only_add_one else {small: 1, big: 2 if args.dask else 1})
-        if args.only_add_one:
-            inc = add_one_song([], args.songs, demo, tmp, block_size,
-                               small if args.corpus else None)
-            say_add_one(inc)
-            print(json.dumps(dict(add_one_song_fraction=round(inc["fraction"], 3),
-                                  add_one_s=round(inc["s"], 1), full_s=round(inc["full_s"], 1))))
-            return
+        check_disk(tmp, {small: 1, big: 2 if args.dask else 1})
         limit_mb = (args.seed_memory_gb * 1024 if args.seed_memory_gb
                     else 0.7 * psutil.virtual_memory().available / 2**20)
         rows = [run_size(label, corpus, tmp, params, args.skip_seed, limit_mb, dask and args.dask)
