@@ -12,6 +12,7 @@ figure that decided it. Definitions are in `stages/quality.py`.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +91,7 @@ class Reference:
                             "at least two usable songs (see tensors.val_fraction).")
         self.rate, self.block_size = rate, block_size
         self.song_frames = max(1, int(song_seconds * rate / quality.HOP))
+        self.val, self.train = val, train
         self.val_mel = [quality.log_mel(x, rate) for x in val]
         self.train_mel = [quality.log_mel(x, rate) for x in train]
         self.val_frames = np.concatenate(self.val_mel)
@@ -144,12 +146,14 @@ class Reference:
         loops = [quality.loop_score(m, self.rate) for m in short]
         return dict(songs_apart_real=apart, loop_real_min=float(np.nanmin(loops + [np.inf])))
 
-    def judge(self, x: np.ndarray, mel: np.ndarray | None = None) -> dict:
+    def judge(self, x: np.ndarray, mel: np.ndarray | None = None,
+              against: list[np.ndarray] | None = None, copy: bool = True) -> dict:
         """Every figure of one song (`mel`: its log-mel frames, if already computed), including
-        those against the references."""
+        those against the references (the validation songs, or the log-mel frames of the songs
+        `against`; the copy score against the training songs unless `copy` is false)."""
         fig = quality.song_figures(x, self.rate, self.block_size)
         mel = quality.log_mel(x, self.rate) if mel is None else mel
-        d = self.distances(mel)
+        d = self.distances(mel, against)
         ref = self.figures
         fig.update(fd_frames=round(d["fd_frames"], 3), fd_texture=round(d["fd_texture"], 3),
                    level_vs_train_db=round(fig["rms_dbfs"] - self.train_level, 2),
@@ -158,10 +162,38 @@ class Reference:
             real, noise = ref[f"{key}_real"], ref[f"{key}_noise"]
             fig[f"{key}_closer_to"] = ("real" if d[key] <= real
                                        or abs(d[key] - real) <= abs(d[key] - noise) else "noise")
-        if self.train_frames is not None and self.val_to_train:
+        if copy and self.train_frames is not None and self.val_to_train:
             fig["copy_score"] = round(quality.nearest_distance(mel, self.train_frames)
                                       / self.val_to_train, 4)
         return fig
+
+
+    def judge_real(self, val_ids: list[str], train_ids: list[str], th: Thresholds) -> list[dict]:
+        """The real songs' own verdicts, on their first stretch as long as a generated song:
+        each validation song against the other validation songs (the training songs when it is
+        the only one), with its copy score; each
+        training song against the validation songs (no copy score: it is the training data).
+        What the verdicts say of the user's own music: a new song that grows from a real song
+        judged `static` tends to be judged so too."""
+        n = self.song_frames * quality.HOP
+        judged = []
+        for split, ids, songs in (("val", val_ids, self.val), ("train", train_ids, self.train)):
+            for i, (song_id, x) in enumerate(zip(ids, songs)):
+                mel = quality.log_mel(x[:n], self.rate)
+                others = self.val_mel[:i] + self.val_mel[i + 1:] if split == "val" else None
+                if split == "val" and not others:        # one validation song: the training ones
+                    others = self.train_mel or [mel]
+                fig = self.judge(x[:n], mel, others, copy=split == "val")
+                name, reason = verdict(fig, self.figures, th)
+                judged.append(dict(song=song_id, split=split, verdict=name, reason=reason,
+                                   **{k: fig[k] for k in ("dynamics_db", "tonal_fraction",
+                                                          "fd_frames", "level_vs_train_db")}))
+        return judged
+
+
+def count_verdicts(results: list[dict]) -> dict:
+    return {v: sum(r["verdict"] == v for r in results) for v in sorted({r["verdict"]
+                                                                         for r in results})}
 
 
 def read_songs(npy_dir: Path, ids: list[str], seconds: float, rate: int) -> list[np.ndarray]:
@@ -174,13 +206,35 @@ def read_songs(npy_dir: Path, ids: list[str], seconds: float, rate: int) -> list
     return songs
 
 
-def song_ids(tensors: Tensors) -> tuple[list[str], list[str]]:
-    """(training song ids, validation song ids) from the tensors' index."""
+def read_index(tensors: Tensors) -> list[dict]:
+    """The tensors' index: each sequence's split, number and song id."""
     if not tensors.index_path.is_file():
         raise UserError(f"'{tensors.index_path}' not found; run `dvc repro tensors` first.")
-    index = files.read_parquet(tensors.index_path, ["split", "song_id"]).to_pylist()
+    return files.read_parquet(tensors.index_path, ["split", "seq", "song_id"]).to_pylist()
+
+
+def song_ids(index: list[dict]) -> tuple[list[str], list[str]]:
+    """(training song ids, validation song ids) of the tensors' index."""
     return (sorted({r["song_id"] for r in index if r["split"] == "train"}),
             sorted({r["song_id"] for r in index if r["split"] == "val"}))
+
+
+def song_names(manifest: Path) -> dict[str, str]:
+    """Song id -> the file it was decoded from (empty without the decode stage's manifest)."""
+    if not manifest.is_file():
+        return {}
+    return {r["id"]: r["path"] for r in files.read_parquet(manifest, ["id", "path"]).to_pylist()}
+
+
+def seed_songs(made: dict, index: list[dict]) -> list[str | None]:
+    """The song id each generated song grew from ("train sequence 12" in generate's record is
+    that sequence's song; a seed file or an unknown sequence: None)."""
+    song_of = {(r["split"], r["seq"]): r["song_id"] for r in index}
+    found = []
+    for song in made.get("songs", []):
+        m = re.fullmatch(r"(train|val) sequence (\d+)", str(song.get("seed", "")))
+        found.append(song_of.get((m.group(1), int(m.group(2)))) if m else None)
+    return found
 
 
 def generated_songs(folder: Path) -> list[Path]:
@@ -230,13 +284,14 @@ def judge_songs(songs: list[Path], ref: Reference, th: Thresholds) -> list[dict]
     return results
 
 
-def summarise(results: list[dict], ref: Reference, train: dict) -> dict:
+def summarise(results: list[dict], ref: Reference, train: dict,
+              real: list[dict] | None = None) -> dict:
     summary = dict(val_loss=train.get("val_loss"), baselines=train.get("baselines"),
                    ratio_to_best_baseline=train.get("ratio_to_best_baseline"),
-                   calibration=ref.figures, songs=results,
-                   verdicts={v: sum(r["verdict"] == v for r in results)
-                             for v in sorted({r["verdict"] for r in results})},
+                   calibration=ref.figures, songs=results, verdicts=count_verdicts(results),
                    all_ok=all(r["verdict"] == "ok" for r in results))
+    if real is not None:
+        summary.update(real_songs=real, real_verdicts=count_verdicts(real))
     for key in ("fd_frames", "fd_texture", "dynamics_db", "clicks", "tonal_fraction",
                 "copy_score", "rms_dbfs", "flatness", "loop_score", "nearest_song_fd"):
         values = [r[key] for r in results if r.get(key) is not None]
@@ -254,6 +309,9 @@ def log_to_run(params: dict, summary: dict, metrics_path: str, run_id: str | Non
     tracker.log_metrics({f"eval_{k}": v for k, v in summary.items() if k.startswith("mean_")})
     tracker.log_metrics({f"eval_calibration_{k}": v for k, v in summary["calibration"].items()})
     tracker.log_metrics({"eval_songs_ok": summary["verdicts"].get("ok", 0)})
+    if summary.get("real_songs"):
+        tracker.log_metrics({"eval_real_songs_ok": summary["real_verdicts"].get("ok", 0),
+                             "eval_real_songs": len(summary["real_songs"])})
     tracker.set_tags({f"eval.{r['file']}": f"{r['verdict']}: {r['reason']}"
                       for r in summary["songs"]})
     tracker.log_artifact(metrics_path, "evaluation")
@@ -264,23 +322,38 @@ def main(args) -> None:
     params = config.load_params(args.params)
     th = Thresholds.from_params(params)
     tensors = Tensors.from_params(args.data, params)
-    train_ids, val_ids = song_ids(tensors)
+    index = read_index(tensors)
+    train_ids, val_ids = song_ids(index)
+    names = song_names(Path(args.manifest))
     songs = generated_songs(Path(args.generated))
     data = tensors.audio()
     check_songs_made_for(data, tensors, Path(args.generate_metrics))
     rate, npy = data.sample_rate, Path(args.npy)
     made = files.read_json(args.generate_metrics) or {}
+    val_ids, train_ids = ([i for i in ids if (npy / f"{i}.npy").is_file()]
+                          for ids in (val_ids, train_ids))
     ref = Reference(read_songs(npy, val_ids, th.reference_seconds, rate),
                     read_songs(npy, train_ids, th.reference_seconds, rate), rate, data.block_size,
                     float(made.get("seconds", 30.0)))
     log.info("calibration: frame FD real %.1f / noise %.1f, texture FD real %.1f / noise %.1f",
              ref.figures["fd_frames_real"], ref.figures["fd_frames_noise"],
              ref.figures["fd_texture_real"], ref.figures["fd_texture_noise"])
+    real = ref.judge_real(val_ids, train_ids, th)
+    for r in real:
+        r["file"] = names.get(r["song"], r["song"])
+        log.info("real song %s (%s): %s (%s)", r["file"], r["split"], r["verdict"], r["reason"])
+    log.info("the real songs, judged the same way: %s", ", ".join(
+        f"{n} {v}" for v, n in count_verdicts(real).items()))
     results = judge_songs(songs, ref, th)
+    real_of = {r["song"]: r for r in real}
+    for result, song_id in zip(results, seed_songs(made, index)):
+        if song_id in real_of:              # what the verdicts say of the music it grew from
+            result.update(grows_from=real_of[song_id]["file"],
+                          grows_from_verdict=real_of[song_id]["verdict"])
     train = files.read_json(args.train_metrics)
     if train is None:
         log.warning("'%s' not found: the validation loss is left out.", args.train_metrics)
-    summary = summarise(results, ref, train or {})
+    summary = summarise(results, ref, train or {}, real)
     files.write_json(args.metrics, summary)
     log_to_run(params, summary, args.metrics, (train or {}).get("mlflow_run_id"))
 
@@ -293,6 +366,8 @@ def build_parser():
                         help="the tensors stage's folder, for the song split (default: %(default)s)")
     parser.add_argument("--npy", default="data/interim/npy",
                         help="the songs as samples (default: %(default)s)")
+    parser.add_argument("--manifest", default="data/interim/manifest.parquet",
+                        help="decode's manifest, naming each song's file (default: %(default)s)")
     parser.add_argument("--metrics", default="metrics/eval.json",
                         help="the figures and verdicts (default: %(default)s)")
     parser.add_argument("--train-metrics", default="metrics/train.json",

@@ -57,6 +57,7 @@ class GenerateConfig:
     palette: str
     max_silence_s: float
     silence_db: float
+    section_s: float
 
     @classmethod
     def from_params(cls, params: dict) -> "GenerateConfig":
@@ -74,7 +75,8 @@ class GenerateConfig:
                   phase_init=p("phase_init", str, layouts.PHASE_INITS),
                   palette=p("palette", str, PALETTES),
                   max_silence_s=float(p("max_silence_s", (int, float), minimum=0)),
-                  silence_db=float(p("silence_db", (int, float), above=0)))
+                  silence_db=float(p("silence_db", (int, float), above=0)),
+                  section_s=float(p("section_s", (int, float), minimum=0)))
         if cfg.top_p > 1:
             raise UserError(f"params.yaml 'generate.top_p' must be at most 1, got {cfg.top_p!r}.")
         if cfg.seed_source == "file" and not cfg.seed_file:
@@ -107,6 +109,7 @@ class Stepper:
             self.n_features = n_in
         self.step = tf.function(self._step, reduce_retracing=True)
         self.loop = tf.function(self._loop, reduce_retracing=True)
+        self.warm = tf.function(self._warm, reduce_retracing=True)
 
     def initial_states(self, batch: int) -> list:
         import tensorflow as tf
@@ -178,10 +181,20 @@ class Stepper:
             return t + 1, out, states, made, run, left
 
         zeros = tf.zeros(tf.shape(out)[:1], tf.int32)
-        _, _, _, made, _, _ = tf.while_loop(lambda t, *_: t < n_blocks, body,
-                                            (tf.constant(0), out, states, made, zeros, zeros))
+        _, out, states, made, _, _ = tf.while_loop(lambda t, *_: t < n_blocks, body,
+                                                   (tf.constant(0), out, states, made, zeros,
+                                                    zeros))
         stacked = made.stack()
-        return tf.transpose(stacked, [1, 0] + list(range(2, len(stacked.shape))))
+        return tf.transpose(stacked, [1, 0] + list(range(2, len(stacked.shape)))), out, states
+
+    def _warm(self, blocks, states):
+        """Teacher-forced steps over (batch, n[, features]) in one graph: the prediction after
+        the last input, and the states."""
+        import tensorflow as tf
+        steps = tf.transpose(blocks, [1, 0] + list(range(2, len(blocks.shape))))
+        out, states = self._step(steps[0], states)
+        return tf.foldl(lambda acc, block: self._step(block, acc[1]), steps[1:],
+                        initializer=(out, states))
 
     def run(self, blocks: np.ndarray, states=None):
         """Teacher-forced steps over (batch, n[, features]): the outputs after each input."""
@@ -197,17 +210,20 @@ class Stepper:
 def generate_blocks(stepper: Stepper, seed: np.ndarray, n_blocks: int, temperature: float,
                     rng: np.random.Generator, top_k: int = 0, top_p: float = 1.0,
                     palettes: np.ndarray | None = None, silent: np.ndarray | None = None,
-                    max_silent: int = 0) -> np.ndarray:
+                    max_silent: int = 0, cues: np.ndarray | None = None,
+                    section_steps: int = 0) -> np.ndarray:
     """Warm the state up on the seed (batch, k[, features]), then sample each next block or code
     from the prediction and feed it back for `n_blocks` steps (the draws follow from `rng`'s
     seed, so a run is reproducible). Returns (batch, n_blocks[, features]): normalised blocks or
     frames, or codes. `palettes` (batch, codes) of bool keeps each song of a codebook model to
     the codes marked for it; after `max_silent` codes in a row marked for it in `silent`
-    (batch or 1, codes), a song draws none of those for as many steps (0: no limit). The closed
-    loop runs as one TensorFlow graph: no Python work per step."""
+    (batch or 1, codes), a song draws none of those for as many steps (0: no limit). With
+    `cues` (batch, sections, k'[, features]) and `section_steps` > 0, every `section_steps`
+    steps a new section starts: the state goes on through the next cue (teacher-forced, not
+    played), so the song moves to another part of the music it grows from. Each section's
+    closed loop runs as one TensorFlow graph: no Python work per step."""
     import tensorflow as tf
-    outs, states = stepper.run(seed)
-    noise_seed = int(rng.integers(2 ** 31 - 1))
+    out, states = stepper.warm(tf.constant(seed), stepper.initial_states(len(seed)))
     bias = (np.zeros((len(seed), 1), np.float32) if palettes is None
             else np.where(palettes, 0.0, -1e9).astype(np.float32))
     if silent is None or max_silent <= 0:
@@ -217,9 +233,16 @@ def generate_blocks(stepper: Stepper, seed: np.ndarray, n_blocks: int, temperatu
     how = (tf.constant(float(temperature)), tf.constant(int(top_k)), tf.constant(float(top_p)),
            tf.constant(bias), tf.constant(silent),
            tf.constant(int(max_silent) if max_silent > 0 else 2 ** 30))
-    made = stepper.loop(tf.constant(outs[:, -1]), states, tf.constant(n_blocks), how,
-                        tf.constant(noise_seed, tf.int32))
-    return made.numpy()
+    parts, done, section = [], 0, 0
+    while done < n_blocks:
+        if section and cues is not None and section <= cues.shape[1]:
+            out, states = stepper.warm(tf.constant(cues[:, section - 1]), states)
+        n = n_blocks - done if section_steps <= 0 else min(section_steps, n_blocks - done)
+        made, out, states = stepper.loop(out, states, tf.constant(n), how,
+                                         tf.constant(int(rng.integers(2 ** 31 - 1)), tf.int32))
+        parts.append(made.numpy())
+        done, section = done + n, section + 1
+    return np.concatenate(parts, axis=1)
 
 
 def silent_codes(book, plays: np.ndarray, n_fft: int, below_db: float) -> np.ndarray:
@@ -299,16 +322,50 @@ def seed_from_tensors(tensors, split: str, k: int, n_songs: int, rng: np.random.
         raise UserError(f"params.yaml 'generate.seed_blocks' is {k} but training sequences have "
                         f"{x.shape[1]} blocks; use at most {x.shape[1]}.")
     if song_of_seq is not None and len(song_of_seq) == x.shape[0]:
-        loudness = None
-        if reading.book is not None:       # of each code's frame (only their order matters
-            bins = reading.book.centroids.shape[1]         # here); then of each sequence's seed
-            code_db = layouts.frame_dbfs(reading.book.centroids, 2 * (bins - 1))
-            loudness = np.median(code_db[np.asarray(x[:, :k])], axis=1)
-        picks = spread_picks(song_of_seq, n_songs, rng, loudness)
+        picks = spread_picks(song_of_seq, n_songs, rng, loudness(x[:, :k], reading))
     else:
         picks = rng.choice(x.shape[0], size=n_songs, replace=x.shape[0] < n_songs).tolist()
-    seed = np.asarray(x[picks, :k])
-    return (seed.astype(np.int32) if seed.ndim == 2 else reading.norm.forward(seed)), picks
+    return as_read(np.asarray(x[picks, :k]), reading), picks
+
+
+def loudness(codes, reading: Reading) -> np.ndarray | None:
+    """(sequences,) the median level of each sequence of codes' frames, in dBFS (only their order
+    matters); None for models that read no codes."""
+    if reading.book is None:
+        return None
+    bins = reading.book.centroids.shape[1]
+    code_db = layouts.frame_dbfs(reading.book.centroids, 2 * (bins - 1))
+    return np.median(code_db[np.asarray(codes)], axis=1)
+
+
+def as_read(stored: np.ndarray, reading: Reading) -> np.ndarray:
+    """Sequences as the tensors (or a codebook's codes) store them -> what the model reads."""
+    return stored.astype(np.int32) if stored.ndim == 2 else reading.norm.forward(stored)
+
+
+def section_cues(x, song_of_seq: list[str] | None, picks: list[int], k: int, n_cues: int,
+                 rng: np.random.Generator, reading: Reading) -> np.ndarray:
+    """(len(picks), n_cues, k[, features]): for each picked sequence, `n_cues` stretches of k
+    steps from sequences of its song (all sequences where the songs are not known), at random
+    places, as the model reads them: what each new section of a song starts from. For a
+    codebook model, from the louder half of the song's sequences, as seeds are: a section that
+    starts in a fade or a pause stays quiet."""
+    n, length = x.shape[0], x.shape[1]
+    by_song: dict[str, list[int]] = {}
+    for seq, song in enumerate(song_of_seq or [""] * n):
+        by_song.setdefault(song, []).append(seq)
+    level = loudness(x, reading)
+    if level is not None:
+        by_song = {song: [q for q in seqs if level[q] >= np.median(level[seqs])]
+                   for song, seqs in by_song.items()}
+    cues = []
+    for pick in picks:
+        pool = by_song[song_of_seq[pick] if song_of_seq else ""]
+        seqs = rng.choice(pool, size=n_cues, replace=len(pool) < n_cues)
+        starts = rng.integers(0, length - k + 1, size=n_cues)
+        cues.append(np.stack([np.asarray(x[q, a:a + k]) for q, a in zip(seqs, starts)]))
+    return as_read(np.stack(cues).reshape(len(picks) * n_cues, k, *x.shape[2:]),
+                   reading).reshape(len(picks), n_cues, k, *x.shape[2:])
 
 
 def songs_of_sequences(index_path: Path, split: str) -> list[str] | None:
@@ -361,26 +418,31 @@ def song_plays(tensors, split: str, song_of_seq: list[str], picks: list[int]) ->
 
 
 def choose_seeds(cfg: GenerateConfig, tensors, audio_cfg: AudioConfig, reading: Reading,
-                 rng: np.random.Generator, index_path: Path
-                 ) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+                 rng: np.random.Generator, index_path: Path, n_cues: int = 0
+                 ) -> tuple[np.ndarray, list[str], np.ndarray | None, np.ndarray | None]:
     """The seeds as the model reads them (n_songs, seed_blocks[, features]), where each came
-    from, and, for a codebook model, how often each code plays in each seed's whole song
-    (n_songs, n_codes; None where the songs are not known)."""
-    book = reading.book
+    from, for a codebook model how often each code plays in each seed's whole song (n_songs,
+    n_codes; None where the songs are not known), and `n_cues` cues per song for its later
+    sections, from the same song or file (None when none are asked for)."""
+    book, k = reading.book, cfg.seed_blocks
     if cfg.seed_source == "file":
-        inputs = file_inputs(cfg.seed_file, cfg.seed_blocks, audio_cfg, reading)
-        seed = np.repeat(inputs[None, :cfg.seed_blocks], cfg.n_songs, axis=0)
+        inputs = file_inputs(cfg.seed_file, k, audio_cfg, reading)
+        seed = np.repeat(inputs[None, :k], cfg.n_songs, axis=0)
         plays = (None if book is None else
                  np.repeat(code_counts(inputs, len(book.centroids))[None], cfg.n_songs, 0))
-        return seed, [cfg.seed_file] * cfg.n_songs, plays
+        cues = None
+        if n_cues:
+            starts = rng.integers(0, len(inputs) - k + 1, size=(cfg.n_songs, n_cues))
+            cues = np.stack([[inputs[a:a + k] for a in row] for row in starts])
+        return seed, [cfg.seed_file] * cfg.n_songs, plays, cues
     split = "" if cfg.seed_source == "train" else "val_"
     songs = songs_of_sequences(index_path, split)
-    seed, picks = seed_from_tensors(tensors, split, cfg.seed_blocks, cfg.n_songs, rng, reading,
-                                    songs)
-    plays = (song_plays(tensors, split, songs, picks)
-             if book is not None and songs is not None
-             and len(songs) == tensors.n_sequences(split) else None)
-    return seed, [f"{cfg.seed_source} sequence {i}" for i in picks], plays
+    seed, picks = seed_from_tensors(tensors, split, k, cfg.n_songs, rng, reading, songs)
+    known = songs is not None and len(songs) == tensors.n_sequences(split)
+    plays = song_plays(tensors, split, songs, picks) if book is not None and known else None
+    cues = (section_cues(tensors.read(f"{split}x"), songs if known else None, picks, k, n_cues,
+                         rng, reading) if n_cues else None)
+    return seed, [f"{cfg.seed_source} sequence {i}" for i in picks], plays, cues
 
 
 # --- the stage ---------------------------------------------------------------------------------
@@ -512,8 +574,11 @@ def main(args) -> None:
     model_source = args.model or cfg.model
     src = model_for(model_source, audio_cfg, tensors, Path(args.codebook), params)
     rng = np.random.default_rng(cfg.random_seed)
-    seed, seeds, plays = choose_seeds(cfg, src.arrays, audio_cfg, src.reading, rng,
-                                      tensors.index_path)
+    n_steps = steps_for(cfg.seconds, audio_cfg)
+    section_steps = round(cfg.section_s * audio_cfg.sample_rate / audio_cfg.hop)
+    n_cues = -(-n_steps // section_steps) - 1 if section_steps > 0 else 0
+    seed, seeds, plays, cues = choose_seeds(cfg, src.arrays, audio_cfg, src.reading, rng,
+                                            tensors.index_path, n_cues)
     palettes = plays > 0 if plays is not None and cfg.palette == "song" else None
     silent = None
     if src.reading.book is not None:        # the training songs' codes where no song is known
@@ -521,18 +586,20 @@ def main(args) -> None:
             plays = code_counts(src.arrays.read("x"), src.arrays.n_codes)[None]
         silent = silent_codes(src.reading.book, plays, audio_cfg.block_size, cfg.silence_db)
 
-    n_steps = steps_for(cfg.seconds, audio_cfg)
     log.info("generating %d song(s) of %d %s (%.1f s) from %d seed step(s), %s model, "
              "temperature %g", cfg.n_songs, n_steps,
              "frames" if audio_cfg.layout == "frames" else "blocks", cfg.seconds, cfg.seed_blocks,
              src.stepper.family, cfg.temperature)
+    if n_cues:
+        log.info("sections of %g s: %d per song, each from another stretch of the song it grows "
+                 "from", cfg.section_s, n_cues + 1)
     if palettes is not None:
         log.info("each song keeps to its seed song's palette: %s of %d codes",
                  ", ".join(str(int(n)) for n in palettes.sum(axis=1)), palettes.shape[1])
     t0 = time.perf_counter()
     made = generate_blocks(src.stepper, seed, n_steps, cfg.temperature, rng, cfg.top_k, cfg.top_p,
                            palettes, silent, round(cfg.max_silence_s * audio_cfg.sample_rate
-                                                   / audio_cfg.hop))
+                                                   / audio_cfg.hop), cues, section_steps)
     network_s = time.perf_counter() - t0
     songs_samples = to_samples(made, src, cfg, rng)
     wall = time.perf_counter() - t0

@@ -83,6 +83,23 @@ def test_a_static_drone_and_a_quiet_smear_are_caught(reference, thresholds):
     assert name == "quiet" and fig["level_vs_train_db"] < -12
 
 
+def test_the_real_songs_are_judged_the_same_way(thresholds):
+    t = np.arange(SECONDS * RATE) / RATE
+    drone = 0.3 * sum(np.sin(2 * np.pi * f * t) / k for k, f in enumerate((110, 220, 330), 1))
+    ref = evaluate.Reference([song(4), song(5)], [song(1), drone, song(3)], RATE, BLOCK,
+                             song_seconds=SECONDS)
+    real = ref.judge_real(["v4", "v5"], ["t1", "drone", "t3"], thresholds)
+    assert [(r["song"], r["split"], r["verdict"]) for r in real] == [
+        ("v4", "val", "ok"), ("v5", "val", "ok"), ("t1", "train", "ok"),
+        ("drone", "train", "static"), ("t3", "train", "ok")]
+    assert "dynamics" in real[3]["reason"] and real[3]["dynamics_db"] < 1
+    # each validation song against the other one, on a stretch as long as a generated song
+    v4 = song(4)[:ref.song_frames * quality.HOP]
+    alone = ref.distances(quality.log_mel(v4, RATE), ref.val_mel[1:])["fd_frames"]
+    assert real[0]["fd_frames"] == pytest.approx(alone, rel=1e-3)
+    assert evaluate.count_verdicts(real) == {"ok": 4, "static": 1}
+
+
 def test_clicks_at_every_block_edge_are_measured():
     rng = np.random.default_rng(3)
     blocks = [np.sin(2 * np.pi * rng.uniform(200, 800) * np.arange(BLOCK) / RATE
@@ -144,10 +161,24 @@ def test_repro_evaluate_writes_eval_json_and_adds_to_the_training_run(trained):
     assert "Traceback" not in proc.stderr and "calibration: frame FD real" in proc.stderr
     ev = json.loads((trained / "metrics/eval.json").read_text())
     assert [s["file"] for s in ev["songs"]] == ["song_01.wav", "song_02.wav"]
+    verdicts = ("ok", "silent", "quiet", "noise", "static", "smear", "clicks", "copy", "loop",
+                "same")
     for s in ev["songs"]:
-        assert s["verdict"] in ("ok", "silent", "quiet", "noise", "static", "smear", "clicks",
-                                "copy", "loop", "same") and s["reason"]
+        assert s["verdict"] in verdicts and s["reason"]
         assert s["verdict"] in proc.stderr
+    # the real songs' own verdicts, by their file names; each new song names the song it grew
+    # from and that song's verdict
+    import pyarrow.parquet as pq
+    names = {r["id"]: r["path"] for r in
+             pq.read_table(trained / "data/interim/manifest.parquet").to_pylist()}
+    assert sorted(r["file"] for r in ev["real_songs"]) == sorted(names.values())
+    assert all(r["verdict"] in verdicts for r in ev["real_songs"])
+    assert sum(ev["real_verdicts"].values()) == len(names)
+    for r in ev["real_songs"]:
+        assert f"real song {r['file']} ({r['split']}): {r['verdict']}" in proc.stderr
+    real = {r["file"]: r["verdict"] for r in ev["real_songs"] if r["split"] == "train"}
+    for s in ev["songs"]:
+        assert real[s["grows_from"]] == s["grows_from_verdict"]
     train = json.loads((trained / "metrics/train.json").read_text())
     assert ev["val_loss"] == train["val_loss"] and ev["baselines"] == train["baselines"]
     from mlflow import MlflowClient

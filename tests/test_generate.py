@@ -151,6 +151,42 @@ def test_each_song_keeps_to_its_palette_whatever_the_temperature(tmp_path):
     assert got[0, [0, 2, 10]].tolist() == [1, 2, 2] and got.sum() == 8 + 4
 
 
+def test_each_section_goes_on_from_a_cue_of_its_own_song():
+    model, stepper = codebook_stepper()
+    seed = np.array([[1, 2, 3], [4, 5, 6]], np.int32)
+    cues = np.array([[[7, 8], [9, 9]], [[10, 11], [12, 13]]], np.int32)   # 2 songs, 2 cues of 2
+    made = generate.generate_blocks(stepper, seed, 13, 0.0, np.random.default_rng(0), cues=cues,
+                                    section_steps=5)
+    # greedy, so each code is the likeliest after everything fed before it, the cues included
+    fed = np.concatenate([seed, made[:, :5], cues[:, 0], made[:, 5:10], cues[:, 1],
+                          made[:, 10:]], axis=1)
+    logits = model.predict(fed, verbose=0)
+    played = np.r_[2:7, 9:14, 16:19]                  # the steps whose prediction is played
+    np.testing.assert_array_equal(made, logits[:, played].argmax(-1))
+    plain = generate.generate_blocks(stepper, seed, 13, 0.0, np.random.default_rng(0))
+    np.testing.assert_array_equal(plain[:, :5], made[:, :5])
+    assert (plain[:, 5:] != made[:, 5:]).any()
+    # the cues of a song are stretches of its own sequences, at random places
+    x = np.array([[0, 1, 2, 3], [4, 5, 6, 7], [20, 21, 22, 23], [30, 31, 32, 33]], np.int16)
+    songs = ["a", "a", "b", "c"]
+    got = generate.section_cues(x, songs, [1, 2], 3, 6, np.random.default_rng(0),
+                                generate.Reading(None))
+    assert got.shape == (2, 6, 3) and got.dtype == np.int32
+    windows = {song: {tuple(row[i:i + 3]) for q, row in enumerate(x) if songs[q] == song
+                      for i in range(2)} for song in "ab"}
+    assert {tuple(c) for c in got[0]} <= windows["a"] and {tuple(c) for c in got[1]} <= windows["b"]
+    assert len({tuple(c) for c in got[0]}) > 1                    # not one stretch every time
+    # for a codebook model, from the louder half of the song: never from its fade-out
+    tone = lambda amp: layouts.analyse(  # noqa: E731
+        (amp * np.sin(np.arange(8192) * 0.3)).astype(np.float32), "frames", 1024, 256)[4]
+    frames = np.stack([tone(a) for a in (0.5, 0.1, 0.02, 1e-3)])     # -9, -23, -37, -63 dBFS
+    book = codebook.Codebook(frames, frames[:, None])
+    x = np.array([[0, 1, 0, 1], [3, 3, 2, 3], [1, 1, 1, 0], [2, 3, 3, 3]], np.int16)
+    got = generate.section_cues(x, ["a"] * 4, [1], 2, 20, np.random.default_rng(0),
+                                generate.Reading(None, book))
+    assert set(np.unique(got)) <= {0, 1}
+
+
 def longest_run(row: np.ndarray, marked: np.ndarray) -> int:
     best = run = 0
     for code in row:
@@ -389,7 +425,10 @@ def test_repro_generate_writes_songs_and_attaches_them_to_the_training_run(train
 def test_mp3_output_and_a_registry_model_uri(trained, tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text((trained / "params.yaml").read_text())
-    set_params(params, {"generate.seconds": 2, "generate.n_songs": 1, "generate.format": "mp3"})
+    seed = write_song(tmp_path / "mine.ogg", 3, 2.0)       # sections cued from the user's file
+    set_params(params, {"generate.seconds": 2, "generate.n_songs": 1, "generate.format": "mp3",
+                        "generate.seed_source": "file", "generate.seed_file": str(seed),
+                        "generate.section_s": 0.5})
     version = json.loads((trained / "metrics/train.json").read_text())["model_version"]
     e = {"MLFLOW_TRACKING_URI": f"sqlite:///{trained / 'mlflow.db'}"}
     import os
@@ -401,6 +440,7 @@ def test_mp3_output_and_a_registry_model_uri(trained, tmp_path):
                            "--metrics", str(tmp_path / "g.json"), "--train-metrics", "/nowhere"],
                           cwd=trained, env={**env(), **e}, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+    assert "sections of 0.5 s: 5 per song" in proc.stderr       # 174 frames, 43 a section
     info = audio.info(tmp_path / "gen" / "song_01.mp3")
     assert info.format == "MP3" and info.samplerate == 44100 and info.channels == 1
     assert abs(info.frames - 2 * 44100) < 0.05 * 2 * 44100
