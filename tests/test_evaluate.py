@@ -224,13 +224,27 @@ def test_songs_that_do_not_differ_from_each_other_are_the_same(reference, thresh
 
 
 def test_a_song_as_near_as_the_real_songs_is_never_noise(reference, thresholds):
+    # a real song far from the validation songs (a dull, muffled one) is in the calibration, so
+    # neither it nor a new song like it is noise; white noise still is
+    muffle = lambda x: np.convolve(x, np.ones(200) / 200, mode="same")   # noqa: E731
+    val, train = [song(4), song(5)], [song(1), song(2), muffle(song(3))]
+    ref = evaluate.Reference(val, train, RATE, BLOCK)
+    assert ref.figures["fd_frames_real_max"] > 1.5 * ref.figures["fd_frames_real"]
+    real = ref.judge_real(["v4", "v5"], ["t1", "t2", "muffled"], thresholds)
+    assert [r["verdict"] for r in real] == ["ok"] * 5
+    like = ref.judge(muffle(song(9)))
+    assert like["fd_frames"] > 1.3 * ref.figures["fd_frames_real"]
+    assert like["fd_frames_closer_to"] == "real", like
+    level = 10 ** (quality.level_dbfs(train[0]) / 20)
+    noise = ref.judge(np.random.default_rng(1).normal(0, level, SECONDS * RATE))
+    assert noise["fd_frames_closer_to"] == "noise"
     # a corpus of unlike songs (jingles beside long tracks) can put the real songs' distance as
     # far from the validation songs as noise's: a song nearer than both is still music
     ref, _ = reference
     saved = dict(ref.figures)
     try:
-        ref.figures.update(fd_frames_real=saved["fd_frames_noise"] + 1.0,
-                           fd_texture_real=saved["fd_texture_noise"] + 1.0)
+        ref.figures.update(fd_frames_real_max=saved["fd_frames_noise"] + 1.0,
+                           fd_texture_real_max=saved["fd_texture_noise"] + 1.0)
         fig, (name, reason) = judged(reference, thresholds, song(9))
         assert fig["fd_frames_closer_to"] == fig["fd_texture_closer_to"] == "real"
         assert name == "ok", reason
