@@ -71,9 +71,10 @@ def run_config(name: str, corpus: Path, minutes: float, tmp: Path) -> dict:
                 budget_minutes=minutes, epochs_run=train["epochs_run"], stopped=train["stopped"],
                 val_loss=train["val_loss"], ratio_to_best_baseline=train["ratio_to_best_baseline"],
                 generate_rtf=made["realtime_factor"], calibration=ev["calibration"],
-                songs=[{k: s.get(k) for k in ("verdict", "reason", *FIGURES)}
+                songs=[{k: s.get(k) for k in ("verdict", "reason", "grows_from",
+                                              "grows_from_verdict", *FIGURES)}
                        for s in ev["songs"]],
-                verdicts=ev["verdicts"])
+                verdicts=ev["verdicts"], real_verdicts=ev.get("real_verdicts", {}))
 
 
 def fmt(value) -> str:
@@ -85,7 +86,7 @@ def fmt(value) -> str:
 def table(results: list[dict]) -> str:
     """One markdown row per config: the mean of each figure over its songs, and the verdicts."""
     head = ["config", "family/layout", "train min (epochs)", "val/best baseline", "gen RTF",
-            *(SHORT[k] for k in FIGURES), "verdicts"]
+            *(SHORT[k] for k in FIGURES), "verdicts", "their sources' verdicts"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         if "error" in r:
@@ -95,11 +96,15 @@ def table(results: list[dict]) -> str:
         for k in FIGURES:
             values = [s[k] for s in r["songs"] if isinstance(s.get(k), (int, float))]
             means.append(fmt(sum(values) / len(values) if values else None))
-        verdicts = ", ".join(f"{n} {v}" for v, n in sorted(r["verdicts"].items()))
+        count = lambda names: ", ".join(  # noqa: E731
+            f"{names.count(v)} {v}" for v in sorted(set(names))) or "-"
+        sources = count([s["grows_from_verdict"] for s in r["songs"]
+                         if s.get("grows_from_verdict")])
         rows.append("| " + " | ".join([
             r["config"], f"{r['family']}/{r['layout']}",
             f"{r['train_minutes']} of {r['budget_minutes']:g} ({r['epochs_run']})",
-            fmt(r["ratio_to_best_baseline"]), fmt(r["generate_rtf"]), *means, verdicts]) + " |")
+            fmt(r["ratio_to_best_baseline"]), fmt(r["generate_rtf"]), *means,
+            count([s["verdict"] for s in r["songs"]]), sources]) + " |")
     return "\n".join(rows)
 
 
@@ -111,7 +116,10 @@ def calibration_line(results: list[dict]) -> str:
             f"texture FD {c['fd_texture_real']:.1f} (noise {c['fd_texture_noise']:.1f}), dynamics "
             f"{c['dynamics_real']:.1f} dB, tonal {c['tonal_real']:.3f}, clicks "
             f"{c['clicks_real']:.2f}, loop score >= {c.get('loop_real_min', float('nan')):.2f}, "
-            f"closest two real songs FD {c.get('songs_apart_real', float('nan')):.1f}")
+            f"closest two real songs FD {c.get('songs_apart_real', float('nan')):.1f}; the real "
+            "songs judged the same way: " + ", ".join(
+                f"{n} {v}" for v, n in sorted(next(r.get("real_verdicts", {}) for r in results
+                                                   if "calibration" in r).items())))
 
 
 def main() -> None:
