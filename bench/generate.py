@@ -40,10 +40,14 @@ def ours(src, seed: np.ndarray, seconds: float, gen) -> tuple[float, float]:
         plays = rng.integers(0, 3, size=(len(seed), len(book.centroids)))
         palettes = plays > 0 if gen.palette == "song" else None
         silent = generate.silent_codes(book, plays, src.audio.block_size, gen.silence_db)
-    made = generate.generate_blocks(src.stepper, seed, generate.steps_for(seconds, src.audio),
-                                    gen.temperature, rng, gen.top_k, gen.top_p, palettes, silent,
+    n_steps = generate.steps_for(seconds, src.audio)    # and in sections, each with its cue
+    section = round(gen.section_s * src.audio.sample_rate / src.audio.hop)
+    n_cues = -(-n_steps // section) - 1 if section > 0 else 0
+    cues = np.stack([np.roll(seed, i + 1, axis=1) for i in range(n_cues)], 1) if n_cues else None
+    made = generate.generate_blocks(src.stepper, seed, n_steps, gen.temperature, rng, gen.top_k,
+                                    gen.top_p, palettes, silent,
                                     round(gen.max_silence_s * src.audio.sample_rate
-                                          / src.audio.hop))
+                                          / src.audio.hop), cues, section)
     network = time.perf_counter() - t
     generate.to_samples(made, src, dataclasses.replace(gen, seconds=seconds), rng)
     return time.perf_counter() - t, network
@@ -106,7 +110,8 @@ def main() -> None:
     print(f"{cfg.family} model, {cfg.cell} {cfg.hidden} x {cfg.layers}, {n_feat} "
           f"{'codes' if cfg.family == 'codebook' else 'features'}, {layout} layout "
           f"({block} / hop {audio.hop} at {audio.sample_rate} Hz), {n_songs} songs per call, "
-          f"{k} seed steps, {gen.griffin_lim_iters} Griffin-Lim iterations; first call (tracing "
+          f"{k} seed steps, sections of {gen.section_s:g} s, {gen.code_frames} frames, "
+          f"{gen.griffin_lim_iters} Griffin-Lim iterations; first call (tracing "
           f"included) {cold:.2f} s")
     rows = {}
     for s in args.seconds:
