@@ -232,14 +232,15 @@ def song_names(manifest: Path) -> dict[str, str]:
     return {r["id"]: r["path"] for r in files.read_parquet(manifest, ["id", "path"]).to_pylist()}
 
 
-def seed_songs(made: dict, index: list[dict]) -> list[str | None]:
-    """The song id each generated song grew from ("train sequence 12" in generate's record is
-    that sequence's song; a seed file or an unknown sequence: None)."""
+def seed_songs(made: dict, index: list[dict]) -> dict[str, str]:
+    """Generated file name -> the song id it grew from ("train sequence 12" in generate's record
+    is that sequence's song; songs from a seed file or an unknown sequence are left out)."""
     song_of = {(r["split"], r["seq"]): r["song_id"] for r in index}
-    found = []
+    found = {}
     for song in made.get("songs", []):
         m = re.fullmatch(r"(train|val) sequence (\d+)", str(song.get("seed", "")))
-        found.append(song_of.get((m.group(1), int(m.group(2)))) if m else None)
+        if m and (m.group(1), int(m.group(2))) in song_of:
+            found[song.get("file")] = song_of[(m.group(1), int(m.group(2)))]
     return found
 
 
@@ -351,11 +352,11 @@ def main(args) -> None:
     log.info("the real songs, judged the same way: %s", ", ".join(
         f"{n} {v}" for v, n in count_verdicts(real).items()))
     results = judge_songs(songs, ref, th)
-    real_of = {r["song"]: r for r in real}
-    for result, song_id in zip(results, seed_songs(made, index)):
-        if song_id in real_of:              # what the verdicts say of the music it grew from
-            result.update(grows_from=real_of[song_id]["file"],
-                          grows_from_verdict=real_of[song_id]["verdict"])
+    real_of, grew_from = {r["song"]: r for r in real}, seed_songs(made, index)
+    for result in results:                  # what the verdicts say of the music it grew from
+        source = real_of.get(grew_from.get(result["file"]))
+        if source:
+            result.update(grows_from=source["file"], grows_from_verdict=source["verdict"])
     train = files.read_json(args.train_metrics)
     if train is None:
         log.warning("'%s' not found: the validation loss is left out.", args.train_metrics)
