@@ -96,15 +96,14 @@ def table(results: list[dict]) -> str:
         for k in FIGURES:
             values = [s[k] for s in r["songs"] if isinstance(s.get(k), (int, float))]
             means.append(fmt(sum(values) / len(values) if values else None))
-        count = lambda names: ", ".join(  # noqa: E731
-            f"{names.count(v)} {v}" for v in sorted(set(names))) or "-"
-        sources = count([s["grows_from_verdict"] for s in r["songs"]
-                         if s.get("grows_from_verdict")])
+        verdicts = ", ".join(f"{n} {v}" for v, n in sorted(r["verdicts"].items()))
+        names = [s["grows_from_verdict"] for s in r["songs"] if s.get("grows_from_verdict")]
+        sources = ", ".join(f"{names.count(v)} {v}" for v in sorted(set(names))) or "-"
         rows.append("| " + " | ".join([
             r["config"], f"{r['family']}/{r['layout']}",
             f"{r['train_minutes']} of {r['budget_minutes']:g} ({r['epochs_run']})",
             fmt(r["ratio_to_best_baseline"]), fmt(r["generate_rtf"]), *means,
-            count([s["verdict"] for s in r["songs"]]), sources]) + " |")
+            verdicts, sources]) + " |")
     return "\n".join(rows)
 
 

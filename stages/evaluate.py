@@ -12,7 +12,6 @@ figure that decided it. Definitions are in `stages/quality.py`.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,15 +211,11 @@ def read_songs(npy_dir: Path, ids: list[str], seconds: float, rate: int) -> list
     return songs
 
 
-def read_index(tensors: Tensors) -> list[dict]:
-    """The tensors' index: each sequence's split, number and song id."""
+def song_ids(tensors: Tensors) -> tuple[list[str], list[str]]:
+    """(training song ids, validation song ids) from the tensors' index."""
     if not tensors.index_path.is_file():
         raise UserError(f"'{tensors.index_path}' not found; run `dvc repro tensors` first.")
-    return files.read_parquet(tensors.index_path, ["split", "seq", "song_id"]).to_pylist()
-
-
-def song_ids(index: list[dict]) -> tuple[list[str], list[str]]:
-    """(training song ids, validation song ids) of the tensors' index."""
+    index = files.read_parquet(tensors.index_path, ["split", "song_id"]).to_pylist()
     return (sorted({r["song_id"] for r in index if r["split"] == "train"}),
             sorted({r["song_id"] for r in index if r["split"] == "val"}))
 
@@ -230,18 +225,6 @@ def song_names(manifest: Path) -> dict[str, str]:
     if not manifest.is_file():
         return {}
     return {r["id"]: r["path"] for r in files.read_parquet(manifest, ["id", "path"]).to_pylist()}
-
-
-def seed_songs(made: dict, index: list[dict]) -> dict[str, str]:
-    """Generated file name -> the song id it grew from ("train sequence 12" in generate's record
-    is that sequence's song; songs from a seed file or an unknown sequence are left out)."""
-    song_of = {(r["split"], r["seq"]): r["song_id"] for r in index}
-    found = {}
-    for song in made.get("songs", []):
-        m = re.fullmatch(r"(train|val) sequence (\d+)", str(song.get("seed", "")))
-        if m and (m.group(1), int(m.group(2))) in song_of:
-            found[song.get("file")] = song_of[(m.group(1), int(m.group(2)))]
-    return found
 
 
 def generated_songs(folder: Path) -> list[Path]:
@@ -329,8 +312,7 @@ def main(args) -> None:
     params = config.load_params(args.params)
     th = Thresholds.from_params(params)
     tensors = Tensors.from_params(args.data, params)
-    index = read_index(tensors)
-    train_ids, val_ids = song_ids(index)
+    train_ids, val_ids = song_ids(tensors)
     names = song_names(Path(args.manifest))
     songs = generated_songs(Path(args.generated))
     data = tensors.audio()
@@ -352,7 +334,8 @@ def main(args) -> None:
     log.info("the real songs, judged the same way: %s", ", ".join(
         f"{n} {v}" for v, n in count_verdicts(real).items()))
     results = judge_songs(songs, ref, th)
-    real_of, grew_from = {r["song"]: r for r in real}, seed_songs(made, index)
+    real_of = {r["song"]: r for r in real}
+    grew_from = {s.get("file"): s.get("seed_song") for s in made.get("songs", [])}
     for result in results:                  # what the verdicts say of the music it grew from
         source = real_of.get(grew_from.get(result["file"]))
         if source:

@@ -300,11 +300,16 @@ def spread_picks(song_of_seq: list[str], n_songs: int, rng: np.random.Generator,
         by_song.setdefault(song, []).append(seq)
     songs = [by_song[s] for s in sorted(by_song)]
     if loudness is not None:
-        songs = [[q for q, loud in zip(seqs, loudness[seqs] >= np.median(loudness[seqs])) if loud]
-                 for seqs in songs]
+        songs = [louder_half(seqs, loudness) for seqs in songs]
     sizes = np.array([len(s) for s in songs], float)
     order = rng.choice(len(songs), size=len(songs), replace=False, p=sizes / sizes.sum())
     return [int(rng.choice(songs[order[i % len(songs)]])) for i in range(n_songs)]
+
+
+def louder_half(seqs: list[int], level: np.ndarray) -> list[int]:
+    """The sequences among `seqs` (of one song) at least as loud as their median."""
+    middle = np.median(level[seqs])
+    return [q for q in seqs if level[q] >= middle]
 
 
 def seed_from_tensors(tensors, split: str, k: int, n_songs: int, rng: np.random.Generator,
@@ -356,8 +361,7 @@ def section_cues(x, song_of_seq: list[str] | None, picks: list[int], k: int, n_c
         by_song.setdefault(song, []).append(seq)
     level = loudness(x, reading)
     if level is not None:
-        by_song = {song: [q for q in seqs if level[q] >= np.median(level[seqs])]
-                   for song, seqs in by_song.items()}
+        by_song = {song: louder_half(seqs, level) for song, seqs in by_song.items()}
     cues = []
     for pick in picks:
         pool = by_song[song_of_seq[pick] if song_of_seq else ""]
@@ -419,9 +423,9 @@ def song_plays(tensors, split: str, song_of_seq: list[str], picks: list[int]) ->
 
 def choose_seeds(cfg: GenerateConfig, tensors, audio_cfg: AudioConfig, reading: Reading,
                  rng: np.random.Generator, index_path: Path, n_cues: int = 0
-                 ) -> tuple[np.ndarray, list[str], np.ndarray | None, np.ndarray | None]:
+                 ) -> tuple[np.ndarray, list[dict], np.ndarray | None, np.ndarray | None]:
     """The seeds as the model reads them (n_songs, seed_blocks[, features]), where each came
-    from, for a codebook model how often each code plays in each seed's whole song (n_songs,
+    from ({"seed": "train sequence 12", "seed_song": its song id where known}), for a codebook model how often each code plays in each seed's whole song (n_songs,
     n_codes; None where the songs are not known), and `n_cues` cues per song for its later
     sections, from the same song or file (None when none are asked for)."""
     book, k = reading.book, cfg.seed_blocks
@@ -434,7 +438,7 @@ def choose_seeds(cfg: GenerateConfig, tensors, audio_cfg: AudioConfig, reading: 
         if n_cues:
             starts = rng.integers(0, len(inputs) - k + 1, size=(cfg.n_songs, n_cues))
             cues = np.stack([[inputs[a:a + k] for a in row] for row in starts])
-        return seed, [cfg.seed_file] * cfg.n_songs, plays, cues
+        return seed, [dict(seed=cfg.seed_file)] * cfg.n_songs, plays, cues
     split = "" if cfg.seed_source == "train" else "val_"
     songs = songs_of_sequences(index_path, split)
     seed, picks = seed_from_tensors(tensors, split, k, cfg.n_songs, rng, reading, songs)
@@ -442,7 +446,9 @@ def choose_seeds(cfg: GenerateConfig, tensors, audio_cfg: AudioConfig, reading: 
     plays = song_plays(tensors, split, songs, picks) if book is not None and known else None
     cues = (section_cues(tensors.read(f"{split}x"), songs if known else None, picks, k, n_cues,
                          rng, reading) if n_cues else None)
-    return seed, [f"{cfg.seed_source} sequence {i}" for i in picks], plays, cues
+    where = [dict(seed=f"{cfg.seed_source} sequence {i}", **({"seed_song": songs[i]} if known
+                                                             else {})) for i in picks]
+    return seed, where, plays, cues
 
 
 # --- the stage ---------------------------------------------------------------------------------
@@ -516,7 +522,7 @@ def to_samples(made: np.ndarray, src: Source, cfg: GenerateConfig,
 
 
 def write_songs(songs_samples: np.ndarray, rate: int, cfg: GenerateConfig, out_dir: Path,
-                seeds: list[str]) -> list[dict]:
+                seeds: list[dict]) -> list[dict]:
     """Each song peak-safe, written with a spectrogram beside it (the folder's earlier songs
     removed first); returns one summary per song."""
     from stages import plots
@@ -531,8 +537,8 @@ def write_songs(songs_samples: np.ndarray, rate: int, cfg: GenerateConfig, out_d
         path = audio.write_song(out_dir / f"song_{i + 1:02d}.{cfg.format}", samples, rate,
                                 cfg.format)
         plots.spectrogram(samples, rate, path.with_suffix(".png"),
-                          title=f"{path.name}: seeded from {seeds[i]}")
-        songs.append(dict(file=path.name, seed=seeds[i], seconds=round(len(samples) / rate, 3),
+                          title=f"{path.name}: seeded from {seeds[i]['seed']}")
+        songs.append(dict(file=path.name, **seeds[i], seconds=round(len(samples) / rate, 3),
                           clipped_fraction=clipped, peak=float(np.abs(samples).max()),
                           rms_dbfs_per_10s=segment_levels(samples, rate)))
         if clipped > 0:
