@@ -248,6 +248,15 @@ def test_a_song_as_near_as_the_real_songs_is_never_noise(reference, thresholds):
         fig, (name, reason) = judged(reference, thresholds, song(9))
         assert fig["fd_frames_closer_to"] == fig["fd_texture_closer_to"] == "real"
         assert name == "ok", reason
+        # the farthest real song decides, not the median: a song nearer noise than the median
+        # but within the farthest real song is real; beyond it and nearer noise, noise
+        d = {k: fig[k] for k in ("fd_frames", "fd_texture")}
+        for real_max, expected in ((1.1, "real"), (0.5, "noise")):
+            for k, v in d.items():
+                ref.figures.update({f"{k}_real": v / 100, f"{k}_noise": 1.2 * v,
+                                    f"{k}_real_max": real_max * v})
+            fig = ref.judge(song(9))
+            assert fig["fd_frames_closer_to"] == fig["fd_texture_closer_to"] == expected
     finally:
         ref.figures.clear()
         ref.figures.update(saved)

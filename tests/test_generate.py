@@ -410,6 +410,12 @@ def test_repro_generate_writes_songs_and_attaches_them_to_the_training_run(train
     assert len(summary["palette_codes"]) == 2
     assert all(0 < n <= n_codes for n in summary["palette_codes"])
     assert all(s["clipped_fraction"] == 0 or s["peak"] == 1.0 for s in summary["songs"])
+    # each song records the song its seed sequence came from (evaluate names it)
+    import pyarrow.parquet as pq
+    index = pq.read_table(trained / "data/processed/music_index.parquet").to_pylist()
+    song_of = {f"{r['split']} sequence {r['seq']}": r["song_id"] for r in index}
+    assert [s["seed_song"] for s in summary["songs"]] == [song_of[s["seed"]]
+                                                           for s in summary["songs"]]
     from mlflow import MlflowClient
     run_id = json.loads((trained / "metrics/train.json").read_text())["mlflow_run_id"]
     c = MlflowClient(f"sqlite:///{trained / 'mlflow.db'}")
