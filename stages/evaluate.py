@@ -96,11 +96,13 @@ class Reference:
         self.train_mel = [quality.log_mel(x, rate) for x in train]
         self.val_frames = np.concatenate(self.val_mel)
         self.val_texture = np.concatenate([quality.texture(m) for m in self.val_mel])
-        self.train_frames = np.concatenate(self.train_mel) if train else None
+        self.train_passages = (np.concatenate([quality.passages(m) for m in self.train_mel])
+                               if train else None)
         self.train_level = float(np.mean([quality.level_dbfs(x) for x in train or val]))
         self.val_level = float(np.mean([quality.level_dbfs(x) for x in val]))
-        self.val_to_train = (quality.nearest_distance(self.val_frames, self.train_frames)
-                             if self.train_frames is not None else None)
+        self.val_to_train = (quality.nearest_distance(
+            np.concatenate([quality.passages(m, step=2) for m in self.val_mel]),
+            self.train_passages) if train else None)
         self.figures = self.calibrate(val, train)
 
     def distances(self, mel: np.ndarray, against: list[np.ndarray] | None = None) -> dict:
@@ -167,9 +169,10 @@ class Reference:
             noise = ref[f"{key}_noise"]
             fig[f"{key}_closer_to"] = ("real" if d[key] <= real
                                        or abs(d[key] - real) <= abs(d[key] - noise) else "noise")
-        if copy and self.train_frames is not None and self.val_to_train:
-            fig["copy_score"] = round(quality.nearest_distance(mel, self.train_frames)
-                                      / self.val_to_train, 4)
+        near = (quality.nearest_distance(quality.passages(mel, step=2), self.train_passages)
+                if copy and self.train_passages is not None else float("nan"))
+        if np.isfinite(near) and self.val_to_train and np.isfinite(self.val_to_train):
+            fig["copy_score"] = round(near / self.val_to_train, 4)
         return fig
 
 

@@ -7,6 +7,11 @@ log-mel       64 triangular mel bands (HTK mel scale) from 30 Hz to 11 kHz over 
               log10 of band power + 1e-10
 texture       ~1 s windows (43 frames): mean, std and mean absolute frame-to-frame change of 16
               coarse bands (groups of 4 log-mel bands): 48 numbers per window
+passage       ~0.5 s of music (22 frames) as it sounds in time: the 16 coarse bands of each of
+              its frames, 352 numbers; a song has one starting at every frame
+copy distance the mean, over a song's passages, of the distance to the nearest passage of the
+              training songs, every one of them searched (a stretch replayed from a training
+              song is near one wherever it starts; a new tune made of familiar sounds is not)
 Fréchet       distance between Gaussians fitted to two sets of feature vectors (as FID does)
 loop score    how exactly a song repeats itself: the smallest, over lags of 1 s up to a quarter of
               the song, mean distance between log-mel frames that far apart, divided by the mean
@@ -17,13 +22,13 @@ from __future__ import annotations
 import numpy as np
 from scipy import linalg
 from scipy.ndimage import median_filter
-from scipy.spatial import cKDTree
 
 from stages import layouts
 
 FRAME, HOP = 2048, 1024
 N_MELS, FMIN, FMAX = 64, 30.0, 11000.0
 TEXTURE_FRAMES, COARSE = 43, 4
+PASSAGE_FRAMES = 22
 SILENT_DBFS = layouts.SILENT_DBFS
 EPS = 1e-10
 
@@ -142,14 +147,30 @@ def tonal_fraction(x: np.ndarray, rate: int, seconds: float = 0.25, lo: float = 
     return float(np.mean(fractions)) if fractions else 0.0
 
 
-def nearest_distance(queries: np.ndarray, reference: np.ndarray, max_rows: int = 3000,
-                     seed: int = 0) -> float:
-    """Mean Euclidean distance from each query row to its nearest reference row (both
-    subsampled to `max_rows` rows, evenly, for speed)."""
-    def sub(a):
-        return a if len(a) <= max_rows else a[np.linspace(0, len(a) - 1, max_rows).astype(int)]
-    dist, _ = cKDTree(sub(reference)).query(sub(queries), k=1)
-    return float(np.mean(dist))
+def passages(mel_frames: np.ndarray, length: int = PASSAGE_FRAMES, step: int = 1) -> np.ndarray:
+    """(n_passages, 16 * length) float32 passages of a song's log-mel frames, one starting at
+    every `step`-th frame (a song shorter than one passage: none)."""
+    coarse = mel_frames.reshape(len(mel_frames), -1, COARSE).mean(axis=2).astype(np.float32)
+    if len(coarse) < length:
+        return np.zeros((0, coarse.shape[1] * length), np.float32)
+    view = np.lib.stride_tricks.sliding_window_view(coarse, length, axis=0)[::step]
+    return view.reshape(len(view), -1)
+
+
+def nearest_distance(queries: np.ndarray, reference: np.ndarray, chunk: int = 4096) -> float:
+    """Mean Euclidean distance from each query row to its nearest reference row, every
+    reference row searched (matrix products, `chunk` reference rows at a time: a stretch of a
+    training song is found wherever it starts)."""
+    if not len(queries) or not len(reference):
+        return float("nan")
+    q = np.asarray(queries, np.float32)
+    qq = np.einsum("ij,ij->i", q, q)
+    best = np.full(len(q), np.inf, np.float32)
+    for start in range(0, len(reference), chunk):
+        r = np.asarray(reference[start:start + chunk], np.float32)
+        d = qq[:, None] - 2 * (q @ r.T) + np.einsum("ij,ij->i", r, r)[None]
+        np.minimum(best, d.min(axis=1), out=best)
+    return float(np.sqrt(np.maximum(best, 0)).mean())
 
 
 def level_dbfs(x: np.ndarray) -> float:

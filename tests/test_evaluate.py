@@ -66,6 +66,22 @@ def test_a_training_song_is_a_copy(reference, thresholds):
     assert fig["copy_score"] < 0.2 and name == "copy" and "copy score" in reason
 
 
+def test_a_stretch_of_a_training_song_is_a_copy_wherever_it_starts(thresholds):
+    """A copy is found however much training music there is (8 songs of 40 s here, 13,700
+    frames) and wherever the stretch starts (off the frame grid); a new song made of the same
+    sounds in a new order is not one."""
+    train = [synth.make_song(s, 40).mean(axis=1).astype(np.float64) for s in range(10, 18)]
+    ref = evaluate.Reference([song(4), song(5)], train, RATE, BLOCK, SECONDS)
+    start = int(17.37 * RATE)
+    fig = ref.judge(train[5][start:start + SECONDS * RATE])
+    name, reason = evaluate.verdict(fig, ref.figures, thresholds)
+    assert fig["copy_score"] < 0.4 and name == "copy" and "copy score" in reason
+    # the same song's 1 s pieces shuffled: every frame a training frame, no passage a copy
+    pieces = train[5][:SECONDS * RATE].reshape(SECONDS, RATE)
+    shuffled = pieces[np.random.default_rng(0).permutation(SECONDS)].ravel()
+    assert ref.judge(shuffled)["copy_score"] > thresholds.copy_score
+
+
 def test_a_held_out_song_is_ok(reference, thresholds):
     fig, (name, reason) = judged(reference, thresholds, song(9))
     assert name == "ok", reason
