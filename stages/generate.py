@@ -107,9 +107,12 @@ class Stepper:
             n_in = int(self.encode.kernel.shape[0])
             self.family = "laplace" if self.decode.units == 2 * n_in else "regression"
             self.n_features = n_in
-        self.step = tf.function(self._step, reduce_retracing=True)
-        self.loop = tf.function(self._loop, reduce_retracing=True)
-        self.warm = tf.function(self._warm, reduce_retracing=True)
+        # the loops below are tf.while_loop / tf.cond / tf.foldl already: no AutoGraph rewrite
+        # of their Python (it cost ~1 s of every generate run, 3x the network's own time on
+        # the tests' tiny songs)
+        self.step = tf.function(self._step, reduce_retracing=True, autograph=False)
+        self.loop = tf.function(self._loop, reduce_retracing=True, autograph=False)
+        self.warm = tf.function(self._warm, reduce_retracing=True, autograph=False)
 
     def initial_states(self, batch: int) -> list:
         import tensorflow as tf
