@@ -44,10 +44,13 @@ CONFIGS = {
            "generate.temperature": 0.0},
 }
 FIGURES = ("level_vs_train_db", "dynamics_db", "tonal_fraction", "clicks", "fd_frames",
-           "fd_texture", "copy_score", "loop_score", "nearest_song_fd")
+           "fd_texture", "fd_frames_vs_source", "fd_texture_vs_source", "copy_score",
+           "loop_score", "nearest_song_fd")
 SHORT = dict(level_vs_train_db="level dB", dynamics_db="dyn dB", tonal_fraction="tonal",
-             clicks="clicks", fd_frames="FD frames", fd_texture="FD texture", copy_score="copy",
-             loop_score="loop", nearest_song_fd="nearest song")
+             clicks="clicks", fd_frames="FD frames", fd_texture="FD texture",
+             fd_frames_vs_source="FD frames / source's",
+             fd_texture_vs_source="FD texture / source's",
+             copy_score="copy", loop_score="loop", nearest_song_fd="nearest song")
 
 
 def run_config(name: str, corpus: Path, minutes: float, tmp: Path) -> dict:

@@ -7,7 +7,10 @@ stretch over and over?) and the distance to the nearest other generated song, ea
 calibration points computed the same way in the same run (a real song against the validation
 songs; white noise at the same loudness; the closest two real songs). Every song gets a one-line
 verdict: ok / silent / quiet / noise / static / smear / clicks / copy / loop / same, with the
-figure that decided it. Definitions are in `stages/quality.py`.
+figure that decided it. The real songs are judged the same way; each new song names the training
+song it grew from, that song's verdict, and its Fréchet distances ÷ that song's (a song grown
+from a real song unlike the validation songs is as far from them as its source is).
+Definitions are in `stages/quality.py`.
 """
 from __future__ import annotations
 
@@ -195,7 +198,8 @@ class Reference:
                 name, reason = verdict(fig, self.figures, th)
                 judged.append(dict(song=song_id, split=split, verdict=name, reason=reason,
                                    **{k: fig[k] for k in ("dynamics_db", "tonal_fraction",
-                                                          "fd_frames", "level_vs_train_db")}))
+                                                          "fd_frames", "fd_texture",
+                                                          "level_vs_train_db")}))
         return judged
 
 
@@ -286,7 +290,8 @@ def summarise(results: list[dict], ref: Reference, train: dict,
     if real is not None:
         summary.update(real_songs=real, real_verdicts=count_verdicts(real))
     for key in ("fd_frames", "fd_texture", "dynamics_db", "clicks", "tonal_fraction",
-                "copy_score", "rms_dbfs", "flatness", "loop_score", "nearest_song_fd"):
+                "copy_score", "rms_dbfs", "flatness", "loop_score", "nearest_song_fd",
+                "fd_frames_vs_source", "fd_texture_vs_source"):
         values = [r[key] for r in results if r.get(key) is not None]
         if values:
             summary[f"mean_{key}"] = round(float(np.mean(values)), 4)
@@ -342,7 +347,9 @@ def main(args) -> None:
     for result in results:                  # what the verdicts say of the music it grew from
         source = real_of.get(grew_from.get(result["file"]))
         if source:
-            result.update(grows_from=source["file"], grows_from_verdict=source["verdict"])
+            result.update(grows_from=source["file"], grows_from_verdict=source["verdict"],
+                          **{f"{key}_vs_source": round(result[key] / source[key], 3)
+                             for key in ("fd_frames", "fd_texture") if source.get(key)})
     train = files.read_json(args.train_metrics)
     if train is None:
         log.warning("'%s' not found: the validation loss is left out.", args.train_metrics)

@@ -192,9 +192,12 @@ def test_repro_evaluate_writes_eval_json_and_adds_to_the_training_run(trained):
     assert sum(ev["real_verdicts"].values()) == len(names)
     for r in ev["real_songs"]:
         assert f"real song {r['file']} ({r['split']}): {r['verdict']}" in proc.stderr
-    real = {r["file"]: r["verdict"] for r in ev["real_songs"] if r["split"] == "train"}
-    for s in ev["songs"]:
-        assert real[s["grows_from"]] == s["grows_from_verdict"]
+    real = {r["file"]: r for r in ev["real_songs"] if r["split"] == "train"}
+    for s in ev["songs"]:                 # and how far it is from the validation songs beside it
+        source = real[s["grows_from"]]
+        assert source["verdict"] == s["grows_from_verdict"]
+        for key in ("fd_frames", "fd_texture"):
+            assert s[f"{key}_vs_source"] == pytest.approx(s[key] / source[key], rel=1e-2)
     train = json.loads((trained / "metrics/train.json").read_text())
     assert ev["val_loss"] == train["val_loss"] and ev["baselines"] == train["baselines"]
     from mlflow import MlflowClient
