@@ -3,11 +3,14 @@ a copy of the project in a tmp dir (a real git + DVC repository, or a plain fold
 directly), helpers to run the CLIs and to check that a failure is one sentence."""
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -177,13 +180,25 @@ def make_project(repo: Path, updates: dict | None = None, vcs: bool = True,
     set_params(repo / "params.yaml", {**(SMALL_PARAMS if small else {}), **(updates or {})})
     if not vcs:
         return repo
+    for name in (".git", ".dvc", ".dvcignore"):   # `git init` + `dvc init`, made once
+        src = empty_repo() / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, repo / name)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "project"], repo)
+    return repo
+
+
+@functools.lru_cache(maxsize=None)
+def empty_repo() -> Path:
+    """A real `git init` + `dvc init` with nothing in it, made once per test process: every
+    project's .git and .dvc are copies of it (the two inits cost ~1.5 s a project)."""
+    repo = Path(tempfile.mkdtemp(prefix="rawtune-empty-repo-"))
+    atexit.register(shutil.rmtree, repo, True)
     run(["git", "init", "-q"], repo)
     run(["git", "config", "user.email", "test@localhost"], repo)
     run(["git", "config", "user.name", "test"], repo)
     run(["dvc", "init", "-q"], repo)
     run(["dvc", "config", "core.analytics", "false"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", "project"], repo)
     return repo
 
 
