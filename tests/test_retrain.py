@@ -189,8 +189,8 @@ def test_serve_registers_the_cron_deployment_and_runs_a_triggered_run(served_pro
         assert "nothing changed" in logs[1].read_text()
     finally:
         if serving is not None:
-            stop_group(serving)
-        stop_group(server)
+            stop_group(serving, 5)     # a test server: no graceful wait
+        stop_group(server, 5)
 
 
 def test_serve_without_a_server_says_how_to_start_one(served_project):

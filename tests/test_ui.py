@@ -63,7 +63,7 @@ def ui(promoted: Path):
         wait_until_serving(f"{base}/health", proc, log=log)
         yield base
     finally:
-        stop_group(proc)
+        stop_group(proc, 5)             # keep-alive connections hold a graceful stop ~10 s
 
 
 @pytest.mark.slow
