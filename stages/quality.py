@@ -157,19 +157,21 @@ def passages(mel_frames: np.ndarray, length: int = PASSAGE_FRAMES, step: int = 1
     return view.reshape(len(view), -1)
 
 
-def nearest_distance(queries: np.ndarray, reference: np.ndarray, chunk: int = 4096) -> float:
+def nearest_distance(queries: np.ndarray, reference: np.ndarray, chunk: int = 2048) -> float:
     """Mean Euclidean distance from each query row to its nearest reference row, every
-    reference row searched (matrix products, `chunk` reference rows at a time: a stretch of a
-    training song is found wherever it starts)."""
+    reference row searched (a stretch of a training song is found wherever it starts), by
+    matrix products on `chunk` x `chunk` blocks (16 MB at a time however many songs)."""
     if not len(queries) or not len(reference):
         return float("nan")
     q = np.asarray(queries, np.float32)
-    qq = np.einsum("ij,ij->i", q, q)
     best = np.full(len(q), np.inf, np.float32)
     for start in range(0, len(reference), chunk):
         r = np.asarray(reference[start:start + chunk], np.float32)
-        d = qq[:, None] - 2 * (q @ r.T) + np.einsum("ij,ij->i", r, r)[None]
-        np.minimum(best, d.min(axis=1), out=best)
+        rr = np.einsum("ij,ij->i", r, r)
+        for at in range(0, len(q), chunk):
+            block = q[at:at + chunk]
+            d = np.einsum("ij,ij->i", block, block)[:, None] - 2 * (block @ r.T) + rr[None]
+            np.minimum(best[at:at + chunk], d.min(axis=1), out=best[at:at + chunk])
     return float(np.sqrt(np.maximum(best, 0)).mean())
 
 

@@ -66,6 +66,16 @@ def test_a_training_song_is_a_copy(reference, thresholds):
     assert fig["copy_score"] < 0.2 and name == "copy" and "copy score" in reason
 
 
+def test_nearest_distance_searches_every_reference_row_block_by_block():
+    rng = np.random.default_rng(0)
+    queries, reference = rng.normal(size=(700, 12)), rng.normal(size=(900, 12))
+    exact = np.sqrt(((queries[:, None] - reference[None]) ** 2).sum(-1)).min(axis=1).mean()
+    for chunk in (64, 333, 4096):                 # blocks smaller than, and larger than, both
+        assert quality.nearest_distance(queries, reference, chunk) == pytest.approx(exact,
+                                                                                   rel=1e-5)
+    assert np.isnan(quality.nearest_distance(queries[:0], reference))
+
+
 def test_a_stretch_of_a_training_song_is_a_copy_wherever_it_starts(thresholds):
     """A copy is found however much training music there is (6 songs of 30 s here, 7,700
     frames) and wherever the stretch starts (off the frame grid); a new song made of the same
