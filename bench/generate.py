@@ -41,13 +41,11 @@ def ours(src, seed: np.ndarray, seconds: float, gen) -> tuple[float, float]:
         palettes = plays > 0 if gen.palette == "song" else None
         silent = generate.silent_codes(book, plays, src.audio.block_size, gen.silence_db)
     n_steps = generate.steps_for(seconds, src.audio)    # and in sections, each with its cue
-    section = round(gen.section_s * src.audio.sample_rate / src.audio.hop)
-    n_cues = -(-n_steps // section) - 1 if section > 0 else 0
+    section, n_cues = generate.sections_for(gen, n_steps, src.audio)
     cues = np.stack([np.roll(seed, i + 1, axis=1) for i in range(n_cues)], 1) if n_cues else None
     made = generate.generate_blocks(src.stepper, seed, n_steps, gen.temperature, rng, gen.top_k,
                                     gen.top_p, palettes, silent,
-                                    round(gen.max_silence_s * src.audio.sample_rate
-                                          / src.audio.hop), cues, section)
+                                    generate.steps_in(gen.max_silence_s, src.audio), cues, section)
     network = time.perf_counter() - t
     generate.to_samples(made, src, dataclasses.replace(gen, seconds=seconds), rng)
     return time.perf_counter() - t, network

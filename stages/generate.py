@@ -573,6 +573,18 @@ def steps_for(seconds: float, audio_cfg: AudioConfig) -> int:
     return math.ceil(n / audio_cfg.hop) + (1 if audio_cfg.layout == "frames" else 0)
 
 
+def steps_in(seconds: float, audio_cfg: AudioConfig) -> int:
+    """Steps lasting about `seconds` (a section, a run of silence)."""
+    return round(seconds * audio_cfg.sample_rate / audio_cfg.hop)
+
+
+def sections_for(cfg: GenerateConfig, n_steps: int, audio_cfg: AudioConfig) -> tuple[int, int]:
+    """(steps per section, cues a song needs: one per section after its first); (0, 0) for
+    songs of one section."""
+    section_steps = steps_in(cfg.section_s, audio_cfg)
+    return (section_steps, -(-n_steps // section_steps) - 1) if section_steps > 0 else (0, 0)
+
+
 def main(args) -> None:
     params = config.load_params(args.params)
     cfg = GenerateConfig.from_params(params)
@@ -584,8 +596,7 @@ def main(args) -> None:
     src = model_for(model_source, audio_cfg, tensors, Path(args.codebook), params)
     rng = np.random.default_rng(cfg.random_seed)
     n_steps = steps_for(cfg.seconds, audio_cfg)
-    section_steps = round(cfg.section_s * audio_cfg.sample_rate / audio_cfg.hop)
-    n_cues = -(-n_steps // section_steps) - 1 if section_steps > 0 else 0
+    section_steps, n_cues = sections_for(cfg, n_steps, audio_cfg)
     seed, seeds, plays, cues = choose_seeds(cfg, src.arrays, audio_cfg, src.reading, rng,
                                             tensors.index_path, n_cues)
     palettes = plays > 0 if plays is not None and cfg.palette == "song" else None
@@ -607,8 +618,8 @@ def main(args) -> None:
                  ", ".join(str(int(n)) for n in palettes.sum(axis=1)), palettes.shape[1])
     t0 = time.perf_counter()
     made = generate_blocks(src.stepper, seed, n_steps, cfg.temperature, rng, cfg.top_k, cfg.top_p,
-                           palettes, silent, round(cfg.max_silence_s * audio_cfg.sample_rate
-                                                   / audio_cfg.hop), cues, section_steps)
+                           palettes, silent, steps_in(cfg.max_silence_s, audio_cfg), cues,
+                           section_steps)
     network_s = time.perf_counter() - t0
     songs_samples = to_samples(made, src, cfg, rng)
     wall = time.perf_counter() - t0

@@ -3,10 +3,12 @@ audio for both layouts, peak safety, seeds from the user's own files, bad input 
 and a real `dvc repro generate` that attaches the songs to the training run in MLflow."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
+import yaml
 from stages import (audio, codebook, decode, fft_blocks, files, generate, layouts, model as netlib,
                     wav_to_npy)
 from stages.batches import Normaliser
@@ -289,6 +291,18 @@ def test_seed_from_a_users_file_is_what_preprocessing_makes_of_it(tmp_path, name
         codes = generate.seed_from_file(str(src), k, 1, audio_cfg, generate.Reading(norm, book))
         np.testing.assert_array_equal(codes[0], book.assign(expected))
         assert codes[0, 0] == 0 and codes[0, 3] == 1
+
+
+def test_a_song_is_cut_into_sections_of_section_s_each_after_the_first_with_a_cue():
+    frames = AudioConfig(22050, 32768, 2048, "frames", 512)
+    n = generate.steps_for(30, frames)                         # 1293 frames
+    cfg = generate.GenerateConfig.from_params(
+        {"generate": {**yaml.safe_load((ROOT / "params.yaml").read_text())["generate"],
+                      "section_s": 5}})
+    assert generate.sections_for(cfg, n, frames) == (215, 6)  # 7 sections, the last one short
+    one = dataclasses.replace(cfg, section_s=0)
+    assert generate.sections_for(one, n, frames) == (0, 0)
+    assert generate.steps_in(2, frames) == 86
 
 
 def test_seed_file_errors_are_one_sentence(tmp_path):
