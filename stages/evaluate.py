@@ -103,9 +103,9 @@ class Reference:
                                if train else None)
         self.train_level = float(np.mean([quality.level_dbfs(x) for x in train or val]))
         self.val_level = float(np.mean([quality.level_dbfs(x) for x in val]))
-        self.val_to_train = (quality.nearest_distance(
+        self.val_to_train = (quality.nearest_distance(       # nan: no copy score
             np.concatenate([quality.passages(m, step=2) for m in self.val_mel]),
-            self.train_passages) if train else None)
+            self.train_passages) if train else float("nan"))
         self.figures = self.calibrate(val, train)
 
     def distances(self, mel: np.ndarray, against: list[np.ndarray] | None = None) -> dict:
@@ -172,10 +172,11 @@ class Reference:
             noise = ref[f"{key}_noise"]
             fig[f"{key}_closer_to"] = ("real" if d[key] <= real
                                        or abs(d[key] - real) <= abs(d[key] - noise) else "noise")
-        near = (quality.nearest_distance(quality.passages(mel, step=2), self.train_passages)
-                if copy and self.train_passages is not None else float("nan"))
-        if np.isfinite(near) and self.val_to_train and np.isfinite(self.val_to_train):
-            fig["copy_score"] = round(near / self.val_to_train, 4)
+        if copy and self.val_to_train > 0:                      # False for nan
+            score = quality.nearest_distance(quality.passages(mel, step=2),
+                                             self.train_passages) / self.val_to_train
+            if np.isfinite(score):                              # nan: shorter than a passage
+                fig["copy_score"] = round(score, 4)
         return fig
 
 

@@ -71,9 +71,14 @@ def log_mel(x: np.ndarray, rate: int) -> np.ndarray:
     return np.log10(power_frames(x) @ mel_filterbank(rate).T + EPS)
 
 
+def coarse_bands(mel_frames: np.ndarray) -> np.ndarray:
+    """(n_frames, 16) the log-mel frames in coarse bands (the mean of each 4 mel bands)."""
+    return mel_frames.reshape(len(mel_frames), -1, COARSE).mean(axis=2)
+
+
 def texture(mel_frames: np.ndarray, window: int = TEXTURE_FRAMES) -> np.ndarray:
     """(n_windows, 48) texture vectors of ~1 s windows of log-mel frames."""
-    coarse = mel_frames.reshape(len(mel_frames), -1, COARSE).mean(axis=2)
+    coarse = coarse_bands(mel_frames)
     out = []
     for start in range(0, len(coarse) - window + 1, window):
         w = coarse[start:start + window]
@@ -150,7 +155,7 @@ def tonal_fraction(x: np.ndarray, rate: int, seconds: float = 0.25, lo: float = 
 def passages(mel_frames: np.ndarray, length: int = PASSAGE_FRAMES, step: int = 1) -> np.ndarray:
     """(n_passages, 16 * length) float32 passages of a song's log-mel frames, one starting at
     every `step`-th frame (a song shorter than one passage: none)."""
-    coarse = mel_frames.reshape(len(mel_frames), -1, COARSE).mean(axis=2).astype(np.float32)
+    coarse = coarse_bands(mel_frames).astype(np.float32)
     if len(coarse) < length:
         return np.zeros((0, coarse.shape[1] * length), np.float32)
     view = np.lib.stride_tricks.sliding_window_view(coarse, length, axis=0)[::step]
