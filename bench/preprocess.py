@@ -283,15 +283,16 @@ def run_size(label: str, corpus: Path, tmp: Path, params: dict, skip_seed: bool,
 
 
 def add_one_song(rows: list[dict], n_songs: int, demo: dict, tmp: Path, block_size: int,
-                 real: Path | None = None) -> dict:
+                 real: Path | None = None, min_seconds: float = 0) -> dict:
     """Time the re-run after one more song lands in an `n_songs`-song project: the first songs
-    of the `real` corpus when given, else demo songs (the larger corpus's project, when that is
-    the same demo corpus)."""
+    of the `real` corpus when given (those of at least `min_seconds`), else demo songs (the
+    larger corpus's project, when that is the same demo corpus)."""
     same = [r for r in rows if r["songs"] == n_songs and r["corpus"].parent == tmp]
     if real is not None:
-        songs = audio_files(real)[:n_songs + 1]
+        songs = [f for f in audio_files(real) if seconds(f) >= min_seconds][:n_songs + 1]
         if len(songs) <= n_songs:
-            sys.exit(f"error: --songs {n_songs}: the corpus has only {len(songs)} songs.")
+            sys.exit(f"error: --songs {n_songs}: the corpus has only {len(songs)} songs"
+                     + (f" of at least {min_seconds:g} s." if min_seconds else "."))
         corpus = tmp / f"corpus-{n_songs}"
         corpus.mkdir()
         for f in songs[:n_songs]:
@@ -403,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "processes pass this (default: 70%% of the memory available at start)")
     parser.add_argument("--songs", type=int, default=20, help="songs in the add-one test "
                         "(default: %(default)s)")
+    parser.add_argument("--min-song-seconds", type=float, default=0, help="songs in the add-one "
+                        "test: only those of --corpus at least this long, e.g. 120 for "
+                        "album-length songs (default: every song)")
     parser.add_argument("--block-size", type=int, help="samples per block for every way "
                         "(default: params.yaml fft_blocks.block_size; the seed's code used 2048)")
     parser.add_argument("--skip-seed", action="store_true", help="do not run the seed's way")
@@ -431,7 +435,8 @@ def main(args: argparse.Namespace) -> None:
                     if len(args.corpus) == 1 else linked_corpus(args.corpus, tmp / "corpus-1x"))
             if real is not None:
                 check_disk(tmp, {real: 1})
-            inc = add_one_song([], args.songs, demo, tmp, block_size, real)
+            inc = add_one_song([], args.songs, demo, tmp, block_size, real,
+                               args.min_song_seconds)
             say_add_one(inc)
             print(json.dumps(dict(add_one_song_fraction=round(inc["fraction"], 3),
                                   add_one_s=round(inc["s"], 1), full_s=round(inc["full_s"], 1))))
@@ -452,7 +457,8 @@ def main(args: argparse.Namespace) -> None:
                 for label, corpus, dask in (("1x", small, False),
                                             ("large" if args.large else f"{args.scale}x", big,
                                              True))]
-        inc = add_one_song(rows, args.songs, demo, tmp, block_size, small if args.corpus else None)
+        inc = add_one_song(rows, args.songs, demo, tmp, block_size, small if args.corpus else None,
+                           args.min_song_seconds)
         say_add_one(inc)
         head = report(rows, inc, args.scale)
     finally:

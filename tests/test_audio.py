@@ -26,3 +26,17 @@ def test_content_id_follows_bytes_not_names(tmp_path):
     (tmp_path / "c.mp3").write_bytes(b"other bytes")
     ids = [audio.content_id(tmp_path / n) for n in ("a.mp3", "b.wav", "c.mp3")]
     assert ids[0] == ids[1] != ids[2] and len(ids[0]) == 16
+
+
+def test_downmix_is_the_mean_of_the_channels():
+    rng = np.random.default_rng(0)
+    for channels in range(1, 9):
+        chunk = rng.uniform(-1, 1, (4097, channels)).astype(np.float32)
+        mono = audio.downmix(chunk)
+        assert mono.shape == (4097,) and mono.dtype == np.float32
+        expected = chunk.mean(axis=1, dtype=np.float32)
+        if channels <= 6:                              # up to 5.1: the very same floats
+            np.testing.assert_array_equal(mono, expected)
+        else:
+            np.testing.assert_allclose(mono, expected, atol=1e-6)
+    assert not np.shares_memory(audio.downmix(chunk[:, :1]), chunk)   # mono: a copy, never a view
