@@ -303,7 +303,7 @@ def add_one_song(rows: list[dict], n_songs: int, demo: dict, tmp: Path, block_si
         again = repro(project, tmp / "add-one.log")
         return dict(full_s=full["s"], s=again["s"], fraction=again["s"] / full["s"], run=again,
                     songs=f"{n_songs} real songs, {sum(map(seconds, songs[:n_songs])) / 60:.1f} "
-                          f"min, + one of {seconds(songs[-1]) / 60:.1f} min")
+                          f"min, + one of {seconds(songs[-1]):.0f} s")
     if same:
         project, corpus, full = same[0]["project"], same[0]["corpus"], same[0]["ours"]
     else:
