@@ -282,6 +282,17 @@ def judge_songs(songs: list[Path], ref: Reference, th: Thresholds) -> list[dict]
     return results
 
 
+def vs_source(song: dict, source: dict) -> dict:
+    """A new song's figures beside those of the real song it grew from (that song's first
+    stretch as long as a new song, as `judge_real` judges it): Fréchet distances and tonal
+    fraction as ratios, dynamics as a difference in dB (below 0: it breathes less than its
+    source)."""
+    out = {f"{key}_vs_source": round(song[key] / source[key], 3)
+           for key in ("fd_frames", "fd_texture", "tonal_fraction") if source.get(key)}
+    out["dynamics_db_vs_source"] = round(song["dynamics_db"] - source["dynamics_db"], 2)
+    return out
+
+
 def summarise(results: list[dict], ref: Reference, train: dict,
               real: list[dict] | None = None) -> dict:
     summary = dict(val_loss=train.get("val_loss"), baselines=train.get("baselines"),
@@ -292,7 +303,8 @@ def summarise(results: list[dict], ref: Reference, train: dict,
         summary.update(real_songs=real, real_verdicts=count_verdicts(real))
     for key in ("fd_frames", "fd_texture", "dynamics_db", "clicks", "tonal_fraction",
                 "copy_score", "rms_dbfs", "flatness", "loop_score", "nearest_song_fd",
-                "fd_frames_vs_source", "fd_texture_vs_source"):
+                "fd_frames_vs_source", "fd_texture_vs_source", "tonal_fraction_vs_source",
+                "dynamics_db_vs_source"):
         values = [r[key] for r in results if r.get(key) is not None]
         if values:
             summary[f"mean_{key}"] = round(float(np.mean(values)), 4)
@@ -349,8 +361,7 @@ def main(args) -> None:
         source = real_of.get(grew_from.get(result["file"]))
         if source:
             result.update(grows_from=source["file"], grows_from_verdict=source["verdict"],
-                          **{f"{key}_vs_source": round(result[key] / source[key], 3)
-                             for key in ("fd_frames", "fd_texture") if source.get(key)})
+                          **vs_source(result, source))
     train = files.read_json(args.train_metrics)
     if train is None:
         log.warning("'%s' not found: the validation loss is left out.", args.train_metrics)

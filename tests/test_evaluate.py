@@ -206,8 +206,12 @@ def test_repro_evaluate_writes_eval_json_and_adds_to_the_training_run(trained):
     for s in ev["songs"]:                 # and how far it is from the validation songs beside it
         source = real[s["grows_from"]]
         assert source["verdict"] == s["grows_from_verdict"]
-        for key in ("fd_frames", "fd_texture"):
+        for key in ("fd_frames", "fd_texture", "tonal_fraction"):
             assert s[f"{key}_vs_source"] == pytest.approx(s[key] / source[key], rel=1e-2)
+        assert s["dynamics_db_vs_source"] == pytest.approx(
+            s["dynamics_db"] - source["dynamics_db"], abs=0.02)
+    assert ev["mean_dynamics_db_vs_source"] == pytest.approx(
+        np.mean([s["dynamics_db_vs_source"] for s in ev["songs"]]), abs=1e-3)
     train = json.loads((trained / "metrics/train.json").read_text())
     assert ev["val_loss"] == train["val_loss"] and ev["baselines"] == train["baselines"]
     from mlflow import MlflowClient
