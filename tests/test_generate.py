@@ -178,15 +178,19 @@ def test_each_section_goes_on_from_a_cue_of_its_own_song():
                       for i in range(2)} for song in "ab"}
     assert {tuple(c) for c in got[0]} <= windows["a"] and {tuple(c) for c in got[1]} <= windows["b"]
     assert len({tuple(c) for c in got[0]}) > 1                    # not one stretch every time
-    # for a codebook model, from the louder half of the song: never from its fade-out
+    # for a codebook model, from anywhere in the song, or (`louder`) from its louder half only:
+    # never from its fade-out
     tone = lambda amp: layouts.analyse(  # noqa: E731
         (amp * np.sin(np.arange(8192) * 0.3)).astype(np.float32), "frames", 1024, 256)[4]
     frames = np.stack([tone(a) for a in (0.5, 0.1, 0.02, 1e-3)])     # -9, -23, -37, -63 dBFS
     book = codebook.Codebook(frames, frames[:, None])
     x = np.array([[0, 1, 0, 1], [3, 3, 2, 3], [1, 1, 1, 0], [2, 3, 3, 3]], np.int16)
     got = generate.section_cues(x, ["a"] * 4, [1], 2, 20, np.random.default_rng(0),
-                                generate.Reading(None, book))
+                                generate.Reading(None, book), louder=True)
     assert set(np.unique(got)) <= {0, 1}
+    got = generate.section_cues(x, ["a"] * 4, [1], 2, 20, np.random.default_rng(0),
+                                generate.Reading(None, book))
+    assert set(np.unique(got)) == {0, 1, 2, 3}
 
 
 def longest_run(row: np.ndarray, marked: np.ndarray) -> int:
