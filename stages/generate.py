@@ -59,7 +59,7 @@ class GenerateConfig:
     max_silence_s: float
     silence_db: float
     section_s: float
-    cue_from: str = "song"
+    cue_from: str
 
     @classmethod
     def from_params(cls, params: dict) -> "GenerateConfig":
