@@ -390,6 +390,8 @@ def test_stale_tensors_are_refused_before_any_model_is_read(tmp_path):
     ("generate.seconds", 0, "'generate.seconds' must be above 0"),
     ("generate.seed_source", "radio", "'generate.seed_source' is 'radio'; allowed values are"),
     ("generate.format", "aac", "'generate.format' is 'aac'; allowed values are 'wav', 'mp3'"),
+    ("generate.cue_from", "chorus",
+     "'generate.cue_from' is 'chorus'; allowed values are 'song', 'louder_half'"),
     ("fft_blocks.fft", "dct", "'fft_blocks.fft' is 'dct'; allowed values are 'rfft', 'full', 'frames'"),
 ])
 def test_bad_generate_params_are_one_sentence(tmp_path, key, value, sentence):
