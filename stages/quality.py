@@ -169,13 +169,13 @@ def nearest_distance(queries: np.ndarray, reference: np.ndarray, chunk: int = 20
     if not len(queries) or not len(reference):
         return float("nan")
     q = np.asarray(queries, np.float32)
+    qq = np.einsum("ij,ij->i", q, q)                     # once, not once per reference block
     best = np.full(len(q), np.inf, np.float32)
     for start in range(0, len(reference), chunk):
         r = np.asarray(reference[start:start + chunk], np.float32)
         rr = np.einsum("ij,ij->i", r, r)
         for at in range(0, len(q), chunk):
-            block = q[at:at + chunk]
-            d = np.einsum("ij,ij->i", block, block)[:, None] - 2 * (block @ r.T) + rr[None]
+            d = qq[at:at + chunk, None] - 2 * (q[at:at + chunk] @ r.T) + rr[None]
             np.minimum(best[at:at + chunk], d.min(axis=1), out=best[at:at + chunk])
     return float(np.sqrt(np.maximum(best, 0)).mean())
 
