@@ -143,6 +143,15 @@ def test_phase_locked_start_needs_a_few_griffin_lim_iterations_not_many():
     phases = layouts.locked_phases(batch, n_fft, hop)
     assert phases.shape == batch.shape and phases.dtype == np.float32
     assert phases.min() >= 0 and phases.max() < 2 * np.pi + 1e-5
+    # worked through in chunks of frames: the chunk size never changes a phase
+    assert batch.shape[1] > 2 * layouts.PHASE_CHUNK
+    default = layouts.PHASE_CHUNK
+    try:
+        for chunk in (7, batch.shape[1]):
+            layouts.PHASE_CHUNK = chunk
+            np.testing.assert_array_equal(layouts.locked_phases(batch, n_fft, hop), phases)
+    finally:
+        layouts.PHASE_CHUNK = default
 
 
 def test_stage_writes_one_array_per_song_and_prunes(proj):

@@ -100,7 +100,6 @@ def test_retrain_promotes_only_a_challenger_that_beats_the_champion(served_proje
     assert str(client.get_model_version_by_alias("rawtune", "champion").version) == "4"
 
 
-
 # --- a busy machine ------------------------------------------------------------------------------
 
 def test_flows_complete_while_other_work_holds_every_core(served_project, tmp_path):
