@@ -60,6 +60,7 @@ class GenerateConfig:
     silence_db: float
     section_s: float
     cue_from: str
+    seed_dynamics_db: float
 
     @classmethod
     def from_params(cls, params: dict) -> "GenerateConfig":
@@ -79,7 +80,8 @@ class GenerateConfig:
                   max_silence_s=float(p("max_silence_s", (int, float), minimum=0)),
                   silence_db=float(p("silence_db", (int, float), above=0)),
                   section_s=float(p("section_s", (int, float), minimum=0)),
-                  cue_from=p("cue_from", str, CUE_FROM))
+                  cue_from=p("cue_from", str, CUE_FROM),
+                  seed_dynamics_db=float(p("seed_dynamics_db", (int, float), minimum=0)))
         if cfg.top_p > 1:
             raise UserError(f"params.yaml 'generate.top_p' must be at most 1, got {cfg.top_p!r}.")
         if cfg.seed_source == "file" and not cfg.seed_file:
@@ -295,20 +297,29 @@ class Reading:
 # --- seeds ---------------------------------------------------------------------------------------
 
 def spread_picks(song_of_seq: list[str], n_songs: int, rng: np.random.Generator,
-                 loudness: np.ndarray | None = None) -> list[int]:
+                 loudness: np.ndarray | None = None, dynamics: np.ndarray | None = None,
+                 min_dynamics_db: float = 0.0) -> list[int]:
     """n_songs sequence numbers, each from another song while there are songs left (then round
     again): new songs seeded from one song tend to sound alike. Songs are drawn in proportion to
     their length: a 6 s jingle is rarely the whole palette of a new 30 s song. With each
     sequence's `loudness`, a song's seed is one of its louder half: a song's silent intro or
-    tail warms the model up into silence."""
+    tail warms the model up into silence. With each sequence's `dynamics` (dB), a song whose
+    sequences breathe less than `min_dynamics_db` in the median (a drone, a pad) comes only after
+    every song that breathes more: a new song grown from a drone is a drone."""
     by_song: dict[str, list[int]] = {}
     for seq, song in enumerate(song_of_seq):
         by_song.setdefault(song, []).append(seq)
     songs = [by_song[s] for s in sorted(by_song)]
+    groups = [np.arange(len(songs))]
+    if dynamics is not None and min_dynamics_db > 0:
+        still = np.array([np.median(dynamics[seqs]) < min_dynamics_db for seqs in songs])
+        if still.any() and not still.all():
+            groups = [np.flatnonzero(~still), np.flatnonzero(still)]
     if loudness is not None:
         songs = [louder_half(seqs, loudness) for seqs in songs]
     sizes = np.array([len(s) for s in songs], float)
-    order = rng.choice(len(songs), size=len(songs), replace=False, p=sizes / sizes.sum())
+    order = np.concatenate([g[rng.choice(len(g), size=len(g), replace=False,
+                                         p=sizes[g] / sizes[g].sum())] for g in groups])
     return [int(rng.choice(songs[order[i % len(songs)]])) for i in range(n_songs)]
 
 
@@ -319,11 +330,12 @@ def louder_half(seqs: list[int], level: np.ndarray) -> list[int]:
 
 
 def seed_from_tensors(tensors, split: str, k: int, n_songs: int, rng: np.random.Generator,
-                      reading: Reading, song_of_seq: list[str] | None = None
-                      ) -> tuple[np.ndarray, list[int]]:
+                      reading: Reading, song_of_seq: list[str] | None = None,
+                      min_dynamics_db: float = 0.0) -> tuple[np.ndarray, list[int]]:
     """The first k blocks (or codes) of n_songs sequences drawn at random, from as many different
-    songs as there are (`song_of_seq`: each sequence's song), as the model reads them; `tensors`
-    is the data the model trained on (a `Tensors`, or a codebook's `Codes`)."""
+    songs as there are (`song_of_seq`: each sequence's song), songs that breathe less than
+    `min_dynamics_db` last (codebook models), as the model reads them; `tensors` is the data the
+    model trained on (a `Tensors`, or a codebook's `Codes`)."""
     x = tensors.read(f"{split}x")
     if x.shape[0] == 0:
         split_name = "validation" if split else "training"
@@ -333,10 +345,18 @@ def seed_from_tensors(tensors, split: str, k: int, n_songs: int, rng: np.random.
         raise UserError(f"params.yaml 'generate.seed_blocks' is {k} but training sequences have "
                         f"{x.shape[1]} blocks; use at most {x.shape[1]}.")
     if song_of_seq is not None and len(song_of_seq) == x.shape[0]:
-        picks = spread_picks(song_of_seq, n_songs, rng, loudness(x[:, :k], reading))
+        picks = spread_picks(song_of_seq, n_songs, rng, loudness(x[:, :k], reading),
+                             dynamics(x, reading) if min_dynamics_db > 0 else None,
+                             min_dynamics_db)
     else:
         picks = rng.choice(x.shape[0], size=n_songs, replace=x.shape[0] < n_songs).tolist()
     return as_read(np.asarray(x[picks, :k]), reading), picks
+
+
+def code_levels(reading: Reading) -> np.ndarray:
+    """(codes,) the level of each code's centre frame in dBFS."""
+    bins = reading.book.centroids.shape[1]
+    return layouts.frame_dbfs(reading.book.centroids, 2 * (bins - 1))
 
 
 def loudness(codes, reading: Reading) -> np.ndarray | None:
@@ -344,9 +364,16 @@ def loudness(codes, reading: Reading) -> np.ndarray | None:
     matters); None for models that read no codes."""
     if reading.book is None:
         return None
-    bins = reading.book.centroids.shape[1]
-    code_db = layouts.frame_dbfs(reading.book.centroids, 2 * (bins - 1))
-    return np.median(code_db[np.asarray(codes)], axis=1)
+    return np.median(code_levels(reading)[np.asarray(codes)], axis=1)
+
+
+def dynamics(codes, reading: Reading) -> np.ndarray | None:
+    """(sequences,) how much each sequence of codes breathes: p90 - p10 of its frames' levels in
+    dB, as `evaluate` measures a song's dynamics; None for models that read no codes."""
+    if reading.book is None:
+        return None
+    db = code_levels(reading)[np.asarray(codes)]
+    return np.percentile(db, 90, axis=1) - np.percentile(db, 10, axis=1)
 
 
 def as_read(stored: np.ndarray, reading: Reading) -> np.ndarray:
@@ -448,7 +475,8 @@ def choose_seeds(cfg: GenerateConfig, tensors, audio_cfg: AudioConfig, reading: 
         return seed, [dict(seed=cfg.seed_file)] * cfg.n_songs, plays, cues
     split = "" if cfg.seed_source == "train" else "val_"
     songs = songs_of_sequences(index_path, split)
-    seed, picks = seed_from_tensors(tensors, split, k, cfg.n_songs, rng, reading, songs)
+    seed, picks = seed_from_tensors(tensors, split, k, cfg.n_songs, rng, reading, songs,
+                                    cfg.seed_dynamics_db)
     known = songs is not None and len(songs) == tensors.n_sequences(split)
     plays = song_plays(tensors, split, songs, picks) if book is not None and known else None
     cues = (section_cues(tensors.read(f"{split}x"), songs if known else None, picks, k, n_cues,

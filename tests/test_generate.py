@@ -272,6 +272,32 @@ def test_seeds_come_from_as_many_different_songs_as_there_are(tmp_path):
         assert all(loud[p] > -9 for p in picks)
 
 
+def test_a_song_that_barely_breathes_seeds_only_after_every_livelier_one():
+    songs = ["drone"] * 20 + ["a"] * 3 + ["b"] * 2 + ["c"] * 2      # the drone: the longest song
+    breath = np.array([2.0] * 20 + [9, 12, 7, 8, 10, 15, 11])        # each sequence's dynamics, dB
+    for seed in range(20):
+        picks = generate.spread_picks(songs, 3, np.random.default_rng(seed), None, breath, 6.0)
+        assert sorted(songs[p] for p in picks) == ["a", "b", "c"]
+        fourth = generate.spread_picks(songs, 4, np.random.default_rng(seed), None, breath, 6.0)
+        assert songs[fourth[3]] == "drone"                          # then the drone, not never
+        # no threshold, or every song as still: the draw is the one without dynamics
+        plain = generate.spread_picks(songs, 4, np.random.default_rng(seed))
+        assert generate.spread_picks(songs, 4, np.random.default_rng(seed), None, breath,
+                                     0.0) == plain
+        assert generate.spread_picks(songs, 4, np.random.default_rng(seed), None, breath,
+                                     99.0) == plain
+    assert np.mean([songs[generate.spread_picks(songs, 1, np.random.default_rng(s))[0]] == "drone"
+                    for s in range(100)]) > 0.5                     # by length, it would lead
+    # a sequence's dynamics are p90 - p10 of its codes' frame levels, as evaluate measures songs
+    quiet, loud = np.full(5, np.log(1e-3)), np.full(5, np.log(1.0))
+    gap = np.ptp(layouts.frame_dbfs(np.stack([quiet, loud]), 8))       # ~60 dB apart
+    assert gap > 50
+    book = codebook.Codebook(np.stack([quiet, loud]), np.stack([quiet, loud])[:, None])
+    reading = generate.Reading(Normaliser(np.zeros(5), np.ones(5)), book)
+    codes = np.array([[0] * 10, [0, 1] * 5, [1] * 9 + [0]])
+    np.testing.assert_allclose(generate.dynamics(codes, reading), [0, gap, gap / 10], atol=0.01)
+
+
 @pytest.mark.parametrize("name, kwargs, layout", [
     ("seed.flac", dict(rate=44100, subtype="PCM_24"), "rfft"),
     ("seed stereo 48k.wav", dict(rate=48000, channels=2, subtype="PCM_16"), "rfft"),
