@@ -298,6 +298,51 @@ def test_a_song_that_barely_breathes_seeds_only_after_every_livelier_one():
     np.testing.assert_allclose(generate.dynamics(codes, reading), [0, gap, gap / 10], atol=0.01)
 
 
+def test_the_seed_and_cue_settings_reach_the_draw_of_a_codebook_model(tmp_path):
+    """generate.seed_dynamics_db and generate.cue_from, from params to the seeds and cues."""
+    tone = lambda amp: layouts.analyse(  # noqa: E731
+        (amp * np.sin(np.arange(8192) * 0.3)).astype(np.float32), "frames", 1024, 256)[4]
+    frames = np.stack([tone(a) for a in (0.5, 0.1, 0.02, 1e-3)])     # -9, -23, -37, -63 dBFS
+    book = codebook.Codebook(frames, frames[:, None])
+    x = np.array([[0, 1, 0, 1], [3, 3, 2, 3],                       # song A: loud, then a fade
+                  [1, 1, 1, 1], [1, 1, 1, 1],                       # song B: a drone
+                  [0, 1, 0, 1], [0, 2, 0, 2]], np.int16)            # song C
+    as_frames = frames[x]
+    tensors = save_tensors(tmp_path / "t", as_frames, as_frames, as_frames[:0], as_frames[:0],
+                           per_song=2)
+    codes = codebook.Codes(tmp_path / "codes")
+    codes.folder.mkdir()
+    np.save(codes.path("x"), x)
+    np.save(codes.path("y"), x)
+    files.write_json(codes.folder / "codebook.json", {"codes": 4, "digest": book.digest})
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    base = dataclasses.replace(generate.GenerateConfig.from_params(params), n_songs=2,
+                               seed_blocks=2, seed_source="train")
+    reading = generate.Reading(Normaliser(np.zeros(frames.shape[1]), np.ones(frames.shape[1])),
+                               book)
+    audio_cfg = AudioConfig(22050, 32768, 1024, "frames", 256)
+
+    def draw(seed: int, **change):
+        cfg = dataclasses.replace(base, **change)
+        return generate.choose_seeds(cfg, codes, audio_cfg, reading, np.random.default_rng(seed),
+                                     tensors.index_path, n_cues=12)
+
+    songs = {0: "A", 1: "A", 2: "B", 3: "B", 4: "C", 5: "C"}
+    drawn = [{songs[int(w["seed"].split()[-1])] for w in draw(s, seed_dynamics_db=6)[1]}
+             for s in range(12)]
+    assert all(d == {"A", "C"} for d in drawn)                      # never the drone
+    assert any("B" in {songs[int(w["seed"].split()[-1])] for w in draw(s, seed_dynamics_db=0)[1]}
+               for s in range(12))
+    for s in range(12):
+        _, where, _, cues = draw(s, cue_from="louder_half", seed_dynamics_db=6)
+        for song_cues, w in zip(cues, where):
+            if songs[int(w["seed"].split()[-1])] == "A":
+                assert set(np.unique(song_cues)) <= {0, 1}           # never from A's fade
+    cues = np.concatenate([draw(s, cue_from="song", seed_dynamics_db=6)[3].ravel()
+                           for s in range(12)])
+    assert {2, 3} <= set(np.unique(cues))                           # the whole song
+
+
 @pytest.mark.parametrize("name, kwargs, layout", [
     ("seed.flac", dict(rate=44100, subtype="PCM_24"), "rfft"),
     ("seed stereo 48k.wav", dict(rate=48000, channels=2, subtype="PCM_16"), "rfft"),
