@@ -153,6 +153,18 @@ def test_each_song_keeps_to_its_palette_whatever_the_temperature(tmp_path):
     assert got[0, [0, 2, 10]].tolist() == [1, 2, 2] and got.sum() == 8 + 4
 
 
+def tone_frame(amp: float) -> np.ndarray:
+    """One log-magnitude frame (n_fft 1024) of a steady tone of amplitude `amp`."""
+    return layouts.analyse((amp * np.sin(np.arange(8192) * 0.3)).astype(np.float32), "frames",
+                           1024, 256)[4]
+
+
+def four_level_book() -> tuple[np.ndarray, codebook.Codebook]:
+    """Four codes, each one real frame: a tone at -9, -23, -37 and -63 dBFS."""
+    frames = np.stack([tone_frame(a) for a in (0.5, 0.1, 0.02, 1e-3)])
+    return frames, codebook.Codebook(frames, frames[:, None])
+
+
 def test_each_section_goes_on_from_a_cue_of_its_own_song():
     model, stepper = codebook_stepper()
     seed = np.array([[1, 2, 3], [4, 5, 6]], np.int32)
@@ -180,10 +192,7 @@ def test_each_section_goes_on_from_a_cue_of_its_own_song():
     assert len({tuple(c) for c in got[0]}) > 1                    # not one stretch every time
     # for a codebook model, from anywhere in the song, or (`louder`) from its louder half only:
     # never from its fade-out
-    tone = lambda amp: layouts.analyse(  # noqa: E731
-        (amp * np.sin(np.arange(8192) * 0.3)).astype(np.float32), "frames", 1024, 256)[4]
-    frames = np.stack([tone(a) for a in (0.5, 0.1, 0.02, 1e-3)])     # -9, -23, -37, -63 dBFS
-    book = codebook.Codebook(frames, frames[:, None])
+    _, book = four_level_book()                                   # -9, -23, -37, -63 dBFS
     x = np.array([[0, 1, 0, 1], [3, 3, 2, 3], [1, 1, 1, 0], [2, 3, 3, 3]], np.int16)
     got = generate.section_cues(x, ["a"] * 4, [1], 2, 20, np.random.default_rng(0),
                                 generate.Reading(None, book), louder=True)
@@ -217,13 +226,11 @@ def test_a_song_stays_silent_no_longer_than_max_silent():
     assert silent[held].mean() <= 0.51 < silent[free].mean()          # at most half silence
     assert palettes[0][held].all()                                # and still in its palette
     # the level of a code's frame decides whether it is silence: -60 dBFS, as evaluate's
-    tone = lambda amp: layouts.analyse(  # noqa: E731
-        (amp * np.sin(np.arange(8192) * 0.3)).astype(np.float32), "frames", 1024, 256)[4]
-    levels = layouts.frame_dbfs(np.stack([tone(1.0), tone(1e-3), tone(3e-4)]), 1024)
+    levels = layouts.frame_dbfs(np.stack([tone_frame(a) for a in (1.0, 1e-3, 3e-4)]), 1024)
     np.testing.assert_allclose(levels, [-3.01, -63.01, -73.47], atol=0.05)
     assert (levels < layouts.SILENT_DBFS).tolist() == [False, True, True]
     # ...or 20 dB under the median frame of the song a new one grows from
-    frames = np.stack([tone(a) for a in (0.5, 0.1, 0.02, 0.01, 1e-3)])    # -9, -23, -37, -43, -63
+    frames = np.stack([tone_frame(a) for a in (0.5, 0.1, 0.02, 0.01, 1e-3)])  # -9 ... -63 dBFS
     book = codebook.Codebook(frames, frames[:, None])
     plays = np.array([[5, 1, 1, 1, 1], [0, 1, 0, 5, 0]])           # loud song, quiet song
     got = generate.silent_codes(book, plays, 1024, 20.0)
@@ -300,10 +307,7 @@ def test_a_song_that_barely_breathes_seeds_only_after_every_livelier_one():
 
 def test_the_seed_and_cue_settings_reach_the_draw_of_a_codebook_model(tmp_path):
     """generate.seed_dynamics_db and generate.cue_from, from params to the seeds and cues."""
-    tone = lambda amp: layouts.analyse(  # noqa: E731
-        (amp * np.sin(np.arange(8192) * 0.3)).astype(np.float32), "frames", 1024, 256)[4]
-    frames = np.stack([tone(a) for a in (0.5, 0.1, 0.02, 1e-3)])     # -9, -23, -37, -63 dBFS
-    book = codebook.Codebook(frames, frames[:, None])
+    frames, book = four_level_book()                              # -9, -23, -37, -63 dBFS
     x = np.array([[0, 1, 0, 1], [3, 3, 2, 3],                       # song A: loud, then a fade
                   [1, 1, 1, 1], [1, 1, 1, 1],                       # song B: a drone
                   [0, 1, 0, 1], [0, 2, 0, 2]], np.int16)            # song C
@@ -327,16 +331,14 @@ def test_the_seed_and_cue_settings_reach_the_draw_of_a_codebook_model(tmp_path):
         return generate.choose_seeds(cfg, codes, audio_cfg, reading, np.random.default_rng(seed),
                                      tensors.index_path, n_cues=12)
 
-    songs = {0: "A", 1: "A", 2: "B", 3: "B", 4: "C", 5: "C"}
-    drawn = [{songs[int(w["seed"].split()[-1])] for w in draw(s, seed_dynamics_db=6)[1]}
-             for s in range(12)]
+    song = lambda where: "AABBCC"[int(where["seed"].split()[-1])]  # noqa: E731  "train sequence 4"
+    drawn = [{song(w) for w in draw(s, seed_dynamics_db=6)[1]} for s in range(12)]
     assert all(d == {"A", "C"} for d in drawn)                      # never the drone
-    assert any("B" in {songs[int(w["seed"].split()[-1])] for w in draw(s, seed_dynamics_db=0)[1]}
-               for s in range(12))
+    assert any("B" in {song(w) for w in draw(s, seed_dynamics_db=0)[1]} for s in range(12))
     for s in range(12):
         _, where, _, cues = draw(s, cue_from="louder_half", seed_dynamics_db=6)
         for song_cues, w in zip(cues, where):
-            if songs[int(w["seed"].split()[-1])] == "A":
+            if song(w) == "A":
                 assert set(np.unique(song_cues)) <= {0, 1}           # never from A's fade
     cues = np.concatenate([draw(s, cue_from="song", seed_dynamics_db=6)[3].ravel()
                            for s in range(12)])
@@ -463,6 +465,7 @@ def test_stale_tensors_are_refused_before_any_model_is_read(tmp_path):
     ("generate.format", "aac", "'generate.format' is 'aac'; allowed values are 'wav', 'mp3'"),
     ("generate.cue_from", "chorus",
      "'generate.cue_from' is 'chorus'; allowed values are 'song', 'louder_half'"),
+    ("generate.seed_dynamics_db", -1, "'generate.seed_dynamics_db'"),
     ("fft_blocks.fft", "dct", "'fft_blocks.fft' is 'dct'; allowed values are 'rfft', 'full', 'frames'"),
 ])
 def test_bad_generate_params_are_one_sentence(tmp_path, key, value, sentence):
