@@ -315,6 +315,11 @@ def spread_picks(song_of_seq: list[str], n_songs: int, rng: np.random.Generator,
         still = np.array([np.median(dynamics[seqs]) < min_dynamics_db for seqs in songs])
         if still.any() and not still.all():
             groups = [np.flatnonzero(~still), np.flatnonzero(still)]
+        log.info("generate.seed_dynamics_db %g: %d of %d songs breathe less (the median of their "
+                 "stretches)%s", min_dynamics_db, still.sum(), len(songs),
+                 "; every song is as still, so all are drawn alike" if still.all() else
+                 f" and seed new songs only after the other {len(songs) - still.sum()}"
+                 if still.any() else "")
     if loudness is not None:
         songs = [louder_half(seqs, loudness) for seqs in songs]
     sizes = np.array([len(s) for s in songs], float)
@@ -617,6 +622,18 @@ def sections_for(cfg: GenerateConfig, n_steps: int, audio_cfg: AudioConfig) -> t
     return (section_steps, -(-n_steps // section_steps) - 1) if section_steps > 0 else (0, 0)
 
 
+CODEBOOK_ONLY = dict(top_k=0, top_p=1.0, cue_from="song", seed_dynamics_db=0.0)
+
+
+def ignored_settings(cfg: GenerateConfig, family: str) -> list[str]:
+    """The codebook-only settings of `cfg` that ask for something a `family` model cannot do
+    (each at a value other than its no-op one); none for codebook models."""
+    if family == "codebook":
+        return []
+    return [f"generate.{key}" for key, no_op in CODEBOOK_ONLY.items()
+            if getattr(cfg, key) != no_op]
+
+
 def main(args) -> None:
     params = config.load_params(args.params)
     cfg = GenerateConfig.from_params(params)
@@ -642,6 +659,11 @@ def main(args) -> None:
              "temperature %g", cfg.n_songs, n_steps,
              "frames" if audio_cfg.layout == "frames" else "blocks", cfg.seconds, cfg.seed_blocks,
              src.stepper.family, cfg.temperature)
+    ignored = ignored_settings(cfg, src.stepper.family)
+    if ignored:
+        log.warning("%s act%s on codebook models only; this %s model ignores %s.",
+                    ", ".join(ignored), "" if len(ignored) > 1 else "s", src.stepper.family,
+                    "them" if len(ignored) > 1 else "it")
     if n_cues:
         log.info("sections of %g s: %d per song, each from another stretch of the song it grows "
                  "from", cfg.section_s, n_cues + 1)

@@ -279,7 +279,8 @@ def test_seeds_come_from_as_many_different_songs_as_there_are(tmp_path):
         assert all(loud[p] > -9 for p in picks)
 
 
-def test_a_song_that_barely_breathes_seeds_only_after_every_livelier_one():
+def test_a_song_that_barely_breathes_seeds_only_after_every_livelier_one(caplog):
+    caplog.set_level("INFO", logger="rawtune")
     songs = ["drone"] * 20 + ["a"] * 3 + ["b"] * 2 + ["c"] * 2      # the drone: the longest song
     breath = np.array([2.0] * 20 + [9, 12, 7, 8, 10, 15, 11])        # each sequence's dynamics, dB
     for seed in range(20):
@@ -287,12 +288,14 @@ def test_a_song_that_barely_breathes_seeds_only_after_every_livelier_one():
         assert sorted(songs[p] for p in picks) == ["a", "b", "c"]
         fourth = generate.spread_picks(songs, 4, np.random.default_rng(seed), None, breath, 6.0)
         assert songs[fourth[3]] == "drone"                          # then the drone, not never
+        assert "1 of 4 songs breathe less" in caplog.text and "after the other 3" in caplog.text
         # no threshold, or every song as still: the draw is the one without dynamics
         plain = generate.spread_picks(songs, 4, np.random.default_rng(seed))
         assert generate.spread_picks(songs, 4, np.random.default_rng(seed), None, breath,
                                      0.0) == plain
         assert generate.spread_picks(songs, 4, np.random.default_rng(seed), None, breath,
                                      99.0) == plain
+    assert "every song is as still, so all are drawn alike" in caplog.text
     assert np.mean([songs[generate.spread_picks(songs, 1, np.random.default_rng(s))[0]] == "drone"
                     for s in range(100)]) > 0.5                     # by length, it would lead
     # a sequence's dynamics are p90 - p10 of its codes' frame levels, as evaluate measures songs
@@ -303,6 +306,18 @@ def test_a_song_that_barely_breathes_seeds_only_after_every_livelier_one():
     reading = generate.Reading(Normaliser(np.zeros(5), np.ones(5)), book)
     codes = np.array([[0] * 10, [0, 1] * 5, [1] * 9 + [0]])
     np.testing.assert_allclose(generate.dynamics(codes, reading), [0, gap, gap / 10], atol=0.01)
+
+
+def test_codebook_only_settings_asked_of_another_model_are_named():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    cfg = generate.GenerateConfig.from_params(params)
+    assert all(generate.ignored_settings(cfg, f) == [] for f in ("codebook", "regression",
+                                                                  "laplace"))  # the defaults
+    asked = dataclasses.replace(cfg, top_k=5, top_p=0.9, cue_from="louder_half",
+                                seed_dynamics_db=6.0, temperature=0.5)
+    assert generate.ignored_settings(asked, "laplace") == [
+        "generate.top_k", "generate.top_p", "generate.cue_from", "generate.seed_dynamics_db"]
+    assert generate.ignored_settings(asked, "codebook") == []
 
 
 def test_the_seed_and_cue_settings_reach_the_draw_of_a_codebook_model(tmp_path):
@@ -559,9 +574,12 @@ def test_the_seeds_method_is_one_param_away_and_runs_end_to_end(project):
     set_params(project / "params.yaml", {
         **TINY_TRAIN, "fft_blocks.fft": "rfft", "train.family": "regression",
         "generate.temperature": 0.0, "generate.seconds": 1, "generate.n_songs": 2,
-        "evaluate.reference_seconds": 2})
+        "evaluate.reference_seconds": 2, "generate.top_p": 0.9})
     three_songs(project)
-    run(["dvc", "repro"], project)
+    out = run(["dvc", "repro"], project)
+    # a codebook-only setting asked of this model is named, not silently dropped
+    assert ("generate.top_p acts on codebook models only; this regression model ignores it."
+            in out.stdout + out.stderr)
     assert files.read_json(project / "data/codebook/codebook.json")["codes"] == 0
     train = json.loads((project / "metrics/train.json").read_text())
     assert set(train["baselines"]) == {"zero_block", "repeat_last", "train_mean"}
