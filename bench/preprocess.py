@@ -470,4 +470,9 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main(build_parser().parse_args())
+    cli = build_parser()
+    parsed = cli.parse_args()
+    if parsed.scale < 2 and not parsed.large:
+        cli.error(f"--scale {parsed.scale}: the larger corpus is that many copies of the first, "
+                  "so it must be at least 2 (or name its folders with --large).")
+    main(parsed)
