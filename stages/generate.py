@@ -315,8 +315,8 @@ def spread_picks(song_of_seq: list[str], n_songs: int, rng: np.random.Generator,
         still = np.array([np.median(dynamics[seqs]) < min_dynamics_db for seqs in songs])
         if still.any() and not still.all():
             groups = [np.flatnonzero(~still), np.flatnonzero(still)]
-        log.info("generate.seed_dynamics_db %g: %d of %d songs breathe less (the median of their "
-                 "stretches)%s", min_dynamics_db, still.sum(), len(songs),
+        log.info("generate.seed_dynamics_db: %d of %d songs breathe less than %g dB (the median "
+                 "of their sequences)%s", still.sum(), len(songs), min_dynamics_db,
                  "; every song is as still, so all are drawn alike" if still.all() else
                  f" and seed new songs only after the other {len(songs) - still.sum()}"
                  if still.any() else "")
