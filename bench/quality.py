@@ -45,14 +45,15 @@ CONFIGS = {
 }
 FIGURES = ("level_vs_train_db", "dynamics_db", "tonal_fraction", "clicks", "fd_frames",
            "fd_texture", "fd_frames_vs_source", "fd_texture_vs_source", "dynamics_db_vs_source",
-           "tonal_fraction_vs_source", "copy_score",
+           "tonal_fraction_vs_source", "copy_score", "replayed_longest_s", "replayed_share",
            "loop_score", "nearest_song_fd")
 SHORT = dict(level_vs_train_db="level dB", dynamics_db="dyn dB", tonal_fraction="tonal",
              clicks="clicks", fd_frames="FD frames", fd_texture="FD texture",
              fd_frames_vs_source="FD frames / source's",
              fd_texture_vs_source="FD texture / source's",
              dynamics_db_vs_source="dyn dB - source's", tonal_fraction_vs_source="tonal / source's",
-             copy_score="copy", loop_score="loop", nearest_song_fd="nearest song")
+             copy_score="copy", replayed_longest_s="replayed s", replayed_share="replayed share",
+             loop_score="loop", nearest_song_fd="nearest song")
 
 
 def run_config(name: str, corpus: Path, minutes: float, tmp: Path) -> dict:

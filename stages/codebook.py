@@ -158,6 +158,65 @@ class Codes:
                         np.load(self.path("members"), allow_pickle=False))
 
 
+HASH_BASE = np.uint64(0x9E3779B97F4A7C15)
+
+
+def prefix_hashes(codes: np.ndarray) -> np.ndarray:
+    """(rows, n) codes -> (rows, n + 1) polynomial prefix hashes (wrapping at 2**64), from which
+    `window_hashes` takes every window's hash without going over the codes again."""
+    c = np.asarray(codes).astype(np.uint64) + np.uint64(1)
+    prefix = np.zeros((c.shape[0], c.shape[1] + 1), np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(c.shape[1]):
+            prefix[:, k + 1] = prefix[:, k] * HASH_BASE + c[:, k]
+    return prefix
+
+
+def window_hashes(prefix: np.ndarray, length: int) -> np.ndarray:
+    """(rows, n - length + 1) hashes of every `length`-step window of each row: equal windows
+    hash alike, others collide with odds of about 2**-64."""
+    with np.errstate(over="ignore"):
+        return prefix[:, length:] - prefix[:, :-length] * HASH_BASE ** np.uint64(length)
+
+
+def replayed_runs(made: np.ndarray, played: np.ndarray, min_run: int) -> tuple[np.ndarray,
+                                                                                np.ndarray]:
+    """How much each new song (songs, n) of codes replays the training codes `played` (rows of
+    consecutive codes, each a training sequence): per song the longest run of steps that some
+    row holds exactly (at most a row's length), and the share of its steps inside runs of at
+    least `min_run` steps. A codebook's frames are real training frames, so a new order of them
+    is new music and a long exact run is a passage played back."""
+    made_prefix, played_prefix = prefix_hashes(made), prefix_hashes(played)
+    n, cap = made_prefix.shape[1] - 1, min(made_prefix.shape[1], played_prefix.shape[1]) - 1
+    known: dict[int, np.ndarray] = {}
+
+    def found(length: int, rows=slice(None)) -> np.ndarray:    # each window held by some row?
+        if length not in known:
+            known[length] = np.unique(window_hashes(played_prefix, length))
+        windows, held = window_hashes(made_prefix[rows], length), known[length]
+        at = np.minimum(np.searchsorted(held, windows), len(held) - 1)
+        return held[at] == windows
+
+    longest = np.zeros(len(made_prefix), int)
+    for i in range(len(longest)):   # a run of L holds runs of every L' < L: double, then halve
+        lo, hi = 0, 1
+        while hi <= cap and found(hi, slice(i, i + 1)).any():
+            lo, hi = hi, 2 * hi                       # runs are short: the lengths tried are few
+        hi = min(hi - 1, cap)                         # and the same for every song (cached)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if found(mid, slice(i, i + 1)).any() else (lo, mid - 1)
+        longest[i] = lo
+    share = np.zeros(len(longest))
+    if 1 <= min_run <= cap:
+        for i, row in enumerate(found(min_run)):
+            edges = np.zeros(n + 1, int)              # +1 where a matching window starts, -1 after
+            np.add.at(edges, np.flatnonzero(row), 1)
+            np.add.at(edges, np.flatnonzero(row) + min_run, -1)
+            share[i] = float(np.mean(np.cumsum(edges)[:-1] > 0))
+    return longest, share
+
+
 def fit(frames: np.ndarray, cfg: CodebookConfig) -> tuple[Codebook, dict]:
     """k-means on `frames` (n, n_features) -> the codebook and the fit's figures."""
     from scipy.cluster.vq import kmeans2

@@ -356,9 +356,11 @@ def main(args) -> None:
         f"{n} {v}" for v, n in count_verdicts(real).items()))
     results = judge_songs(songs, ref, th)
     real_of = {r["song"]: r for r in real}
-    grew_from = {s.get("file"): s.get("seed_song") for s in made.get("songs", [])}
+    made_of = {s.get("file"): s for s in made.get("songs", [])}
     for result in results:                  # what the verdicts say of the music it grew from
-        source = real_of.get(grew_from.get(result["file"]))
+        result.update({k: v for k, v in made_of.get(result["file"], {}).items()
+                       if k.startswith("replayed_")})   # and how much of it generate played back
+        source = real_of.get(made_of.get(result["file"], {}).get("seed_song"))
         if source:
             result.update(grows_from=source["file"], grows_from_verdict=source["verdict"],
                           **vs_source(result, source))

@@ -595,9 +595,12 @@ def log_to_run(params: dict, summary: dict, out_dir: Path, train_metrics: Path) 
     if tracker is None:
         return
     tracker.log_changing_params({"generate": params["generate"]})
-    tracker.log_metrics({"generate_realtime_factor": summary["realtime_factor"],
-                         "generate_clipped_fraction": max(s["clipped_fraction"]
-                                                          for s in summary["songs"])})
+    metrics = {"generate_realtime_factor": summary["realtime_factor"],
+               "generate_clipped_fraction": max(s["clipped_fraction"] for s in summary["songs"])}
+    if all("replayed_longest_s" in s for s in summary["songs"]):
+        metrics["generate_replayed_longest_s"] = max(s["replayed_longest_s"]
+                                                     for s in summary["songs"])
+    tracker.log_metrics(metrics)
     for s in summary["songs"]:
         tracker.log_artifact(out_dir / s["file"], "generated")
         tracker.log_artifact((out_dir / s["file"]).with_suffix(".png"), "generated")
@@ -620,6 +623,29 @@ def sections_for(cfg: GenerateConfig, n_steps: int, audio_cfg: AudioConfig) -> t
     songs of one section."""
     section_steps = steps_in(cfg.section_s, audio_cfg)
     return (section_steps, -(-n_steps // section_steps) - 1) if section_steps > 0 else (0, 0)
+
+
+REPLAY_MIN_S = 0.5          # a run of training codes this long counts as a passage played back
+
+
+def replayed(made: np.ndarray, codes, audio_cfg: AudioConfig) -> list[dict]:
+    """Per new song of codes, how much of it plays training codes back in the same order: its
+    longest exact run of a training sequence's codes, in seconds (3 s at most with the default
+    sequences: runs are sought within each sequence), and the share of it inside such runs of
+    REPLAY_MIN_S or more. Logged per song."""
+    from stages.codebook import replayed_runs
+    x, y = codes.read("x"), codes.read("y")
+    played = np.concatenate([np.asarray(x), np.asarray(y[:, -1:])], axis=1)
+    seconds_per_step = audio_cfg.hop / audio_cfg.sample_rate
+    longest, share = replayed_runs(made, played, steps_in(REPLAY_MIN_S, audio_cfg))
+    rows = []
+    for i, (n, part) in enumerate(zip(longest, share)):
+        rows.append(dict(replayed_longest_s=round(float(n * seconds_per_step), 2),
+                         replayed_share=round(float(part), 3)))
+        log.info("song_%02d: its longest exact run of training codes is %.2f s; %.0f%% of it is in "
+                 "runs of %g s or more", i + 1, rows[-1]["replayed_longest_s"], 100 * part,
+                 REPLAY_MIN_S)
+    return rows
 
 
 CODEBOOK_ONLY = dict(top_k=0, top_p=1.0, cue_from="song", seed_dynamics_db=0.0)
@@ -680,6 +706,9 @@ def main(args) -> None:
 
     out_dir = Path(args.out)
     songs = write_songs(songs_samples, audio_cfg.sample_rate, cfg, out_dir, seeds)
+    if src.reading.book is not None:
+        for song, replay in zip(songs, replayed(made, src.arrays, audio_cfg)):
+            song.update(replay)
     audio_seconds = songs_samples.size / audio_cfg.sample_rate
     summary = dict(songs=songs, n_songs=cfg.n_songs, seconds=cfg.seconds, blocks=n_steps,
                    family=src.stepper.family, generation_s=round(wall, 3),

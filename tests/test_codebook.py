@@ -169,3 +169,22 @@ def test_a_new_codebook_model_starts_from_the_codes_geometry_unless_asked_not_to
         weights = train.new_model(cfg, data).get_layer("encode").get_weights()[0]
         assert weights.shape == expected.shape
         assert np.allclose(weights, expected) == (init == "geometry")
+
+
+def test_replayed_runs_find_a_passage_played_back_and_nothing_in_a_new_order():
+    rng = np.random.default_rng(0)
+    played = rng.integers(0, 512, size=(50, 129))               # 50 training sequences of codes
+    for length in (1, 21, 22, 37, 64, 129):
+        song = rng.integers(0, 512, size=300)
+        song[100:100 + length] = played[7, 129 - length:]         # one passage played back
+        fresh = played[rng.integers(0, 50, 300), rng.integers(0, 129, 300)]  # their codes, shuffled
+        longest, share = codebook.replayed_runs(np.stack([song, fresh]), played, 22)
+        assert longest[0] == max(length, 2) and longest[1] <= 3
+        assert share[0] == pytest.approx(length / 300 if length >= 22 else 0)
+        assert share[1] == 0
+    # runs across two training sequences are not one run: each sequence is sought alone
+    across = np.concatenate([played[3, -10:], played[4, :10]])[None]
+    assert codebook.replayed_runs(across, played, 22)[0][0] == 10
+    # a song shorter than the run sought: its longest run, and no share
+    longest, share = codebook.replayed_runs(played[:1, :5], played, 22)
+    assert longest.tolist() == [5] and share.tolist() == [0.0]

@@ -210,6 +210,9 @@ def test_repro_evaluate_writes_eval_json_and_adds_to_the_training_run(trained):
             assert s[f"{key}_vs_source"] == pytest.approx(s[key] / source[key], rel=1e-2)
         assert s["dynamics_db_vs_source"] == pytest.approx(
             s["dynamics_db"] - source["dynamics_db"], abs=0.02)
+    made = json.loads((trained / "metrics/generate.json").read_text())   # generate's replay figures
+    assert [(s["replayed_longest_s"], s["replayed_share"]) for s in ev["songs"]] == [
+        (s["replayed_longest_s"], s["replayed_share"]) for s in made["songs"]]
     assert ev["mean_dynamics_db_vs_source"] == pytest.approx(
         np.mean([s["dynamics_db_vs_source"] for s in ev["songs"]]), abs=1e-3)
     train = json.loads((trained / "metrics/train.json").read_text())

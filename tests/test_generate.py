@@ -519,6 +519,10 @@ def test_repro_generate_writes_songs_and_attaches_them_to_the_training_run(train
     assert len(summary["palette_codes"]) == 2
     assert all(0 < n <= n_codes for n in summary["palette_codes"])
     assert all(s["clipped_fraction"] == 0 or s["peak"] == 1.0 for s in summary["songs"])
+    # how much of each song plays training codes back in order, in seconds and as a share
+    assert all(0 < s["replayed_longest_s"] <= 3.0 and 0 <= s["replayed_share"] <= 1
+               for s in summary["songs"])
+    assert "its longest exact run of training codes is" in proc.stderr
     # each song records the song its seed sequence came from (evaluate names it)
     import pyarrow.parquet as pq
     index = pq.read_table(trained / "data/processed/music_index.parquet").to_pylist()
@@ -531,6 +535,8 @@ def test_repro_generate_writes_songs_and_attaches_them_to_the_training_run(train
     files = {a.path for a in c.list_artifacts(run_id, "generated")}
     assert {"generated/song_01.wav", "generated/song_01.png", "generated/song_02.wav"} <= files
     data = c.get_run(run_id).data        # a value changed since the first generate is a tag
+    assert data.metrics["generate_replayed_longest_s"] == max(s["replayed_longest_s"]
+                                                              for s in summary["songs"])
     assert data.tags.get("generate.n_songs", data.params["generate.n_songs"]) == "2"
     again = run(["dvc", "repro", "generate"], trained)
     assert "Stage 'generate' didn't change, skipping" in again.stdout
