@@ -194,6 +194,8 @@ def replayed_runs(made: np.ndarray, played: np.ndarray, min_run: int) -> tuple[n
         if length not in known:
             known[length] = np.unique(window_hashes(played_prefix, length))
         windows, held = window_hashes(made_prefix[rows], length), known[length]
+        if len(held) == 0:                                  # no training sequence
+            return np.zeros(windows.shape, bool)
         at = np.minimum(np.searchsorted(held, windows), len(held) - 1)
         return held[at] == windows
 

@@ -188,3 +188,5 @@ def test_replayed_runs_find_a_passage_played_back_and_nothing_in_a_new_order():
     # a song shorter than the run sought: its longest run, and no share
     longest, share = codebook.replayed_runs(played[:1, :5], played, 22)
     assert longest.tolist() == [5] and share.tolist() == [0.0]
+    longest, share = codebook.replayed_runs(played[:2], played[:0], 22)   # nothing to replay
+    assert longest.tolist() == [0, 0] and share.tolist() == [0.0, 0.0]
