@@ -185,7 +185,10 @@ def replayed_runs(made: np.ndarray, played: np.ndarray, min_run: int) -> tuple[n
     consecutive codes, each a training sequence): per song the longest run of steps that some
     row holds exactly (at most a row's length), and the share of its steps inside runs of at
     least `min_run` steps. A codebook's frames are real training frames, so a new order of them
-    is new music and a long exact run is a passage played back."""
+    is new music and a long exact run is a passage played back; one code held (a silence, a
+    drone) is not a passage, so a run counts only where its code changes, and a step counts in
+    the share only inside a `min_run` window of the run where the code changes."""
+    made = np.asarray(made)
     made_prefix, played_prefix = prefix_hashes(made), prefix_hashes(played)
     n, cap = made_prefix.shape[1] - 1, min(made_prefix.shape[1], played_prefix.shape[1]) - 1
     known: dict[int, np.ndarray] = {}
@@ -197,11 +200,12 @@ def replayed_runs(made: np.ndarray, played: np.ndarray, min_run: int) -> tuple[n
         if len(held) == 0:                                  # no training sequence
             return np.zeros(windows.shape, bool)
         at = np.minimum(np.searchsorted(held, windows), len(held) - 1)
-        return held[at] == windows
+        view = np.lib.stride_tricks.sliding_window_view(made[rows], length, axis=1)
+        return (held[at] == windows) & (view.min(axis=2) != view.max(axis=2))
 
     longest = np.zeros(len(made_prefix), int)
     for i in range(len(longest)):   # a run of L holds runs of every L' < L: double, then halve
-        lo, hi = 0, 1
+        lo, hi = 0, 2                                 # (one step is no run: its code is held)
         while hi <= cap and found(hi, slice(i, i + 1)).any():
             lo, hi = hi, 2 * hi                       # runs are short: the lengths tried are few
         hi = min(hi - 1, cap)                         # and the same for every song (cached)
