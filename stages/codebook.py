@@ -182,8 +182,8 @@ def window_hashes(prefix: np.ndarray, length: int) -> np.ndarray:
 def replayed_runs(made: np.ndarray, played: np.ndarray, min_run: int) -> tuple[np.ndarray,
                                                                                 np.ndarray]:
     """How much each new song (songs, n) of codes replays the training codes `played` (rows of
-    consecutive codes, each a training sequence): per song the longest run of steps that some
-    row holds exactly (at most a row's length), and the share of its steps inside runs of at
+    consecutive codes, each a training song or sequence, padded with -1): per song the longest
+    run of steps that some row holds exactly, and the share of its steps inside runs of at
     least `min_run` steps. A codebook's frames are real training frames, so a new order of them
     is new music and a long exact run is a passage played back; one code held (a silence, a
     drone) is not a passage, so a run counts only where its code changes, and a step counts in

@@ -628,14 +628,40 @@ def sections_for(cfg: GenerateConfig, n_steps: int, audio_cfg: AudioConfig) -> t
 REPLAY_MIN_S = 0.5          # a run of training codes this long counts as a passage played back
 
 
-def replayed(made: np.ndarray, codes, audio_cfg: AudioConfig) -> list[dict]:
+def song_streams(x: np.ndarray, index_path: Path) -> np.ndarray:
+    """Training sequences of codes (n_seq, length) -> each training song's codes in order, one
+    row per song, padded with -1 (a code no model makes): the tensors' index says where each
+    sequence starts in its song (back to back, the last one aligned to the song's end). Without
+    an index that matches, each sequence is its own row."""
+    if not index_path.is_file():
+        return np.asarray(x)
+    rows = [r for r in files.read_parquet(index_path, ["split", "seq", "song_id", "start_block"])
+            .to_pylist() if r["split"] == "train"]
+    if len(rows) != len(x):
+        return np.asarray(x)
+    length, songs = x.shape[1], {}
+    for r in rows:
+        songs.setdefault(r["song_id"], []).append((r["start_block"], r["seq"]))
+    streams = []
+    for parts in songs.values():
+        end, pieces = 0, []
+        for start, seq in sorted(parts):        # each sequence adds what is past the last one
+            if start + length > end:
+                pieces.append(np.asarray(x[seq, max(end - start, 0):]))
+                end = start + length
+        streams.append(np.concatenate(pieces))
+    out = np.full((len(streams), max(map(len, streams))), -1, np.int64)
+    for i, stream in enumerate(streams):
+        out[i, :len(stream)] = stream
+    return out
+
+
+def replayed(made: np.ndarray, codes, audio_cfg: AudioConfig, index_path: Path) -> list[dict]:
     """Per new song of codes, how much of it plays training codes back in the same order: its
-    longest exact run of a training sequence's codes, in seconds (3 s at most with the default
-    sequences: runs are sought within each sequence), and the share of it inside such runs of
-    REPLAY_MIN_S or more. Logged per song."""
+    longest exact run of a training song's codes, in seconds, and the share of it inside such
+    runs of REPLAY_MIN_S or more. Logged per song."""
     from stages.codebook import replayed_runs
-    x, y = codes.read("x"), codes.read("y")
-    played = np.concatenate([np.asarray(x), np.asarray(y[:, -1:])], axis=1)
+    played = song_streams(codes.read("x"), index_path)
     seconds_per_step = audio_cfg.hop / audio_cfg.sample_rate
     longest, share = replayed_runs(made, played, steps_in(REPLAY_MIN_S, audio_cfg))
     rows = []
@@ -707,7 +733,8 @@ def main(args) -> None:
     out_dir = Path(args.out)
     songs = write_songs(songs_samples, audio_cfg.sample_rate, cfg, out_dir, seeds)
     if src.reading.book is not None:
-        for song, replay in zip(songs, replayed(made, src.arrays, audio_cfg)):
+        for song, replay in zip(songs, replayed(made, src.arrays, audio_cfg,
+                                                tensors.index_path)):
             song.update(replay)
     audio_seconds = songs_samples.size / audio_cfg.sample_rate
     summary = dict(songs=songs, n_songs=cfg.n_songs, seconds=cfg.seconds, blocks=n_steps,
