@@ -190,6 +190,8 @@ def replayed_runs(made: np.ndarray, played: np.ndarray, min_run: int) -> tuple[n
     the share only inside a `min_run` window of the run where the code changes."""
     made = np.asarray(made)
     made_prefix, played_prefix = prefix_hashes(made), prefix_hashes(played)
+    changes = np.zeros((made.shape[0], made.shape[1]), int)     # code changes up to each step
+    changes[:, 1:] = np.cumsum(made[:, 1:] != made[:, :-1], axis=1)
     n, cap = made_prefix.shape[1] - 1, min(made_prefix.shape[1], played_prefix.shape[1]) - 1
     known: dict[int, np.ndarray] = {}
 
@@ -200,8 +202,8 @@ def replayed_runs(made: np.ndarray, played: np.ndarray, min_run: int) -> tuple[n
         if len(held) == 0:                                  # no training sequence
             return np.zeros(windows.shape, bool)
         at = np.minimum(np.searchsorted(held, windows), len(held) - 1)
-        view = np.lib.stride_tricks.sliding_window_view(made[rows], length, axis=1)
-        return (held[at] == windows) & (view.min(axis=2) != view.max(axis=2))
+        changing = changes[rows, length - 1:] > changes[rows, :changes.shape[1] - length + 1]
+        return (held[at] == windows) & changing
 
     longest = np.zeros(len(made_prefix), int)
     for i in range(len(longest)):   # a run of L holds runs of every L' < L: double, then halve

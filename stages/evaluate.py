@@ -358,9 +358,10 @@ def main(args) -> None:
     real_of = {r["song"]: r for r in real}
     made_of = {s.get("file"): s for s in made.get("songs", [])}
     for result in results:                  # what the verdicts say of the music it grew from
-        result.update({k: v for k, v in made_of.get(result["file"], {}).items()
-                       if k.startswith("replayed_")})   # and how much of it generate played back
-        source = real_of.get(made_of.get(result["file"], {}).get("seed_song"))
+        song = made_of.get(result["file"], {})
+        result.update({k: v for k, v in song.items()     # and how much of it generate played back
+                       if k.startswith("replayed_")})
+        source = real_of.get(song.get("seed_song"))
         if source:
             result.update(grows_from=source["file"], grows_from_verdict=source["verdict"],
                           **vs_source(result, source))

@@ -315,11 +315,11 @@ def spread_picks(song_of_seq: list[str], n_songs: int, rng: np.random.Generator,
         still = np.array([np.median(dynamics[seqs]) < min_dynamics_db for seqs in songs])
         if still.any() and not still.all():
             groups = [np.flatnonzero(~still), np.flatnonzero(still)]
+        then = ("; every song is as still, so all are drawn alike" if still.all() else
+                f" and seed new songs only after the other {len(songs) - still.sum()}")
         log.info("generate.seed_dynamics_db: %d of %d songs breathe less than %g dB (the median "
                  "of their sequences)%s", still.sum(), len(songs), min_dynamics_db,
-                 "; every song is as still, so all are drawn alike" if still.all() else
-                 f" and seed new songs only after the other {len(songs) - still.sum()}"
-                 if still.any() else "")
+                 then if still.any() else "")
     if loudness is not None:
         songs = [louder_half(seqs, loudness) for seqs in songs]
     sizes = np.array([len(s) for s in songs], float)
@@ -411,14 +411,20 @@ def section_cues(x, song_of_seq: list[str] | None, picks: list[int], k: int, n_c
                    reading).reshape(len(picks), n_cues, k, *x.shape[2:])
 
 
-def songs_of_sequences(index_path: Path, split: str) -> list[str] | None:
-    """Each sequence's song id in a split ("" train, "val_"), from the tensors' index."""
+def index_rows(index_path: Path, split: str) -> list[dict] | None:
+    """The tensors' index rows of a split ("" train, "val_") in sequence order: each sequence's
+    song id and first block in its song; None without an index."""
     if not index_path.is_file():
         return None
-    rows = files.read_parquet(index_path, ["split", "seq", "song_id"]).to_pylist()
+    rows = files.read_parquet(index_path, ["split", "seq", "song_id", "start_block"]).to_pylist()
     wanted = "val" if split else "train"
-    return [r["song_id"] for r in sorted((r for r in rows if r["split"] == wanted),
-                                         key=lambda r: r["seq"])]
+    return sorted((r for r in rows if r["split"] == wanted), key=lambda r: r["seq"])
+
+
+def songs_of_sequences(index_path: Path, split: str) -> list[str] | None:
+    """Each sequence's song id in a split ("" train, "val_"), from the tensors' index."""
+    rows = index_rows(index_path, split)
+    return None if rows is None else [r["song_id"] for r in rows]
 
 
 def file_inputs(path: str, k: int, audio_cfg: AudioConfig, reading: Reading) -> np.ndarray:
@@ -633,11 +639,8 @@ def song_streams(x: np.ndarray, index_path: Path) -> np.ndarray:
     row per song, padded with -1 (a code no model makes): the tensors' index says where each
     sequence starts in its song (back to back, the last one aligned to the song's end). Without
     an index that matches, each sequence is its own row."""
-    if not index_path.is_file():
-        return np.asarray(x)
-    rows = [r for r in files.read_parquet(index_path, ["split", "seq", "song_id", "start_block"])
-            .to_pylist() if r["split"] == "train"]
-    if len(rows) != len(x):
+    rows = index_rows(index_path, "")
+    if rows is None or len(rows) != len(x):
         return np.asarray(x)
     length, songs = x.shape[1], {}
     for r in rows:
