@@ -103,6 +103,7 @@ def main() -> None:
     n_songs, k = gen.n_songs, gen.seed_blocks
     n_feat = (config.param(params, "codebook.codes", int) if cfg.family == "codebook"
               else layouts.n_features(block, layout))
+    netlib.set_threads(gen.threads)                  # as the stage does
     keras.utils.set_random_seed(0)
     src, seed, model = random_source(cfg, audio, gen, n_feat)
 
@@ -111,7 +112,7 @@ def main() -> None:
           f"{'codes' if cfg.family == 'codebook' else 'features'}, {layout} layout "
           f"({block} / hop {audio.hop} at {audio.sample_rate} Hz), {n_songs} songs per call, "
           f"{k} seed steps, sections of {gen.section_s:g} s, {gen.code_frames} frames, "
-          f"{gen.griffin_lim_iters} Griffin-Lim iterations; first call (tracing "
+          f"{gen.griffin_lim_iters} Griffin-Lim iterations, {gen.threads or 'all'} thread(s) per op; first call (tracing "
           f"included) {cold:.2f} s")
     rows, timings = {}, {s: [] for s in args.seconds}
     for _ in range(args.repeats):      # lengths interleaved: a busy moment hits each alike

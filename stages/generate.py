@@ -61,6 +61,7 @@ class GenerateConfig:
     section_s: float
     cue_from: str
     seed_dynamics_db: float
+    threads: int
 
     @classmethod
     def from_params(cls, params: dict) -> "GenerateConfig":
@@ -81,7 +82,8 @@ class GenerateConfig:
                   silence_db=float(p("silence_db", (int, float), above=0)),
                   section_s=float(p("section_s", (int, float), minimum=0)),
                   cue_from=p("cue_from", str, CUE_FROM),
-                  seed_dynamics_db=float(p("seed_dynamics_db", (int, float), minimum=0)))
+                  seed_dynamics_db=float(p("seed_dynamics_db", (int, float), minimum=0)),
+                  threads=p("threads", int, minimum=0))
         if cfg.top_p > 1:
             raise UserError(f"params.yaml 'generate.top_p' must be at most 1, got {cfg.top_p!r}.")
         if cfg.seed_source == "file" and not cfg.seed_file:
@@ -689,6 +691,26 @@ def ignored_settings(cfg: GenerateConfig, family: str) -> list[str]:
             if getattr(cfg, key) != no_op]
 
 
+def say_plan(cfg: GenerateConfig, family: str, n_steps: int, layout: str, threads: int,
+             n_cues: int, palettes: np.ndarray | None) -> None:
+    """Log what is about to be made, and name any setting this model ignores."""
+    log.info("generating %d song(s) of %d %s (%.1f s) from %d seed step(s), %s model, "
+             "temperature %g, %d thread(s) per op", cfg.n_songs, n_steps,
+             "frames" if layout == "frames" else "blocks", cfg.seconds, cfg.seed_blocks,
+             family, cfg.temperature, threads)
+    ignored = ignored_settings(cfg, family)
+    if ignored:
+        log.warning("%s act%s on codebook models only; this %s model ignores %s.",
+                    ", ".join(ignored), "" if len(ignored) > 1 else "s", family,
+                    "them" if len(ignored) > 1 else "it")
+    if n_cues:
+        log.info("sections of %g s: %d per song, each from another stretch of the song it grows "
+                 "from", cfg.section_s, n_cues + 1)
+    if palettes is not None:
+        log.info("each song keeps to its seed song's palette: %s of %d codes",
+                 ", ".join(str(int(n)) for n in palettes.sum(axis=1)), palettes.shape[1])
+
+
 def main(args) -> None:
     params = config.load_params(args.params)
     cfg = GenerateConfig.from_params(params)
@@ -697,6 +719,7 @@ def main(args) -> None:
     tensors.check()
     audio_cfg = data_settings(tensors, wanted)
     model_source = args.model or cfg.model
+    threads = netlib.set_threads(cfg.threads)  # before the model: TensorFlow's first op fixes them
     src = model_for(model_source, audio_cfg, tensors, Path(args.codebook), params)
     rng = np.random.default_rng(cfg.random_seed)
     n_steps = steps_for(cfg.seconds, audio_cfg)
@@ -710,21 +733,7 @@ def main(args) -> None:
             plays = code_counts(src.arrays.read("x"), src.arrays.n_codes)[None]
         silent = silent_codes(src.reading.book, plays, audio_cfg.block_size, cfg.silence_db)
 
-    log.info("generating %d song(s) of %d %s (%.1f s) from %d seed step(s), %s model, "
-             "temperature %g", cfg.n_songs, n_steps,
-             "frames" if audio_cfg.layout == "frames" else "blocks", cfg.seconds, cfg.seed_blocks,
-             src.stepper.family, cfg.temperature)
-    ignored = ignored_settings(cfg, src.stepper.family)
-    if ignored:
-        log.warning("%s act%s on codebook models only; this %s model ignores %s.",
-                    ", ".join(ignored), "" if len(ignored) > 1 else "s", src.stepper.family,
-                    "them" if len(ignored) > 1 else "it")
-    if n_cues:
-        log.info("sections of %g s: %d per song, each from another stretch of the song it grows "
-                 "from", cfg.section_s, n_cues + 1)
-    if palettes is not None:
-        log.info("each song keeps to its seed song's palette: %s of %d codes",
-                 ", ".join(str(int(n)) for n in palettes.sum(axis=1)), palettes.shape[1])
+    say_plan(cfg, src.stepper.family, n_steps, audio_cfg.layout, threads, n_cues, palettes)
     t0 = time.perf_counter()
     made = generate_blocks(src.stepper, seed, n_steps, cfg.temperature, rng, cfg.top_k, cfg.top_p,
                            palettes, silent, steps_in(cfg.max_silence_s, audio_cfg), cues,
@@ -743,6 +752,7 @@ def main(args) -> None:
     summary = dict(songs=songs, n_songs=cfg.n_songs, seconds=cfg.seconds, blocks=n_steps,
                    family=src.stepper.family, generation_s=round(wall, 3),
                    network_s=round(network_s, 3), realtime_factor=round(audio_seconds / wall, 1),
+                   threads=threads,
                    palette_codes=None if palettes is None else palettes.sum(axis=1).tolist(),
                    model=model_source, audio=src.audio.as_dict())
     files.write_json(args.metrics, summary)

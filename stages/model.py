@@ -64,6 +64,21 @@ def import_keras():
     return sys.modules["keras"]
 
 
+def set_threads(threads: int) -> int:
+    """TensorFlow's threads per op (`threads`; 0 leaves TensorFlow's choice, every core) and
+    ops at once (at most 2), before its first op; once TensorFlow runs (a second stage called
+    in the same process) its threads stay as they are. Returns the threads per op in use."""
+    import_keras()
+    import tensorflow as tf
+    if threads > 0:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+        except RuntimeError:               # "cannot be modified after initialization"
+            pass
+    return tf.config.threading.get_intra_op_parallelism_threads() or (os.cpu_count() or 1)
+
+
 LOG_SCALE_BOUND = 7.0     # |log b| of the Laplace head is clipped here (batches.elementwise too)
 
 

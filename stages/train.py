@@ -153,12 +153,7 @@ def configure_threads(threads: int) -> int:
     """TensorFlow's threads per op: `threads`, or (0) the cores free when training starts.
     Beside a second training on 2 cores a step took 1.6-1.9x its time alone with 2 threads each,
     1.03x with one each (bench/train.py --beside). Returns the number used."""
-    used = threads or free_cores()
-    netlib.import_keras()
-    import tensorflow as tf
-    tf.config.threading.set_intra_op_parallelism_threads(used)
-    tf.config.threading.set_inter_op_parallelism_threads(min(2, used))
-    return used
+    return netlib.set_threads(threads or free_cores())
 
 
 def verdict(val_loss: float | None, baselines: dict[str, float]) -> dict:

@@ -200,3 +200,23 @@ def test_the_window_is_scipys_periodic_hann_bit_for_bit(n_fft):
     from scipy import signal
     np.testing.assert_array_equal(layouts.window(n_fft),
                                   signal.get_window("hann", n_fft).astype(np.float32))
+
+
+def test_griffin_lim_on_threads_makes_each_song_as_one_batch_does(monkeypatch):
+    """The songs are split into one group per core, each on its own thread: how many groups
+    (1, 2 or one per song) never changes a song, for either start."""
+    rate, n_fft, hop = 8000, 256, 64
+    t = np.arange(rate) / rate
+    songs = [np.sin(2 * np.pi * f * t).astype(np.float32) * a
+             for f, a in ((440, 0.4), (523, 0.2), (660, 0.3))]
+    batch = np.stack([np.log(np.abs(layouts.stft(s, n_fft, hop)) + layouts.LOG_FLOOR)
+                      for s in songs])
+    for init in layouts.PHASE_INITS:
+        made = {}
+        for cores in (1, 2, 3):
+            monkeypatch.setattr(layouts, "free_threads", lambda cores=cores: cores)
+            made[cores] = layouts.griffin_lim(batch, n_fft, hop, 4, seed=3, init=init)
+        assert made[1].shape == (3, (batch.shape[1] - 1) * hop)
+        np.testing.assert_allclose(made[2], made[1], atol=1e-5)
+        np.testing.assert_allclose(made[3], made[1], atol=1e-5)
+        assert np.abs(made[1][0] - made[1][1]).max() > 0.05        # the songs differ

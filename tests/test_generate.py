@@ -489,10 +489,13 @@ def test_a_model_made_for_other_audio_is_refused_and_nothing_is_written(tmp_path
 
 def test_a_model_made_for_the_datas_audio_writes_songs(tmp_path):
     project = data_and_model(tmp_path, DATA_AUDIO)
+    set_params(project / "params.yaml", {"generate.threads": 2})
     proc = generate_with(project)
     assert proc.returncode == 0, proc.stderr
     assert audio.info(project / "gen" / "song_01.wav").frames == round(0.1 * 44100)
-    assert json.loads((project / "g.json").read_text())["audio"] == DATA_AUDIO.as_dict()
+    summary = json.loads((project / "g.json").read_text())
+    assert summary["audio"] == DATA_AUDIO.as_dict()
+    assert summary["threads"] == 2 and "2 thread(s) per op" in proc.stderr   # generate.threads
 
 
 def test_stale_tensors_are_refused_before_any_model_is_read(tmp_path):
@@ -510,6 +513,7 @@ def test_stale_tensors_are_refused_before_any_model_is_read(tmp_path):
     ("generate.cue_from", "chorus",
      "'generate.cue_from' is 'chorus'; allowed values are 'song', 'louder_half'"),
     ("generate.seed_dynamics_db", -1, "'generate.seed_dynamics_db'"),
+    ("generate.threads", -1, "'generate.threads'"),
     ("fft_blocks.fft", "dct", "'fft_blocks.fft' is 'dct'; allowed values are 'rfft', 'full', 'frames'"),
 ])
 def test_bad_generate_params_are_one_sentence(tmp_path, key, value, sentence):
@@ -543,6 +547,7 @@ def test_repro_generate_writes_songs_and_attaches_them_to_the_training_run(train
         assert (out / f"song_{i:02d}.png").read_bytes().startswith(b"\x89PNG")
     summary = json.loads((trained / "metrics/generate.json").read_text())
     assert summary["n_songs"] == 2 and summary["realtime_factor"] > 0
+    assert summary["threads"] == 1                   # params.yaml's generate.threads
     # each song keeps to its seed song's codes: a part of the codebook, never more
     n_codes = json.loads((trained / "data/codebook/codebook.json").read_text())["codes"]
     assert len(summary["palette_codes"]) == 2
