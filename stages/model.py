@@ -94,8 +94,33 @@ def _register(keras) -> None:
         return ops.mean(ops.abs(y_true - mu) * ops.exp(-log_b) + log_b, axis=-1)
     LOSS_FUNCTIONS["laplace"] = laplace_nll
 
+    @keras.saving.register_keras_serializable(package="rawtune", name="CodeNoise")
+    class CodeNoise(keras.layers.Layer):
+        """While training, each input code is replaced by a code drawn uniformly from all
+        `codes` with probability `rate`: the model learns to go on from codes it did not expect,
+        as it must from its own draws. The identity otherwise."""
+        def __init__(self, codes: int, rate: float, seed: int | None = None, **kwargs):
+            super().__init__(**kwargs)
+            self.codes, self.rate, self.seed = codes, rate, seed
+            self.generator = keras.random.SeedGenerator(seed)
+
+        def call(self, inputs, training=None):
+            if not training or self.rate <= 0:
+                return inputs
+            ops = keras.ops
+            swap = keras.random.uniform(ops.shape(inputs), seed=self.generator) < self.rate
+            drawn = keras.random.randint(ops.shape(inputs), 0, self.codes, dtype=inputs.dtype,
+                                         seed=self.generator)
+            return ops.where(swap, drawn, inputs)
+
+        def get_config(self):
+            return {**super().get_config(), "codes": self.codes, "rate": self.rate,
+                    "seed": self.seed}
+    LAYERS["CodeNoise"] = CodeNoise
+
 
 LOSS_FUNCTIONS: dict = {}
+LAYERS: dict = {}
 
 
 @dataclass(frozen=True)
@@ -144,7 +169,10 @@ def build_model(cfg: ModelConfig, seq_len: int | None, n_features: int):
     rnn = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}[cfg.cell]
     if cfg.family == "codebook":
         inputs = keras.Input((seq_len,), dtype="int32", name="codes")
-        h = keras.layers.Embedding(n_features, cfg.hidden, name="encode")(inputs)
+        h = inputs
+        if cfg.input_noise > 0:   # training only: some input codes replaced by random ones
+            h = LAYERS["CodeNoise"](n_features, cfg.input_noise, name="input_noise")(h)
+        h = keras.layers.Embedding(n_features, cfg.hidden, name="encode")(h)
     else:
         inputs = keras.Input((seq_len, n_features), name="blocks")
         # Dense on a (batch, time, features) tensor is applied to every time step: the seed's

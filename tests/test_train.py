@@ -201,6 +201,37 @@ def test_a_sampled_family_learns_and_its_checkpoint_loads_again(tmp_path, family
         assert 0.05 < np.median(b) < 0.2
 
 
+def test_code_noise_swaps_input_codes_only_while_training_and_loads_again(tmp_path):
+    """train.input_noise on a codebook model: that share of the input codes is replaced by
+    random codes in training, none at inference; the model still learns, loads again, and
+    generation steps it like the whole sequence (the noise is no step of it)."""
+    import keras
+    from stages import generate
+    keras.utils.set_random_seed(0)
+    cfg = netlib.ModelConfig(family="codebook", hidden=16, optimizer="adam", learning_rate=0.01,
+                             input_noise=0.25)
+    model = netlib.build_model(cfg, 8, 5)
+    noise = model.get_layer("input_noise")
+    codes = np.tile(np.arange(5, dtype=np.int32), (200, 2))
+    swapped = np.asarray(noise(codes, training=True))
+    assert 0.15 < np.mean(swapped != codes) < 0.25          # 0.25 x the 4 codes of 5 that differ
+    assert swapped.min() >= 0 and swapped.max() <= 4
+    np.testing.assert_array_equal(np.asarray(noise(codes, training=False)), codes)
+    rng = np.random.default_rng(0)
+    x = ((np.arange(8)[None] + rng.integers(5, size=(32, 1))) % 5).astype(np.int32)
+    y = ((x + 1) % 5).astype(np.int32)
+    netlib.compile_model(model, cfg)
+    first = model.evaluate(x, y, verbose=0)
+    model.fit(x, y, epochs=60, batch_size=8, verbose=0)
+    last = model.evaluate(x, y, verbose=0)
+    assert last < first - 1.0
+    netlib.save(model, tmp_path / "ckpt.keras", None, with_optimizer=True)
+    again = keras.saving.load_model(tmp_path / "ckpt.keras", safe_mode=True)
+    assert again.evaluate(x, y, verbose=0) == pytest.approx(last, rel=1e-4)
+    stepped, _ = generate.Stepper(again).run(x[:2])
+    np.testing.assert_allclose(stepped, again.predict(x[:2], verbose=0), rtol=1e-4, atol=1e-5)
+
+
 def test_the_time_budget_stops_before_an_epoch_would_pass_it(tmp_path):
     from stages.checkpoints import TrainState
     state = TrainState(fingerprint="f")
