@@ -112,8 +112,8 @@ def main() -> None:
           f"{'codes' if cfg.family == 'codebook' else 'features'}, {layout} layout "
           f"({block} / hop {audio.hop} at {audio.sample_rate} Hz), {n_songs} songs per call, "
           f"{k} seed steps, sections of {gen.section_s:g} s, {gen.code_frames} frames, "
-          f"{gen.griffin_lim_iters} Griffin-Lim iterations, {gen.threads or 'all'} thread(s) per op; first call (tracing "
-          f"included) {cold:.2f} s")
+          f"{gen.griffin_lim_iters} Griffin-Lim iterations, {gen.threads or 'all'} thread(s) "
+          f"per op; first call (tracing included) {cold:.2f} s")
     rows, timings = {}, {s: [] for s in args.seconds}
     for _ in range(args.repeats):      # lengths interleaved: a busy moment hits each alike
         for s in args.seconds:
