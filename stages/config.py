@@ -66,6 +66,15 @@ def param(params: dict, key: str, kind: type | tuple = object, choices: Iterable
     return node
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: fewer than the machine's under
+    `taskset` or a container's CPU set): what a `0` for workers or threads stands for."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:                              # not on Linux
+        return os.cpu_count() or 1
+
+
 def section(params: dict, name: str) -> Callable[..., Any]:
     """`param` for the keys of one params.yaml section: section(params, "train")("epochs", int)."""
     return lambda key, *args, **checks: param(params, f"{name}.{key}", *args, **checks)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from stages import config
+
 SILENT_DBFS = -60.0        # a frame below this level is silence (evaluate's silent fraction too)
 LOG_FLOOR = 1e-4          # magnitude added before the log: -80 dB below a unit bin, the frames' floor
 
@@ -96,7 +98,7 @@ def locked_phases(log_mag: np.ndarray, n_fft: int, hop: int, seed: int = 0,
     n_songs, n, bins = mag.shape
     two_pi = np.float32(2 * np.pi)
     phase = np.empty(mag.shape, np.float32)
-    previous = (start_phases(seed, n_songs, bins) if start is None
+    previous = (random_phases(seed, (n_songs, bins)) if start is None
                 else np.array(start, np.float32).reshape(n_songs, bins))
     # PHASE_CHUNK frames at a time: every temporary stays in cache (whole-song temporaries made
     # a 60 s song cost 2.7x a 30 s one)
@@ -114,10 +116,10 @@ def locked_phases(log_mag: np.ndarray, n_fft: int, hop: int, seed: int = 0,
 PHASE_CHUNK = 128      # frames per step of locked_phases (4 songs: 2 MB per temporary)
 
 
-def start_phases(seed: int, n_songs: int, bins: int) -> np.ndarray:
-    """The random phase per bin that starts each song's locked phases."""
-    drawn = np.random.default_rng(seed).random((n_songs, bins), dtype=np.float32)
-    return drawn * np.float32(2 * np.pi)
+def random_phases(seed: int, shape: tuple) -> np.ndarray:
+    """Phases drawn uniformly in [0, 2 pi) from `seed`: one per song and bin to start the locked
+    phases, or one per frame and bin to start Griffin-Lim from noise."""
+    return np.random.default_rng(seed).random(shape, dtype=np.float32) * np.float32(2 * np.pi)
 
 
 def _peak_regions(mag: np.ndarray, n_fft: int, hop: int):
@@ -158,11 +160,7 @@ def griffin_lim(log_mag: np.ndarray, n_fft: int, hop: int, iters: int, momentum:
     log_mag = np.asarray(log_mag, np.float32)
     shape = log_mag.shape
     log_mag = log_mag.reshape((-1,) + shape[-2:])
-    if init == "locked":
-        start = start_phases(seed, len(log_mag), shape[-1])
-    else:
-        start = np.random.default_rng(seed).random(log_mag.shape, dtype=np.float32)
-        start *= np.float32(2 * np.pi)
+    start = random_phases(seed, (len(log_mag), shape[-1]) if init == "locked" else log_mag.shape)
 
     def songs(i: np.ndarray) -> np.ndarray:
         mag = np.maximum(np.exp(log_mag[i]) - LOG_FLOOR, 0)
@@ -170,22 +168,13 @@ def griffin_lim(log_mag: np.ndarray, n_fft: int, hop: int, iters: int, momentum:
                  else start[i])
         return _griffin_lim(mag, phase, n_fft, hop, iters, momentum)
 
-    groups = min(len(log_mag), usable_cores())
+    groups = min(len(log_mag), config.usable_cores())
     if groups <= 1:
         return songs(np.arange(len(log_mag))).reshape(shape[:-2] + (-1,))
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(groups) as pool:
         out = list(pool.map(songs, np.array_split(np.arange(len(log_mag)), groups)))
     return np.concatenate(out).reshape(shape[:-2] + (-1,))
-
-
-def usable_cores() -> int:
-    """The cores this process may run on."""
-    import os
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:                              # not on Linux
-        return os.cpu_count() or 1
 
 
 def _griffin_lim(mag: np.ndarray, phase: np.ndarray, n_fft: int, hop: int, iters: int,

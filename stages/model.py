@@ -76,7 +76,7 @@ def set_threads(threads: int) -> int:
             tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
         except RuntimeError:               # "cannot be modified after initialization"
             pass
-    return tf.config.threading.get_intra_op_parallelism_threads() or (os.cpu_count() or 1)
+    return tf.config.threading.get_intra_op_parallelism_threads() or config.usable_cores()
 
 
 LOG_SCALE_BOUND = 7.0     # |log b| of the Laplace head is clipped here (batches.elementwise too)

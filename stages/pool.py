@@ -15,7 +15,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from stages.config import UserError, param
+from stages.config import UserError, param, usable_cores
 from stages.files import STAMP, read_stamp, remove_stale_tmp, write_json
 
 log = logging.getLogger("rawtune")
@@ -169,5 +169,5 @@ def sync_songs(in_dir: Path, in_suffix: str, out_dir: Path, stamp: dict, fn, ext
 
 
 def default_workers(value: int) -> int:
-    """`0` means one worker per core."""
-    return value if value > 0 else (os.cpu_count() or 1)
+    """`0` means one worker per usable core."""
+    return value if value > 0 else usable_cores()

@@ -141,12 +141,13 @@ class Data:
 # --- the stage ------------------------------------------------------------------------------------
 
 def free_cores(sample_s: float = 0.5) -> int:
-    """The cores other work leaves free right now: all of them less the CPU the machine used
-    over `sample_s` while this process slept, at least one."""
+    """The cores other work leaves free right now: the machine's less the CPU it used over
+    `sample_s` while this process slept, at most the cores this process may run on, at least
+    one."""
     import psutil
-    cores = os.cpu_count() or 1
-    busy = psutil.cpu_percent(interval=sample_s) / 100 * cores
-    return max(1, min(cores, round(cores - busy)))
+    machine = os.cpu_count() or 1
+    busy = psutil.cpu_percent(interval=sample_s) / 100 * machine
+    return max(1, min(config.usable_cores(), round(machine - busy)))
 
 
 def configure_threads(threads: int) -> int:

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays as np_arrays
 
-from stages import arrays, fft_blocks, files, layouts
+from stages import arrays, config, fft_blocks, files, layouts
 from stages.config import AudioConfig
 from tests.conftest import assert_one_line_error, run_stage, set_params
 
@@ -214,7 +214,7 @@ def test_griffin_lim_on_threads_makes_each_song_as_one_batch_does(monkeypatch):
     for init in layouts.PHASE_INITS:
         made = {}
         for cores in (1, 2, 3):
-            monkeypatch.setattr(layouts, "usable_cores", lambda cores=cores: cores)
+            monkeypatch.setattr(config, "usable_cores", lambda cores=cores: cores)
             made[cores] = layouts.griffin_lim(batch, n_fft, hop, 4, seed=3, init=init)
         assert made[1].shape == (3, (batch.shape[1] - 1) * hop)
         np.testing.assert_allclose(made[2], made[1], atol=1e-5)

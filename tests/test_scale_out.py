@@ -76,3 +76,14 @@ def test_mirrored_strategy_trains_with_the_same_loss_curve(trained, tmp_path):
     assert a["loss"].iloc[-1] < a["loss"].iloc[0] and b["loss"].iloc[-1] < b["loss"].iloc[0]
     assert b["loss"].to_numpy() == pytest.approx(a["loss"].to_numpy(), rel=0.02)
     assert b["val_loss"].to_numpy() == pytest.approx(a["val_loss"].to_numpy(), rel=0.02)
+
+
+def test_zero_workers_and_threads_mean_the_cores_this_process_may_use():
+    """Pinned to one core (taskset, a container's CPU set), `workers: 0` starts one process and
+    training's free cores count one, whatever the machine has."""
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from stages import pool, train; print(pool.default_workers(0), train.free_cores(0.1), "
+            "pool.default_workers(3))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.split() == ["1", "1", "3"]
