@@ -56,6 +56,12 @@ SHORT = dict(level_vs_train_db="level dB", dynamics_db="dyn dB", tonal_fraction=
              loop_score="loop", nearest_song_fd="nearest song")
 
 
+# each new song's source judged through its whole length (evaluate's windows as long as a song)
+SOURCE_BODY = ("grows_from_windows", "grows_from_dynamics_db_median", "grows_from_tonal_median",
+               "grows_from_static_windows", "grows_from_smear_windows",
+               "dynamics_db_vs_source_body")
+
+
 def run_config(name: str, corpus: Path, minutes: float, tmp: Path) -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     updates = {**CONFIGS[name], "train.max_minutes": minutes, "train.epochs": 100_000}
@@ -78,7 +84,7 @@ def run_config(name: str, corpus: Path, minutes: float, tmp: Path) -> dict:
                 val_loss=train["val_loss"], ratio_to_best_baseline=train["ratio_to_best_baseline"],
                 generate_rtf=made["realtime_factor"], calibration=ev["calibration"],
                 songs=[{k: s.get(k) for k in ("verdict", "reason", "grows_from",
-                                              "grows_from_verdict", *FIGURES)}
+                                              "grows_from_verdict", *SOURCE_BODY, *FIGURES)}
                        for s in ev["songs"]],
                 verdicts=ev["verdicts"], real_verdicts=ev.get("real_verdicts", {}))
 

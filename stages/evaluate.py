@@ -9,8 +9,12 @@ songs; white noise at the same loudness; the closest two real songs). Every song
 verdict: ok / silent / quiet / noise / static / smear / clicks / copy / loop / same, with the
 figure that decided it. The real songs are judged the same way; each new song names the training
 song it grew from, that song's verdict, and its Fréchet distances ÷ that song's (a song grown
-from a real song unlike the validation songs is as far from them as its source is).
-Definitions are in `stages/quality.py`.
+from a real song unlike the validation songs is as far from them as its source is),
+and how that song fares through its whole length: its windows as long as a new song, one every
+5 s, their median dynamics and tonal fraction and how many are under the `static` and `smear`
+bars (a new song grows from anywhere in its source, whose first window may be an intro unlike the
+rest). A `static` or `smear` song whose source's windows fail the same check says so in its
+reason. Definitions are in `stages/quality.py`.
 """
 from __future__ import annotations
 
@@ -293,6 +297,34 @@ def vs_source(song: dict, source: dict) -> dict:
     return out
 
 
+SOURCE_STEP_S = 5.0     # a source song is judged on windows as long as a new song, one every 5 s
+
+
+def source_body(x: np.ndarray, rate: int, seconds: float, th: Thresholds) -> dict:
+    """How the whole of a source song would fare on the checks a new song grown from anywhere
+    in it most often fails: its windows as long as a new song (one every SOURCE_STEP_S), their
+    median dynamics and tonal fraction and how many of them are under the `static` and `smear`
+    bars. Its first window alone (`grows_from_verdict`) can be an intro unlike the rest."""
+    windows = quality.window_figures(x, rate, seconds, SOURCE_STEP_S)
+    dyn, tonal = windows["dynamics_db"], windows["tonal_fraction"]
+    return dict(grows_from_windows=len(dyn),
+                grows_from_dynamics_db_median=round(float(np.median(dyn)), 2),
+                grows_from_tonal_median=round(float(np.median(tonal)), 4),
+                grows_from_static_windows=int((dyn < th.static_db).sum()),
+                grows_from_smear_windows=int((tonal < th.smear_tonal).sum()))
+
+
+def like_its_source(result: dict) -> str:
+    """The clause added to a `static` or `smear` verdict's reason when its source's own windows
+    fail the same check (a still song grows still songs); empty otherwise."""
+    failing = {"static": "grows_from_static_windows", "smear": "grows_from_smear_windows"}
+    key = failing.get(result["verdict"])
+    if key is None or not result.get(key):
+        return ""
+    return (f"; so are {result[key]} of the {result['grows_from_windows']} windows of "
+            f"{result['grows_from']} it grew from")
+
+
 def summarise(results: list[dict], ref: Reference, train: dict,
               real: list[dict] | None = None) -> dict:
     summary = dict(val_loss=train.get("val_loss"), baselines=train.get("baselines"),
@@ -304,11 +336,39 @@ def summarise(results: list[dict], ref: Reference, train: dict,
     for key in ("fd_frames", "fd_texture", "dynamics_db", "clicks", "tonal_fraction",
                 "copy_score", "rms_dbfs", "flatness", "loop_score", "nearest_song_fd",
                 "fd_frames_vs_source", "fd_texture_vs_source", "tonal_fraction_vs_source",
-                "dynamics_db_vs_source"):
+                "dynamics_db_vs_source", "dynamics_db_vs_source_body"):
         values = [r[key] for r in results if r.get(key) is not None]
         if values:
             summary[f"mean_{key}"] = round(float(np.mean(values)), 4)
     return summary
+
+
+def add_sources(results: list[dict], real: list[dict], made: dict, npy: Path, rate: int,
+                th: Thresholds) -> None:
+    """To each new song, what the verdicts say of the real song it grew from (its first window,
+    and its whole body) and how much of it generate played back."""
+    real_of = {r["song"]: r for r in real}
+    made_of = {s.get("file"): s for s in made.get("songs", [])}
+    bodies: dict[str, dict] = {}
+    for result in results:
+        song = made_of.get(result["file"], {})
+        result.update({k: v for k, v in song.items() if k.startswith("replayed_")})
+        source = real_of.get(song.get("seed_song"))
+        if not source:
+            continue
+        result.update(grows_from=source["file"], grows_from_verdict=source["verdict"],
+                      **vs_source(result, source))
+        if source["song"] not in bodies:
+            x = np.load(npy / f"{source['song']}.npy", mmap_mode="r", allow_pickle=False)
+            bodies[source["song"]] = source_body(np.asarray(x, np.float64), rate,
+                                                 float(made.get("seconds", 30.0)), th)
+        result.update(bodies[source["song"]])
+        result["dynamics_db_vs_source_body"] = round(
+            result["dynamics_db"] - result["grows_from_dynamics_db_median"], 2)
+        clause = like_its_source(result)
+        if clause:
+            result["reason"] += clause
+            log.info("%s: %s%s", result["file"], result["verdict"], clause)
 
 
 def log_to_run(params: dict, summary: dict, metrics_path: str, run_id: str | None) -> None:
@@ -355,16 +415,7 @@ def main(args) -> None:
     log.info("the real songs, judged the same way: %s", ", ".join(
         f"{n} {v}" for v, n in count_verdicts(real).items()))
     results = judge_songs(songs, ref, th)
-    real_of = {r["song"]: r for r in real}
-    made_of = {s.get("file"): s for s in made.get("songs", [])}
-    for result in results:                  # what the verdicts say of the music it grew from
-        song = made_of.get(result["file"], {})
-        result.update({k: v for k, v in song.items()     # and how much of it generate played back
-                       if k.startswith("replayed_")})
-        source = real_of.get(song.get("seed_song"))
-        if source:
-            result.update(grows_from=source["file"], grows_from_verdict=source["verdict"],
-                          **vs_source(result, source))
+    add_sources(results, real, made, npy, rate, th)
     train = files.read_json(args.train_metrics)
     if train is None:
         log.warning("'%s' not found: the validation loss is left out.", args.train_metrics)

@@ -136,20 +136,45 @@ def tonal_fraction(x: np.ndarray, rate: int, seconds: float = 0.25, lo: float = 
     """Share of 60 Hz-5 kHz bins standing >= 6 dB above the median of their +-100 Hz
     neighbourhood, in spectra averaged over ~0.25 s: notes and harmonics (real music 0.1-0.28)
     against a smear or noise (~0)."""
+    fractions = tonal_chunks(x, rate, seconds, lo, hi, db_above, neighbourhood_hz)
+    return float(np.nanmean(fractions)) if np.isfinite(fractions).any() else 0.0
+
+
+def tonal_chunks(x: np.ndarray, rate: int, seconds: float = 0.25, lo: float = 60.0,
+                 hi: float = 5000.0, db_above: float = 6.0, neighbourhood_hz: float = 200.0
+                 ) -> np.ndarray:
+    """`tonal_fraction` of each ~0.25 s chunk in turn (nan where a chunk is all silence)."""
     power = power_frames(x)
     per = max(1, int(round(seconds * rate / HOP)))
     freqs = np.fft.rfftfreq(FRAME, 1 / rate)
     band = (freqs >= lo) & (freqs <= hi)
     width = max(3, int(neighbourhood_hz / (rate / FRAME)) | 1)
     loud = frame_dbfs(x)[:len(power)] > SILENT_DBFS
-    fractions = []
-    for start in range(0, len(power) - per + 1, per):
+    fractions = np.full(max(0, (len(power) - per) // per + 1), np.nan)
+    for i, start in enumerate(range(0, len(power) - per + 1, per)):
         if not loud[start:start + per].any():
             continue
         db = 10 * np.log10(power[start:start + per].mean(axis=0) + EPS)
         local = median_filter(db, size=width, mode="nearest")
-        fractions.append(float(((db - local) >= db_above)[band].mean()))
-    return float(np.mean(fractions)) if fractions else 0.0
+        fractions[i] = float(((db - local) >= db_above)[band].mean())
+    return fractions
+
+
+def window_figures(x: np.ndarray, rate: int, seconds: float, step_s: float) -> dict:
+    """Dynamics and tonal fraction of each `seconds`-long window of a whole song, one window
+    every `step_s` (one window when the song is shorter): how the body of a song, not only its
+    start, would be judged. Returns {"dynamics_db": array, "tonal_fraction": array}."""
+    db = frame_dbfs(x)
+    chunks = tonal_chunks(x, rate)
+    chunk_frames = max(1, int(round(0.25 * rate / HOP)))
+    width, n_windows = max(1, int(seconds * rate / HOP)), int((len(x) / rate - seconds) // step_s) + 1
+    starts = [int(round(k * step_s * rate / HOP)) for k in range(max(1, n_windows))]
+    dynamics, tonal = [], []
+    for a in starts:
+        level, part = db[a:a + width], chunks[a // chunk_frames:(a + width) // chunk_frames]
+        dynamics.append(np.percentile(level, 90) - np.percentile(level, 10))
+        tonal.append(float(np.nanmean(part)) if np.isfinite(part).any() else 0.0)
+    return dict(dynamics_db=np.array(dynamics), tonal_fraction=np.array(tonal))
 
 
 def passages(mel_frames: np.ndarray, length: int = PASSAGE_FRAMES, step: int = 1) -> np.ndarray:

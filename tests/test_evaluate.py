@@ -195,8 +195,9 @@ def test_repro_evaluate_writes_eval_json_and_adds_to_the_training_run(trained):
     # the real songs' own verdicts, by their file names; each new song names the song it grew
     # from and that song's verdict
     import pyarrow.parquet as pq
-    names = {r["id"]: r["path"] for r in
-             pq.read_table(trained / "data/interim/manifest.parquet").to_pylist()}
+    rows = pq.read_table(trained / "data/interim/manifest.parquet").to_pylist()
+    names = {r["id"]: r["path"] for r in rows}
+    names_seconds = {r["path"]: r["seconds"] for r in rows}
     assert sorted(r["file"] for r in ev["real_songs"]) == sorted(names.values())
     assert all(r["verdict"] in verdicts for r in ev["real_songs"])
     assert sum(ev["real_verdicts"].values()) == len(names)
@@ -210,6 +211,12 @@ def test_repro_evaluate_writes_eval_json_and_adds_to_the_training_run(trained):
             assert s[f"{key}_vs_source"] == pytest.approx(s[key] / source[key], rel=1e-2)
         assert s["dynamics_db_vs_source"] == pytest.approx(
             s["dynamics_db"] - source["dynamics_db"], abs=0.02)
+        # and its source's whole body, in windows as long as a new song (3 s) every 5 s
+        seconds = names_seconds[s["grows_from"]]
+        assert s["grows_from_windows"] == max(1, int((seconds - 3) // 5) + 1)
+        assert s["dynamics_db_vs_source_body"] == pytest.approx(
+            s["dynamics_db"] - s["grows_from_dynamics_db_median"], abs=0.02)
+        assert 0 <= s["grows_from_static_windows"] <= s["grows_from_windows"]
     made = json.loads((trained / "metrics/generate.json").read_text())   # generate's replay figures
     assert [(s["replayed_longest_s"], s["replayed_share"]) for s in ev["songs"]] == [
         (s["replayed_longest_s"], s["replayed_share"]) for s in made["songs"]]
@@ -227,6 +234,27 @@ def test_repro_evaluate_writes_eval_json_and_adds_to_the_training_run(trained):
         "evaluation/eval.json"}
     shown = run(["dvc", "metrics", "show", "--json"], trained).stdout
     assert "metrics/eval.json" in shown
+
+
+def test_a_still_body_behind_a_lively_intro_is_seen_in_its_windows(thresholds):
+    """A source judged on its first window only looks lively when that window is its intro;
+    its windows through the whole song show the still body a new song grows from, and a
+    `static` new song's reason says so."""
+    rate = 8000
+    t = np.arange(50 * rate) / rate
+    tone = sum(np.sin(2 * np.pi * 110 * k * t) / k for k in range(1, 36)) / 4  # 35 harmonics
+    x = tone * np.where((t < 10) & ((t % 1) >= 0.5), 0.04, 1.0)   # pulsing 28 dB, then held
+    assert quality.dynamics_db(x[:10 * rate]) > 20
+    body_fig = evaluate.source_body(x, rate, 10, thresholds)
+    assert body_fig["grows_from_windows"] == 9                # 10 s windows every 5 s in 50 s
+    assert body_fig["grows_from_static_windows"] == 7         # all but the two that hold intro
+    assert body_fig["grows_from_dynamics_db_median"] < thresholds.static_db
+    assert body_fig["grows_from_tonal_median"] > thresholds.smear_tonal
+    assert body_fig["grows_from_smear_windows"] == 0
+    result = dict(verdict="static", grows_from="song.ogg", **body_fig)
+    assert evaluate.like_its_source(result) == "; so are 7 of the 9 windows of song.ogg it grew from"
+    assert evaluate.like_its_source(dict(result, verdict="ok")) == ""
+    assert evaluate.like_its_source(dict(result, verdict="smear")) == ""   # its windows are tonal
 
 
 def test_a_stretch_played_over_and_over_is_a_loop(reference, thresholds):
