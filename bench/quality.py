@@ -45,13 +45,15 @@ CONFIGS = {
 }
 FIGURES = ("level_vs_train_db", "dynamics_db", "tonal_fraction", "clicks", "fd_frames",
            "fd_texture", "fd_frames_vs_source", "fd_texture_vs_source", "dynamics_db_vs_source",
-           "tonal_fraction_vs_source", "copy_score", "replayed_longest_s", "replayed_share",
-           "loop_score", "nearest_song_fd")
+           "dynamics_db_vs_source_body", "tonal_fraction_vs_source", "copy_score",
+           "replayed_longest_s", "replayed_share", "loop_score", "nearest_song_fd")
 SHORT = dict(level_vs_train_db="level dB", dynamics_db="dyn dB", tonal_fraction="tonal",
              clicks="clicks", fd_frames="FD frames", fd_texture="FD texture",
              fd_frames_vs_source="FD frames / source's",
              fd_texture_vs_source="FD texture / source's",
-             dynamics_db_vs_source="dyn dB - source's", tonal_fraction_vs_source="tonal / source's",
+             dynamics_db_vs_source="dyn dB - source's",
+             dynamics_db_vs_source_body="dyn dB - source's median window",
+             tonal_fraction_vs_source="tonal / source's",
              copy_score="copy", replayed_longest_s="replayed s", replayed_share="replayed share",
              loop_score="loop", nearest_song_fd="nearest song")
 
@@ -59,7 +61,7 @@ SHORT = dict(level_vs_train_db="level dB", dynamics_db="dyn dB", tonal_fraction=
 # each new song's source judged through its whole length (evaluate's windows as long as a song)
 SOURCE_BODY = ("grows_from_windows", "grows_from_dynamics_db_median", "grows_from_tonal_median",
                "grows_from_static_windows", "grows_from_smear_windows",
-               "dynamics_db_vs_source_body")
+               "fails_like_its_source")
 
 
 def run_config(name: str, corpus: Path, minutes: float, tmp: Path) -> dict:
@@ -98,7 +100,8 @@ def fmt(value) -> str:
 def table(results: list[dict]) -> str:
     """One markdown row per config: the mean of each figure over its songs, and the verdicts."""
     head = ["config", "family/layout", "train min (epochs)", "val/best baseline", "gen RTF",
-            *(SHORT[k] for k in FIGURES), "verdicts", "their sources' verdicts"]
+            *(SHORT[k] for k in FIGURES), "verdicts", "their sources' verdicts",
+            "failing as their sources' windows do"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         if "error" in r:
@@ -111,11 +114,13 @@ def table(results: list[dict]) -> str:
         verdicts = ", ".join(f"{n} {v}" for v, n in sorted(r["verdicts"].items()))
         names = [s["grows_from_verdict"] for s in r["songs"] if s.get("grows_from_verdict")]
         sources = ", ".join(f"{names.count(v)} {v}" for v in sorted(set(names))) or "-"
+        failed = [s for s in r["songs"] if s["verdict"] != "ok"]
+        alike = sum(bool(s.get("fails_like_its_source")) for s in failed)
         rows.append("| " + " | ".join([
             r["config"], f"{r['family']}/{r['layout']}",
             f"{r['train_minutes']} of {r['budget_minutes']:g} ({r['epochs_run']})",
             fmt(r["ratio_to_best_baseline"]), fmt(r["generate_rtf"]), *means,
-            verdicts, sources]) + " |")
+            verdicts, sources, f"{alike} of {len(failed)}"]) + " |")
     return "\n".join(rows)
 
 

@@ -366,6 +366,7 @@ def add_sources(results: list[dict], real: list[dict], made: dict, npy: Path, ra
         result["dynamics_db_vs_source_body"] = round(
             result["dynamics_db"] - result["grows_from_dynamics_db_median"], 2)
         clause = like_its_source(result)
+        result["fails_like_its_source"] = bool(clause)
         if clause:
             result["reason"] += clause
             log.info("%s: %s%s", result["file"], result["verdict"], clause)

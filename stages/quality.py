@@ -167,7 +167,8 @@ def window_figures(x: np.ndarray, rate: int, seconds: float, step_s: float) -> d
     db = frame_dbfs(x)
     chunks = tonal_chunks(x, rate)
     chunk_frames = max(1, int(round(0.25 * rate / HOP)))
-    width, n_windows = max(1, int(seconds * rate / HOP)), int((len(x) / rate - seconds) // step_s) + 1
+    width = max(1, int(seconds * rate / HOP))
+    n_windows = int((len(x) / rate - seconds) // step_s) + 1
     starts = [int(round(k * step_s * rate / HOP)) for k in range(max(1, n_windows))]
     dynamics, tonal = [], []
     for a in starts:
