@@ -101,7 +101,7 @@ def table(results: list[dict]) -> str:
     """One markdown row per config: the mean of each figure over its songs, and the verdicts."""
     head = ["config", "family/layout", "train min (epochs)", "val/best baseline", "gen RTF",
             *(SHORT[k] for k in FIGURES), "verdicts", "their sources' verdicts",
-            "failing as their sources' windows do"]
+            "failing as their sources' typical windows do"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         if "error" in r:

@@ -14,7 +14,7 @@ and how that song fares through its whole length: its windows as long as a new s
 5 s, their median dynamics and tonal fraction and how many are under the `static` and `smear`
 bars (a new song grows from anywhere in its source, whose first window may be an intro unlike the
 rest). A `static` or `smear` song whose source's windows fail the same check says so in its
-reason. Definitions are in `stages/quality.py`.
+reason, and is marked `fails_like_its_source` when at least half of them do. Definitions are in `stages/quality.py`.
 """
 from __future__ import annotations
 
@@ -314,15 +314,20 @@ def source_body(x: np.ndarray, rate: int, seconds: float, th: Thresholds) -> dic
                 grows_from_smear_windows=int((tonal < th.smear_tonal).sum()))
 
 
-def like_its_source(result: dict) -> str:
-    """The clause added to a `static` or `smear` verdict's reason when its source's own windows
-    fail the same check (a still song grows still songs); empty otherwise."""
-    failing = {"static": "grows_from_static_windows", "smear": "grows_from_smear_windows"}
-    key = failing.get(result["verdict"])
+WINDOWS_FAILING = {"static": "grows_from_static_windows", "smear": "grows_from_smear_windows"}
+
+
+def like_its_source(result: dict) -> tuple[str, bool]:
+    """For a `static` or `smear` verdict whose source's own windows fail the same check (a still
+    song grows still songs): the clause added to its reason, with how many of them fail, and
+    whether at least half of them do (its source's typical stretch fails too); ("", False)
+    otherwise."""
+    key = WINDOWS_FAILING.get(result["verdict"])
     if key is None or not result.get(key):
-        return ""
-    return (f"; so are {result[key]} of the {result['grows_from_windows']} windows of "
-            f"{result['grows_from']} it grew from")
+        return "", False
+    failing, windows = result[key], result["grows_from_windows"]
+    return (f"; so are {failing} of the {windows} windows of {result['grows_from']} it grew "
+            f"from", 2 * failing >= windows)
 
 
 def summarise(results: list[dict], ref: Reference, train: dict,
@@ -365,8 +370,7 @@ def add_sources(results: list[dict], real: list[dict], made: dict, npy: Path, ra
         result.update(bodies[source["song"]])
         result["dynamics_db_vs_source_body"] = round(
             result["dynamics_db"] - result["grows_from_dynamics_db_median"], 2)
-        clause = like_its_source(result)
-        result["fails_like_its_source"] = bool(clause)
+        clause, result["fails_like_its_source"] = like_its_source(result)
         if clause:
             result["reason"] += clause
             log.info("%s: %s%s", result["file"], result["verdict"], clause)
