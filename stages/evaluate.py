@@ -9,12 +9,13 @@ songs; white noise at the same loudness; the closest two real songs). Every song
 verdict: ok / silent / quiet / noise / static / smear / clicks / copy / loop / same, with the
 figure that decided it. The real songs are judged the same way; each new song names the training
 song it grew from, that song's verdict, and its Fréchet distances ÷ that song's (a song grown
-from a real song unlike the validation songs is as far from them as its source is),
-and how that song fares through its whole length: its windows as long as a new song, one every
-5 s, their median dynamics and tonal fraction and how many are under the `static` and `smear`
-bars (a new song grows from anywhere in its source, whose first window may be an intro unlike the
-rest). A `static` or `smear` song whose source's windows fail the same check says so in its
-reason, and is marked `fails_like_its_source` when at least half of them do. Definitions are in `stages/quality.py`.
+from a real song unlike the validation songs is as far from them as its source is), and how that
+song fares through its whole length: its windows as long as a new song, one every 5 s, their
+median dynamics and tonal fraction and how many are under the `static` and `smear` bars (a new
+song grows from anywhere in its source, whose first window may be an intro unlike the rest). A
+`static` or `smear` song whose source's windows fail the same check says so in its reason, and
+is marked `fails_like_its_source` when at least half of them do. Definitions are in
+`stages/quality.py`.
 """
 from __future__ import annotations
 
