@@ -91,6 +91,37 @@ def run_config(name: str, corpus: Path, minutes: float, tmp: Path) -> dict:
                 verdicts=ev["verdicts"], real_verdicts=ev.get("real_verdicts", {}))
 
 
+# the per-song bars every new song must clear (the issue "Music, not a smear"), beside its verdict
+BARS = dict(dynamics_db=8.0, tonal_vs_real=0.6, copy_score=0.7, fd_vs_real=1.5)
+
+
+def bars(songs: list[dict], calibration: dict) -> dict:
+    """How many songs clear each per-song bar, and how many clear them all."""
+    c, b = calibration, BARS
+    checks = {
+        "ok": lambda s: s["verdict"] == "ok",
+        f"dynamics >= {b['dynamics_db']:g} dB": lambda s: s["dynamics_db"] >= b["dynamics_db"],
+        f"tonal >= {b['tonal_vs_real']:g}x real": lambda s: (
+            s["tonal_fraction"] >= b["tonal_vs_real"] * c["tonal_real"]),
+        f"copy >= {b['copy_score']:g}": lambda s: (s.get("copy_score") is None
+                                                   or s["copy_score"] >= b["copy_score"]),
+        f"FD frames <= {b['fd_vs_real']:g}x real": lambda s: (
+            s["fd_frames"] <= b["fd_vs_real"] * c["fd_frames_real"]),
+        f"FD texture <= {b['fd_vs_real']:g}x real": lambda s: (
+            s["fd_texture"] <= b["fd_vs_real"] * c["fd_texture_real"]),
+    }
+    counts = {name: sum(map(check, songs)) for name, check in checks.items()}
+    counts["all"] = sum(all(check(s) for check in checks.values()) for s in songs)
+    return counts
+
+
+def bars_lines(results: list[dict]) -> str:
+    return "\n".join(
+        f"{r['config']}: of {len(r['songs'])} songs, " + ", ".join(
+            f"{name} {n}" for name, n in bars(r["songs"], r["calibration"]).items())
+        for r in results if "error" not in r)
+
+
 def fmt(value) -> str:
     if value is None:
         return "-"
@@ -165,7 +196,8 @@ def main() -> None:
                 results.append(run_config(name, corpus.resolve(), minutes, Path(tmp)))
                 print(f"{corpus.name} {name}: {json.dumps(results[-1])}", flush=True)
             everything[str(corpus)] = results
-            print(f"\n{corpus}\n{table(results)}\n{calibration_line(results)}\n", flush=True)
+            print(f"\n{corpus}\n{table(results)}\n{calibration_line(results)}\n"
+                  f"the issue's per-song bars:\n{bars_lines(results)}\n", flush=True)
     print(json.dumps(everything))
 
 
