@@ -88,7 +88,8 @@ def run_config(name: str, corpus: Path, minutes: float, tmp: Path) -> dict:
                 songs=[{k: s.get(k) for k in ("verdict", "reason", "grows_from",
                                               "grows_from_verdict", *SOURCE_BODY, *FIGURES)}
                        for s in ev["songs"]],
-                verdicts=ev["verdicts"], real_verdicts=ev.get("real_verdicts", {}))
+                verdicts=ev["verdicts"], real_verdicts=ev.get("real_verdicts", {}),
+                real_songs=ev.get("real_songs", []))
 
 
 # the per-song bars every new song must clear (the issue "Music, not a smear"), beside its verdict
@@ -116,10 +117,18 @@ def bars(songs: list[dict], calibration: dict) -> dict:
 
 
 def bars_lines(results: list[dict]) -> str:
-    return "\n".join(
-        f"{r['config']}: of {len(r['songs'])} songs, " + ", ".join(
-            f"{name} {n}" for name, n in bars(r["songs"], r["calibration"]).items())
-        for r in results if "error" not in r)
+    """A line per config, then the real songs of the first config that has them (their first
+    stretch as long as a new song, judged by the same evaluate; a training song has no copy
+    score): how often the user's own music clears the same bars."""
+    def say(label: str, songs: list[dict], calibration: dict) -> str:
+        return f"{label}: of {len(songs)} songs, " + ", ".join(
+            f"{name} {n}" for name, n in bars(songs, calibration).items())
+
+    lines = [say(r["config"], r["songs"], r["calibration"]) for r in results if "error" not in r]
+    real = next((r for r in results if r.get("real_songs")), None)
+    if real is not None:
+        lines.append(say("the real songs", real["real_songs"], real["calibration"]))
+    return "\n".join(lines)
 
 
 def fmt(value) -> str:
