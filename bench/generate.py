@@ -45,7 +45,9 @@ def ours(src, seed: np.ndarray, seconds: float, gen) -> tuple[float, float]:
     cues = np.stack([np.roll(seed, i + 1, axis=1) for i in range(n_cues)], 1) if n_cues else None
     made = generate.generate_blocks(src.stepper, seed, n_steps, gen.temperature, rng, gen.top_k,
                                     gen.top_p, palettes, silent,
-                                    generate.steps_in(gen.max_silence_s, src.audio), cues, section)
+                                    generate.steps_in(gen.max_silence_s, src.audio), cues, section,
+                                    levels=None if book is None else generate.code_levels(
+                                        src.reading), glide=gen.level_glide)
     network = time.perf_counter() - t
     generate.to_samples(made, src, dataclasses.replace(gen, seconds=seconds), rng)
     return time.perf_counter() - t, network

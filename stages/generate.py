@@ -62,6 +62,7 @@ class GenerateConfig:
     cue_from: str
     seed_dynamics_db: float
     threads: int
+    level_glide: float
 
     @classmethod
     def from_params(cls, params: dict) -> "GenerateConfig":
@@ -83,7 +84,8 @@ class GenerateConfig:
                   section_s=float(p("section_s", (int, float), minimum=0)),
                   cue_from=p("cue_from", str, CUE_FROM),
                   seed_dynamics_db=float(p("seed_dynamics_db", (int, float), minimum=0)),
-                  threads=p("threads", int, minimum=0))
+                  threads=p("threads", int, minimum=0),
+                  level_glide=float(p("level_glide", (int, float), minimum=0)))
         if cfg.top_p > 1:
             raise UserError(f"params.yaml 'generate.top_p' must be at most 1, got {cfg.top_p!r}.")
         if cfg.seed_source == "file" and not cfg.seed_file:
@@ -138,7 +140,7 @@ class Stepper:
             new_states.append(list(state) if isinstance(state, (list, tuple)) else [state])
         return self.decode(h), new_states
 
-    def _sample(self, out, seed, how, barred):
+    def _sample(self, out, seed, how, barred, prev=None):
         """The next input from a prediction: the block plus N(0, temperature) noise (regression),
         a Laplace draw with its scale times the temperature (laplace), or a code drawn from the
         softmax at that temperature, kept to the top_k codes and the top_p mass (codebook), never
@@ -165,35 +167,41 @@ class Stepper:
 
         # each filter only when asked for: top-p's sort would be the dearest op of every step
         out = out + bias + barred             # codes outside a song's palette, barred: -1e9
+        levels, glide = how[6:8]
+        if prev is not None:                  # a level jump of d dB from the last code: -glide*d
+            out = out - glide * tf.abs(levels[None, :] - tf.gather(levels, prev)[:, None])
         logits = out / tf.maximum(temperature, 1e-6)
         logits = tf.cond(top_k > 0, lambda: keep_top_k(logits), lambda: logits)
         logits = tf.cond(top_p < 1.0, lambda: keep_top_p(logits), lambda: logits)
         drawn = tf.random.stateless_categorical(logits, 1, seed=seed, dtype=tf.int32)[:, 0]
         return tf.where(temperature > 0, drawn, tf.argmax(out, axis=-1, output_type=tf.int32))
 
-    def _loop(self, out, states, n_blocks, how, noise_seed):
+    def _loop(self, out, states, n_blocks, how, noise_seed, prev):
         """`n_blocks` closed-loop steps in one graph: sample the next input from the last
         prediction, keep it, predict from it. Returns (batch, n_blocks[, features])."""
         import tensorflow as tf
         made = tf.TensorArray(tf.int32 if self.family == "codebook" else tf.float32,
                               size=n_blocks)
-        silent, max_silent = how[4:]          # (batch, codes) bool; silent steps allowed in a row
+        silent, max_silent = how[4:6]         # (batch, codes) bool; silent steps allowed in a row
 
-        def body(t, out, states, made, run, left):
+        def body(t, out, states, made, run, left, prev):
             barred = tf.where(silent & (left > 0)[:, None], -1e9, 0.0)
-            block = self._sample(out, tf.stack([noise_seed, t]), how, barred)
+            block = self._sample(out, tf.stack([noise_seed, t]), how, barred,
+                                 prev if self.family == "codebook" else None)
             made = made.write(t, block)
             if self.family == "codebook":     # each song's run of silence, then as long barred
                 run = tf.where(tf.gather(silent, block, batch_dims=1), run + 1, 0)
                 left = tf.where(run >= max_silent, max_silent, tf.maximum(left - 1, 0))
                 run = tf.where(run >= max_silent, 0, run)
             out, states = self._step(block, states)
-            return t + 1, out, states, made, run, left
+            if self.family == "codebook":
+                prev = block
+            return t + 1, out, states, made, run, left, prev
 
         zeros = tf.zeros(tf.shape(out)[:1], tf.int32)
-        _, out, states, made, _, _ = tf.while_loop(lambda t, *_: t < n_blocks, body,
-                                                   (tf.constant(0), out, states, made, zeros,
-                                                    zeros))
+        _, out, states, made, _, _, _ = tf.while_loop(lambda t, *_: t < n_blocks, body,
+                                                      (tf.constant(0), out, states, made, zeros,
+                                                       zeros, prev))
         stacked = made.stack()
         return tf.transpose(stacked, [1, 0] + list(range(2, len(stacked.shape)))), out, states
 
@@ -221,7 +229,8 @@ def generate_blocks(stepper: Stepper, seed: np.ndarray, n_blocks: int, temperatu
                     rng: np.random.Generator, top_k: int = 0, top_p: float = 1.0,
                     palettes: np.ndarray | None = None, silent: np.ndarray | None = None,
                     max_silent: int = 0, cues: np.ndarray | None = None,
-                    section_steps: int = 0) -> np.ndarray:
+                    section_steps: int = 0, levels: np.ndarray | None = None,
+                    glide: float = 0.0) -> np.ndarray:
     """Warm the state up on the seed (batch, k[, features]), then sample each next block or code
     from the prediction and feed it back for `n_blocks` steps (the draws follow from `rng`'s
     seed, so a run is reproducible). Returns (batch, n_blocks[, features]): normalised blocks or
@@ -240,17 +249,27 @@ def generate_blocks(stepper: Stepper, seed: np.ndarray, n_blocks: int, temperatu
         silent = np.zeros((1, stepper.n_features if stepper.family == "codebook" else 1), bool)
     silent = np.broadcast_to(np.asarray(silent, bool).reshape(-1, silent.shape[-1]),
                              (len(seed), silent.shape[-1]))
+    codebook = stepper.family == "codebook"
+    if levels is None or not codebook:
+        levels = np.zeros(stepper.n_features if codebook else 1, np.float32)
     how = (tf.constant(float(temperature)), tf.constant(int(top_k)), tf.constant(float(top_p)),
            tf.constant(bias), tf.constant(silent),
-           tf.constant(int(max_silent) if max_silent > 0 else 2 ** 30))
+           tf.constant(int(max_silent) if max_silent > 0 else 2 ** 30),
+           tf.constant(np.asarray(levels, np.float32)), tf.constant(float(glide)))
+    prev = (np.asarray(seed[:, -1], np.int32) if codebook else np.zeros(len(seed), np.int32))
     parts, done, section = [], 0, 0
     while done < n_blocks:
         if section and cues is not None and section <= cues.shape[1]:
             out, states = stepper.warm(tf.constant(cues[:, section - 1]), states)
+            if codebook:
+                prev = np.asarray(cues[:, section - 1, -1], np.int32)
         n = n_blocks - done if section_steps <= 0 else min(section_steps, n_blocks - done)
         made, out, states = stepper.loop(out, states, tf.constant(n), how,
-                                         tf.constant(int(rng.integers(2 ** 31 - 1)), tf.int32))
+                                         tf.constant(int(rng.integers(2 ** 31 - 1)), tf.int32),
+                                         tf.constant(prev))
         parts.append(made.numpy())
+        if codebook:
+            prev = parts[-1][:, -1].astype(np.int32)
         done, section = done + n, section + 1
     return np.concatenate(parts, axis=1)
 
@@ -709,6 +728,9 @@ def say_plan(cfg: GenerateConfig, family: str, n_steps: int, layout: str, thread
     if palettes is not None:
         log.info("each song keeps to its seed song's palette: %s of %d codes",
                  ", ".join(str(int(n)) for n in palettes.sum(axis=1)), palettes.shape[1])
+    if cfg.level_glide and family == "codebook":
+        log.info("level glide: %g nats off a code per dB it jumps from the code before (a 20 dB "
+                 "jump %.0fx less likely)", cfg.level_glide, np.exp(20 * cfg.level_glide))
 
 
 def main(args) -> None:
@@ -737,7 +759,8 @@ def main(args) -> None:
     t0 = time.perf_counter()
     made = generate_blocks(src.stepper, seed, n_steps, cfg.temperature, rng, cfg.top_k, cfg.top_p,
                            palettes, silent, steps_in(cfg.max_silence_s, audio_cfg), cues,
-                           section_steps)
+                           section_steps, levels=None if src.reading.book is None else
+                           code_levels(src.reading), glide=cfg.level_glide)
     network_s = time.perf_counter() - t0
     songs_samples = to_samples(made, src, cfg, rng)
     wall = time.perf_counter() - t0

@@ -130,6 +130,28 @@ def test_codes_are_sampled_by_temperature_top_k_and_top_p():
     assert ranks.max() <= 2 and ranks.max() > 0
 
 
+def test_level_glide_keeps_codes_near_the_level_of_the_code_before():
+    """`level_glide` takes that many nats off a code's logit per dB its level jumps from the
+    code before (the seed's or the cue's last code at a section's start): large, a song keeps
+    its level; 0, the draw is the model's own."""
+    _, stepper = codebook_stepper()
+    levels = np.repeat(np.array([-10, -30, -50, -70], np.float32), 4)   # codes 0-3, 4-7, ...
+    seed = np.array([[1, 2, 3], [4, 5, 6]], np.int32)                  # last: -10 and -30 dB
+    made = lambda glide, **kw: generate.generate_blocks(  # noqa: E731
+        stepper, seed, 40, 1.0, np.random.default_rng(0), levels=levels, glide=glide, **kw)
+    held = made(100.0)
+    assert set(np.unique(held[0])) <= {0, 1, 2, 3} and set(np.unique(held[1])) <= {4, 5, 6, 7}
+    assert len(np.unique(held[0])) > 1                    # it still draws within a level
+    free = made(0.0)
+    np.testing.assert_array_equal(free, generate.generate_blocks(
+        stepper, seed, 40, 1.0, np.random.default_rng(0)))
+    assert len(np.unique(levels[free[0]])) > 1
+    cues = np.array([[[8, 9]], [[12, 13]]], np.int32)    # the second section goes on from these
+    held = made(100.0, cues=cues, section_steps=20)
+    assert set(np.unique(held[0, 20:])) <= {8, 9, 10, 11}
+    assert set(np.unique(held[1, 20:])) <= {12, 13, 14, 15}
+
+
 def test_each_song_keeps_to_its_palette_whatever_the_temperature(tmp_path):
     model, stepper = codebook_stepper()
     seed = np.array([[1, 2, 3], [4, 5, 6]], np.int32)
