@@ -144,8 +144,9 @@ class Stepper:
         """The next input from a prediction: the block plus N(0, temperature) noise (regression),
         a Laplace draw with its scale times the temperature (laplace), or a code drawn from the
         softmax at that temperature, kept to the top_k codes and the top_p mass (codebook), never
-        one outside the song's palette or `barred` (-1e9 added to its logit); temperature 0 takes
-        the mean or the likeliest code."""
+        one outside the song's palette or `barred` (-1e9 added to its logit), and (`prev`, the
+        code before) each code's logit less the level glide times the dB its level differs from
+        `prev`'s; temperature 0 takes the mean or the likeliest code."""
         import tensorflow as tf
         temperature, top_k, top_p, bias = how[:4]
         if self.family == "regression":
@@ -239,8 +240,10 @@ def generate_blocks(stepper: Stepper, seed: np.ndarray, n_blocks: int, temperatu
     (batch or 1, codes), a song draws none of those for as many steps (0: no limit). With
     `cues` (batch, sections, k'[, features]) and `section_steps` > 0, every `section_steps`
     steps a new section starts: the state goes on through the next cue (teacher-forced, not
-    played), so the song moves to another part of the music it grows from. Each section's
-    closed loop runs as one TensorFlow graph: no Python work per step."""
+    played), so the song moves to another part of the music it grows from. With `levels`
+    (codes,) in dB, each draw of a code loses `glide` nats per dB its level jumps from the code
+    before (the seed's last, or a cue's last at a section's start). Each section's closed loop
+    runs as one TensorFlow graph: no Python work per step."""
     import tensorflow as tf
     out, states = stepper.warm(tf.constant(seed), stepper.initial_states(len(seed)))
     bias = (np.zeros((len(seed), 1), np.float32) if palettes is None
