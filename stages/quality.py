@@ -111,7 +111,11 @@ def flatness(x: np.ndarray) -> float:
 
 def dynamics_db(x: np.ndarray) -> float:
     """p90 - p10 of frame loudness in dB: music breathes (9-20 dB), a drone does not (~2 dB)."""
-    db = frame_dbfs(x)
+    return spread_db(frame_dbfs(x))
+
+
+def spread_db(db: np.ndarray) -> float:
+    """p90 - p10 of frame levels in dB (`dynamics_db` of the frames they came from)."""
     return float(np.percentile(db, 90) - np.percentile(db, 10))
 
 
@@ -136,20 +140,30 @@ def tonal_fraction(x: np.ndarray, rate: int, seconds: float = 0.25, lo: float = 
     """Share of 60 Hz-5 kHz bins standing >= 6 dB above the median of their +-100 Hz
     neighbourhood, in spectra averaged over ~0.25 s: notes and harmonics (real music 0.1-0.28)
     against a smear or noise (~0)."""
-    fractions = tonal_chunks(x, rate, seconds, lo, hi, db_above, neighbourhood_hz)
+    return mean_of_loud(tonal_chunks(x, rate, seconds, lo, hi, db_above, neighbourhood_hz))
+
+
+def mean_of_loud(fractions: np.ndarray) -> float:
+    """The mean of `tonal_chunks` over the chunks that are not all silence (0 if none is)."""
     return float(np.nanmean(fractions)) if np.isfinite(fractions).any() else 0.0
 
 
+def chunk_frames(rate: int, seconds: float = 0.25) -> int:
+    """Frames (HOP apart) in one chunk of `tonal_chunks`."""
+    return max(1, int(round(seconds * rate / HOP)))
+
+
 def tonal_chunks(x: np.ndarray, rate: int, seconds: float = 0.25, lo: float = 60.0,
-                 hi: float = 5000.0, db_above: float = 6.0, neighbourhood_hz: float = 200.0
-                 ) -> np.ndarray:
-    """`tonal_fraction` of each ~0.25 s chunk in turn (nan where a chunk is all silence)."""
+                 hi: float = 5000.0, db_above: float = 6.0, neighbourhood_hz: float = 200.0,
+                 frame_db: np.ndarray | None = None) -> np.ndarray:
+    """`tonal_fraction` of each ~0.25 s chunk in turn (nan where a chunk is all silence);
+    `frame_db`: `frame_dbfs(x)`, when the caller has it already."""
     power = power_frames(x)
-    per = max(1, int(round(seconds * rate / HOP)))
+    per = chunk_frames(rate, seconds)
     freqs = np.fft.rfftfreq(FRAME, 1 / rate)
     band = (freqs >= lo) & (freqs <= hi)
     width = max(3, int(neighbourhood_hz / (rate / FRAME)) | 1)
-    loud = frame_dbfs(x)[:len(power)] > SILENT_DBFS
+    loud = (frame_dbfs(x) if frame_db is None else frame_db)[:len(power)] > SILENT_DBFS
     fractions = np.full(max(0, (len(power) - per) // per + 1), np.nan)
     for i, start in enumerate(range(0, len(power) - per + 1, per)):
         if not loud[start:start + per].any():
@@ -165,16 +179,14 @@ def window_figures(x: np.ndarray, rate: int, seconds: float, step_s: float) -> d
     every `step_s` (one window when the song is shorter): how the body of a song, not only its
     start, would be judged. Returns {"dynamics_db": array, "tonal_fraction": array}."""
     db = frame_dbfs(x)
-    chunks = tonal_chunks(x, rate)
-    chunk_frames = max(1, int(round(0.25 * rate / HOP)))
+    chunks, per = tonal_chunks(x, rate, frame_db=db), chunk_frames(rate)
     width = max(1, int(seconds * rate / HOP))
     n_windows = int((len(x) / rate - seconds) // step_s) + 1
     starts = [int(round(k * step_s * rate / HOP)) for k in range(max(1, n_windows))]
     dynamics, tonal = [], []
     for a in starts:
-        level, part = db[a:a + width], chunks[a // chunk_frames:(a + width) // chunk_frames]
-        dynamics.append(np.percentile(level, 90) - np.percentile(level, 10))
-        tonal.append(float(np.nanmean(part)) if np.isfinite(part).any() else 0.0)
+        dynamics.append(spread_db(db[a:a + width]))
+        tonal.append(mean_of_loud(chunks[a // per:(a + width) // per]))
     return dict(dynamics_db=np.array(dynamics), tonal_fraction=np.array(tonal))
 
 
