@@ -61,6 +61,7 @@ class GenerateConfig:
     section_s: float
     cue_from: str
     seed_dynamics_db: float
+    seed_min_length: float
     threads: int
     level_glide: float
 
@@ -84,6 +85,7 @@ class GenerateConfig:
                   section_s=float(p("section_s", (int, float), minimum=0)),
                   cue_from=p("cue_from", str, CUE_FROM),
                   seed_dynamics_db=float(p("seed_dynamics_db", (int, float), minimum=0)),
+                  seed_min_length=float(p("seed_min_length", (int, float), minimum=0)),
                   threads=p("threads", int, minimum=0),
                   level_glide=float(p("level_glide", (int, float), minimum=0)))
         if cfg.top_p > 1:
@@ -322,28 +324,33 @@ class Reading:
 
 def spread_picks(song_of_seq: list[str], n_songs: int, rng: np.random.Generator,
                  loudness: np.ndarray | None = None, dynamics: np.ndarray | None = None,
-                 min_dynamics_db: float = 0.0) -> list[int]:
+                 min_dynamics_db: float = 0.0, short: set[str] | None = None) -> list[int]:
     """n_songs sequence numbers, each from another song while there are songs left (then round
     again): new songs seeded from one song tend to sound alike. Songs are drawn in proportion to
     their length: a 6 s jingle is rarely the whole palette of a new 30 s song. With each
     sequence's `loudness`, a song's seed is one of its louder half: a song's silent intro or
     tail warms the model up into silence. With each sequence's `dynamics` (dB), a song whose
     sequences breathe less than `min_dynamics_db` in the median (a drone, a pad) comes only after
-    every song that breathes more: a new song grown from a drone is a drone."""
+    every song that breathes more: a new song grown from a drone is a drone. The songs in `short`
+    (too short to grow a new song from without replaying them) come after every other song; a
+    song both still and short, last."""
     by_song: dict[str, list[int]] = {}
     for seq, song in enumerate(song_of_seq):
         by_song.setdefault(song, []).append(seq)
-    songs = [by_song[s] for s in sorted(by_song)]
-    groups = [np.arange(len(songs))]
+    names = sorted(by_song)
+    songs = [by_song[s] for s in names]
+    tier = np.zeros(len(songs), int)
     if dynamics is not None and min_dynamics_db > 0:
         still = np.array([np.median(dynamics[seqs]) < min_dynamics_db for seqs in songs])
-        if still.any() and not still.all():
-            groups = [np.flatnonzero(~still), np.flatnonzero(still)]
+        tier += still
         then = ("; every song is as still, so all are drawn alike" if still.all() else
                 f" and seed new songs only after the other {len(songs) - still.sum()}")
         log.info("generate.seed_dynamics_db: %d of %d songs breathe less than %g dB (the median "
                  "of their sequences)%s", still.sum(), len(songs), min_dynamics_db,
                  then if still.any() else "")
+    if short:
+        tier += np.array([name in short for name in names])
+    groups = [np.flatnonzero(tier == t) for t in np.unique(tier)]
     if loudness is not None:
         songs = [louder_half(seqs, loudness) for seqs in songs]
     sizes = np.array([len(s) for s in songs], float)
@@ -360,11 +367,12 @@ def louder_half(seqs: list[int], level: np.ndarray) -> list[int]:
 
 def seed_from_tensors(tensors, split: str, k: int, n_songs: int, rng: np.random.Generator,
                       reading: Reading, song_of_seq: list[str] | None = None,
-                      min_dynamics_db: float = 0.0) -> tuple[np.ndarray, list[int]]:
+                      min_dynamics_db: float = 0.0, short: set[str] | None = None
+                      ) -> tuple[np.ndarray, list[int]]:
     """The first k blocks (or codes) of n_songs sequences drawn at random, from as many different
     songs as there are (`song_of_seq`: each sequence's song), songs that breathe less than
-    `min_dynamics_db` last (codebook models), as the model reads them; `tensors` is the data the
-    model trained on (a `Tensors`, or a codebook's `Codes`)."""
+    `min_dynamics_db` (codebook models) or are in `short` last, as the model reads them;
+    `tensors` is the data the model trained on (a `Tensors`, or a codebook's `Codes`)."""
     x = tensors.read(f"{split}x")
     if x.shape[0] == 0:
         split_name = "validation" if split else "training"
@@ -376,7 +384,7 @@ def seed_from_tensors(tensors, split: str, k: int, n_songs: int, rng: np.random.
     if song_of_seq is not None and len(song_of_seq) == x.shape[0]:
         picks = spread_picks(song_of_seq, n_songs, rng, loudness(x[:, :k], reading),
                              dynamics(x, reading) if min_dynamics_db > 0 else None,
-                             min_dynamics_db)
+                             min_dynamics_db, short)
     else:
         picks = rng.choice(x.shape[0], size=n_songs, replace=x.shape[0] < n_songs).tolist()
     return as_read(np.asarray(x[picks, :k]), reading), picks
@@ -445,10 +453,24 @@ def index_rows(index_path: Path, split: str) -> list[dict] | None:
     return sorted((r for r in rows if r["split"] == wanted), key=lambda r: r["seq"])
 
 
-def songs_of_sequences(index_path: Path, split: str) -> list[str] | None:
-    """Each sequence's song id in a split ("" train, "val_"), from the tensors' index."""
-    rows = index_rows(index_path, split)
-    return None if rows is None else [r["song_id"] for r in rows]
+def short_songs(rows: list[dict] | None, seq_len: int, audio_cfg: AudioConfig,
+                min_seconds: float) -> set[str]:
+    """The songs of the index `rows` shorter than `min_seconds` (a song's length: its last
+    sequence's start plus a sequence, which ends at the song's end)."""
+    if not rows or min_seconds <= 0:
+        return set()
+    end: dict[str, int] = {}
+    for r in rows:
+        end[r["song_id"]] = max(end.get(r["song_id"], 0), r["start_block"] + seq_len)
+    step_s = audio_cfg.hop / audio_cfg.sample_rate
+    short = {song for song, n in end.items() if n * step_s < min_seconds}
+    if len(short) == len(end):
+        log.info("generate.seed_min_length: every song is shorter than %g s, so all are drawn "
+                 "alike", min_seconds)
+    elif short:
+        log.info("generate.seed_min_length: %d of %d songs are shorter than %g s and seed new "
+                 "songs only after every longer one", len(short), len(end), min_seconds)
+    return short
 
 
 def file_inputs(path: str, k: int, audio_cfg: AudioConfig, reading: Reading) -> np.ndarray:
@@ -509,9 +531,12 @@ def choose_seeds(cfg: GenerateConfig, tensors, audio_cfg: AudioConfig, reading: 
             cues = np.stack([[inputs[a:a + k] for a in row] for row in starts])
         return seed, [dict(seed=cfg.seed_file)] * cfg.n_songs, plays, cues
     split = "" if cfg.seed_source == "train" else "val_"
-    songs = songs_of_sequences(index_path, split)
+    rows = index_rows(index_path, split)
+    songs = None if rows is None else [r["song_id"] for r in rows]
+    short = short_songs(rows, tensors.read(f"{split}x").shape[1], audio_cfg,
+                        cfg.seed_min_length * cfg.seconds)
     seed, picks = seed_from_tensors(tensors, split, k, cfg.n_songs, rng, reading, songs,
-                                    cfg.seed_dynamics_db)
+                                    cfg.seed_dynamics_db, short)
     known = songs is not None and len(songs) == tensors.n_sequences(split)
     plays = song_plays(tensors, split, songs, picks) if book is not None and known else None
     cues = (section_cues(tensors.read(f"{split}x"), songs if known else None, picks, k, n_cues,

@@ -411,6 +411,51 @@ def test_the_seed_and_cue_settings_reach_the_draw_of_a_codebook_model(tmp_path):
     assert {2, 3} <= set(np.unique(cues))                           # the whole song
 
 
+def test_songs_too_short_to_grow_a_new_song_from_seed_only_after_the_longer_ones(tmp_path, caplog):
+    """generate.seed_min_length: a song shorter than that many new songs comes after every
+    longer song (a new song grown from it would replay it), and is still drawn when needed."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from stages.tensors import INDEX_SCHEMA
+    frames, book = four_level_book()
+    x = np.array([[0, 1, 0, 1], [1, 2, 1, 2], [0, 1, 0, 1], [0, 2, 0, 2], [1, 2, 1, 2],
+                  [0, 1, 0, 1]], np.int16)
+    tensors = save_tensors(tmp_path / "t", frames[x], frames[x], frames[x][:0], frames[x][:0],
+                           per_song=2)
+    # songs A and C end 104 frames in (1.21 s at hop 256 and 22.05 kHz), song B after its 4
+    rows = [dict(split="train", seq=q, song_id="ABC"[q // 2], start_block=100 * (q % 2) *
+                 (q // 2 != 1), row=q % 2) for q in range(6)]
+    pq.write_table(pa.Table.from_pylist(rows, schema=INDEX_SCHEMA), tensors.index_path)
+    codes = codebook.Codes(tmp_path / "codes")
+    codes.folder.mkdir()
+    np.save(codes.path("x"), x)
+    np.save(codes.path("y"), x)
+    files.write_json(codes.folder / "codebook.json", {"codes": 4, "digest": book.digest})
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    reading = generate.Reading(Normaliser(np.zeros(frames.shape[1]), np.ones(frames.shape[1])),
+                               book)
+    audio_cfg = AudioConfig(22050, 32768, 1024, "frames", 256)
+
+    def songs_drawn(seed: int, n_songs: int = 2, **change) -> list[str]:
+        cfg = dataclasses.replace(generate.GenerateConfig.from_params(params), seconds=0.5,
+                                  n_songs=n_songs, seed_blocks=2, seed_source="train", **change)
+        where = generate.choose_seeds(cfg, codes, audio_cfg, reading, np.random.default_rng(seed),
+                                      tensors.index_path)[1]
+        return [w["seed_song"] for w in where]
+
+    with caplog.at_level("INFO", logger="rawtune"):
+        drawn = [songs_drawn(s, seed_min_length=2) for s in range(12)]   # B: 0.05 s < 1 s
+    assert all(sorted(d) == ["A", "C"] for d in drawn)
+    assert "1 of 3 songs are shorter than 1 s and seed new songs only after every longer one" \
+        in caplog.text
+    assert all(songs_drawn(s, 3, seed_min_length=2)[2] == "B" for s in range(6))  # when needed
+    assert any("B" in songs_drawn(s, seed_min_length=0) for s in range(12))
+    assert any("B" in songs_drawn(s, seed_min_length=0.05) for s in range(12))  # 0.025 s: long
+    with caplog.at_level("INFO", logger="rawtune"):                  # every song as short
+        assert any("B" in songs_drawn(s, seed_min_length=10) for s in range(12))
+    assert "every song is shorter than 5 s, so all are drawn alike" in caplog.text
+
+
 @pytest.mark.parametrize("name, kwargs, layout", [
     ("seed.flac", dict(rate=44100, subtype="PCM_24"), "rfft"),
     ("seed stereo 48k.wav", dict(rate=48000, channels=2, subtype="PCM_16"), "rfft"),
@@ -535,6 +580,7 @@ def test_stale_tensors_are_refused_before_any_model_is_read(tmp_path):
     ("generate.cue_from", "chorus",
      "'generate.cue_from' is 'chorus'; allowed values are 'song', 'louder_half'"),
     ("generate.seed_dynamics_db", -1, "'generate.seed_dynamics_db'"),
+    ("generate.seed_min_length", "long", "'generate.seed_min_length' must be int or float"),
     ("generate.threads", -1, "'generate.threads'"),
     ("fft_blocks.fft", "dct", "'fft_blocks.fft' is 'dct'; allowed values are 'rfft', 'full', 'frames'"),
 ])
