@@ -371,20 +371,26 @@ def test_codebook_only_settings_asked_of_another_model_are_named():
     assert generate.ignored_settings(asked, "codebook") == []
 
 
+def codes_beside_frames(folder, x: np.ndarray, frames: np.ndarray, book) -> tuple:
+    """A codebook's training codes `x` (sequences of codes, 2 per song) and, as the tensors
+    stage writes them, the frames they code: (Tensors, Codes)."""
+    tensors = save_tensors(folder / "t", frames[x], frames[x], frames[x][:0], frames[x][:0],
+                           per_song=2)
+    codes = codebook.Codes(folder / "codes")
+    codes.folder.mkdir()
+    np.save(codes.path("x"), x)
+    np.save(codes.path("y"), x)
+    files.write_json(codes.folder / "codebook.json", {"codes": 4, "digest": book.digest})
+    return tensors, codes
+
+
 def test_the_seed_and_cue_settings_reach_the_draw_of_a_codebook_model(tmp_path):
     """generate.seed_dynamics_db and generate.cue_from, from params to the seeds and cues."""
     frames, book = four_level_book()                              # -9, -23, -37, -63 dBFS
     x = np.array([[0, 1, 0, 1], [3, 3, 2, 3],                       # song A: loud, then a fade
                   [1, 1, 1, 1], [1, 1, 1, 1],                       # song B: a drone
                   [0, 1, 0, 1], [0, 2, 0, 2]], np.int16)            # song C
-    as_frames = frames[x]
-    tensors = save_tensors(tmp_path / "t", as_frames, as_frames, as_frames[:0], as_frames[:0],
-                           per_song=2)
-    codes = codebook.Codes(tmp_path / "codes")
-    codes.folder.mkdir()
-    np.save(codes.path("x"), x)
-    np.save(codes.path("y"), x)
-    files.write_json(codes.folder / "codebook.json", {"codes": 4, "digest": book.digest})
+    tensors, codes = codes_beside_frames(tmp_path, x, frames, book)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     base = dataclasses.replace(generate.GenerateConfig.from_params(params), n_songs=2,
                                seed_blocks=2, seed_source="train")
@@ -420,17 +426,11 @@ def test_songs_too_short_to_grow_a_new_song_from_seed_only_after_the_longer_ones
     frames, book = four_level_book()
     x = np.array([[0, 1, 0, 1], [1, 2, 1, 2], [0, 1, 0, 1], [0, 2, 0, 2], [1, 2, 1, 2],
                   [0, 1, 0, 1]], np.int16)
-    tensors = save_tensors(tmp_path / "t", frames[x], frames[x], frames[x][:0], frames[x][:0],
-                           per_song=2)
+    tensors, codes = codes_beside_frames(tmp_path, x, frames, book)
     # songs A and C end 104 frames in (1.21 s at hop 256 and 22.05 kHz), song B after its 4
     rows = [dict(split="train", seq=q, song_id="ABC"[q // 2], start_block=100 * (q % 2) *
                  (q // 2 != 1), row=q % 2) for q in range(6)]
     pq.write_table(pa.Table.from_pylist(rows, schema=INDEX_SCHEMA), tensors.index_path)
-    codes = codebook.Codes(tmp_path / "codes")
-    codes.folder.mkdir()
-    np.save(codes.path("x"), x)
-    np.save(codes.path("y"), x)
-    files.write_json(codes.folder / "codebook.json", {"codes": 4, "digest": book.digest})
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     reading = generate.Reading(Normaliser(np.zeros(frames.shape[1]), np.ones(frames.shape[1])),
                                book)
