@@ -315,6 +315,18 @@ def source_body(x: np.ndarray, rate: int, seconds: float, th: Thresholds) -> dic
                 grows_from_smear_windows=int((tonal < th.smear_tonal).sum()))
 
 
+def typical_window_fails(body: dict, th: Thresholds) -> str:
+    """The check ("static" or "smear") that a song's median window (`source_body`) fails, with
+    its figures; "" when it passes both: what a new song grown from anywhere in it tends to
+    fail."""
+    dyn, tonal = body["grows_from_dynamics_db_median"], body["grows_from_tonal_median"]
+    if dyn < th.static_db:
+        return f"static (the median of its windows breathes {dyn:.1f} dB < {th.static_db:g})"
+    if tonal < th.smear_tonal:
+        return f"smear (the median of its windows is {tonal:.3f} tonal < {th.smear_tonal:g})"
+    return ""
+
+
 WINDOWS_FAILING = {"static": "grows_from_static_windows", "smear": "grows_from_smear_windows"}
 
 

@@ -20,11 +20,12 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
 
-from stages import audio, config, files, layouts, model as netlib
+from stages import audio, config, evaluate, files, layouts, model as netlib
 from stages.batches import Normaliser
 from stages.config import AudioConfig, UserError
 from stages.tensor_files import Tensors
@@ -36,6 +37,7 @@ FORMATS = ("wav", "mp3")
 CODE_FRAMES = ("nearest", "member", "centroid")
 PALETTES = ("song", "all")
 CUE_FROM = ("song", "louder_half")
+SEED_SONGS = ("passing", "any")
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class GenerateConfig:
     cue_from: str
     seed_dynamics_db: float
     seed_min_length: float
+    seed_songs: str
     threads: int
     level_glide: float
 
@@ -86,6 +89,7 @@ class GenerateConfig:
                   cue_from=p("cue_from", str, CUE_FROM),
                   seed_dynamics_db=float(p("seed_dynamics_db", (int, float), minimum=0)),
                   seed_min_length=float(p("seed_min_length", (int, float), minimum=0)),
+                  seed_songs=p("seed_songs", str, SEED_SONGS),
                   threads=p("threads", int, minimum=0),
                   level_glide=float(p("level_glide", (int, float), minimum=0)))
         if cfg.top_p > 1:
@@ -324,7 +328,8 @@ class Reading:
 
 def spread_picks(song_of_seq: list[str], n_songs: int, rng: np.random.Generator,
                  loudness: np.ndarray | None = None, dynamics: np.ndarray | None = None,
-                 min_dynamics_db: float = 0.0, short: set[str] | None = None) -> list[int]:
+                 min_dynamics_db: float = 0.0, short: set[str] | None = None,
+                 judge: Callable[[str], str] | None = None) -> list[int]:
     """n_songs sequence numbers, each from another song while there are songs left (then round
     again): new songs seeded from one song tend to sound alike. Songs are drawn in proportion to
     their length: a 6 s jingle is rarely the whole palette of a new 30 s song. With each
@@ -333,7 +338,9 @@ def spread_picks(song_of_seq: list[str], n_songs: int, rng: np.random.Generator,
     sequences breathe less than `min_dynamics_db` in the median (a drone, a pad) comes only after
     every song that breathes more: a new song grown from a drone is a drone. The songs in `short`
     (too short to grow a new song from without replaying them) come after every other song; a
-    song both still and short, last."""
+    song both still and short, last. With a `judge` (song id -> the check its body fails, "" if
+    none), the songs it fails come after every song it passes, each looked at only when the
+    draw reaches it."""
     by_song: dict[str, list[int]] = {}
     for seq, song in enumerate(song_of_seq):
         by_song.setdefault(song, []).append(seq)
@@ -356,7 +363,43 @@ def spread_picks(song_of_seq: list[str], n_songs: int, rng: np.random.Generator,
     sizes = np.array([len(s) for s in songs], float)
     order = np.concatenate([g[rng.choice(len(g), size=len(g), replace=False,
                                          p=sizes[g] / sizes[g].sum())] for g in groups])
+    if judge is not None:
+        order = passing_first(order, [names[i] for i in order], judge, min(n_songs, len(songs)))
     return [int(rng.choice(songs[order[i % len(songs)]])) for i in range(n_songs)]
+
+
+def passing_first(order: np.ndarray, names: list[str], judge: Callable[[str], str],
+                  needed: int) -> np.ndarray:
+    """`order` with the songs `judge` fails moved after those it passes (each keeping its
+    place among its kind), judging songs in order only until `needed` of them pass."""
+    passing: list[int] = []
+    failing: list[int] = []
+    for k, (i, name) in enumerate(zip(order, names)):
+        (failing if judge(name) else passing).append(int(i))
+        if len(passing) == needed:
+            return np.array(passing + failing + [int(j) for j in order[k + 1:]])
+    return np.array(passing + failing)
+
+
+def source_judge(npy: Path, rate: int, seconds: float, th: "evaluate.Thresholds",
+                 names: dict[str, str] | None = None) -> Callable[[str], str]:
+    """song id -> the check ("static ...", "smear ...") that its median window as long as a new
+    song fails on `evaluate`'s bars, "" when it passes (or its audio is not in `npy`): a new
+    song grown from anywhere in a song that is static through most of its length is static.
+    Each song is read once, when first asked about; a failing one is logged by its file name."""
+    known: dict[str, str] = {}
+
+    def judge(song: str) -> str:
+        if song not in known:
+            path = npy / f"{song}.npy"
+            known[song] = "" if not path.is_file() else evaluate.typical_window_fails(
+                evaluate.source_body(np.asarray(np.load(path, mmap_mode="r"), np.float64), rate,
+                                     seconds, th), th)
+            if known[song]:
+                log.info("generate.seed_songs: %s is %s; new songs grow from it only after every "
+                         "song that passes", (names or {}).get(song, song), known[song])
+        return known[song]
+    return judge
 
 
 def louder_half(seqs: list[int], level: np.ndarray) -> list[int]:
@@ -367,11 +410,12 @@ def louder_half(seqs: list[int], level: np.ndarray) -> list[int]:
 
 def seed_from_tensors(tensors, split: str, k: int, n_songs: int, rng: np.random.Generator,
                       reading: Reading, song_of_seq: list[str] | None = None,
-                      min_dynamics_db: float = 0.0, short: set[str] | None = None
-                      ) -> tuple[np.ndarray, list[int]]:
+                      min_dynamics_db: float = 0.0, short: set[str] | None = None,
+                      judge: Callable[[str], str] | None = None) -> tuple[np.ndarray, list[int]]:
     """The first k blocks (or codes) of n_songs sequences drawn at random, from as many different
     songs as there are (`song_of_seq`: each sequence's song), songs that breathe less than
-    `min_dynamics_db` (codebook models) or are in `short` last, as the model reads them;
+    `min_dynamics_db` (codebook models) or are in `short` last, and those `judge` fails (see
+    `spread_picks`), as the model reads them;
     `tensors` is the data the model trained on (a `Tensors`, or a codebook's `Codes`)."""
     x = tensors.read(f"{split}x")
     if x.shape[0] == 0:
@@ -384,7 +428,7 @@ def seed_from_tensors(tensors, split: str, k: int, n_songs: int, rng: np.random.
     if song_of_seq is not None and len(song_of_seq) == x.shape[0]:
         picks = spread_picks(song_of_seq, n_songs, rng, loudness(x[:, :k], reading),
                              dynamics(x, reading) if min_dynamics_db > 0 else None,
-                             min_dynamics_db, short)
+                             min_dynamics_db, short, judge)
     else:
         picks = rng.choice(x.shape[0], size=n_songs, replace=x.shape[0] < n_songs).tolist()
     return as_read(np.asarray(x[picks, :k]), reading), picks
@@ -513,12 +557,14 @@ def song_plays(tensors, split: str, song_of_seq: list[str], picks: list[int]) ->
 
 
 def choose_seeds(cfg: GenerateConfig, tensors, audio_cfg: AudioConfig, reading: Reading,
-                 rng: np.random.Generator, index_path: Path, n_cues: int = 0
+                 rng: np.random.Generator, index_path: Path, n_cues: int = 0,
+                 judge: Callable[[str], str] | None = None
                  ) -> tuple[np.ndarray, list[dict], np.ndarray | None, np.ndarray | None]:
     """The seeds as the model reads them (n_songs, seed_blocks[, features]), where each came
     from ({"seed": "train sequence 12", "seed_song": its song id where known}), for a codebook model how often each code plays in each seed's whole song (n_songs,
     n_codes; None where the songs are not known), and `n_cues` cues per song for its later
-    sections, from the same song or file (None when none are asked for)."""
+    sections, from the same song or file (None when none are asked for). `judge`: see
+    `spread_picks`."""
     book, k = reading.book, cfg.seed_blocks
     if cfg.seed_source == "file":
         inputs = file_inputs(cfg.seed_file, k, audio_cfg, reading)
@@ -536,7 +582,7 @@ def choose_seeds(cfg: GenerateConfig, tensors, audio_cfg: AudioConfig, reading: 
     short = short_songs(rows, tensors.read(f"{split}x").shape[1], audio_cfg,
                         cfg.seed_min_length * cfg.seconds)
     seed, picks = seed_from_tensors(tensors, split, k, cfg.n_songs, rng, reading, songs,
-                                    cfg.seed_dynamics_db, short)
+                                    cfg.seed_dynamics_db, short, judge)
     known = songs is not None and len(songs) == tensors.n_sequences(split)
     plays = song_plays(tensors, split, songs, picks) if book is not None and known else None
     cues = (section_cues(tensors.read(f"{split}x"), songs if known else None, picks, k, n_cues,
@@ -775,7 +821,8 @@ def main(args) -> None:
     n_steps = steps_for(cfg.seconds, audio_cfg)
     section_steps, n_cues = sections_for(cfg, n_steps, audio_cfg)
     seed, seeds, plays, cues = choose_seeds(cfg, src.arrays, audio_cfg, src.reading, rng,
-                                            tensors.index_path, n_cues)
+                                            tensors.index_path, n_cues,
+                                            seed_judge(cfg, params, args, audio_cfg))
     palettes = plays > 0 if plays is not None and cfg.palette == "song" else None
     silent = None
     if src.reading.book is not None:        # the training songs' codes where no song is known
@@ -812,6 +859,20 @@ def main(args) -> None:
     log_to_run(params, summary, out_dir, Path(args.train_metrics))
 
 
+def seed_judge(cfg: GenerateConfig, params: dict, args, audio_cfg: AudioConfig
+               ) -> Callable[[str], str] | None:
+    """The judge of the songs new songs may grow from (`generate.seed_songs: passing`): their
+    audio in `args.npy`, named by the manifest's file names; None for `any`."""
+    if cfg.seed_songs != "passing":
+        return None
+    manifest = Path(args.manifest)
+    names = ({r["id"]: Path(r["path"]).name for r in
+              files.read_parquet(manifest, ["id", "path"]).to_pylist()}
+             if manifest.is_file() else None)
+    return source_judge(Path(args.npy), audio_cfg.sample_rate, cfg.seconds,
+                        evaluate.Thresholds.from_params(params), names)
+
+
 def build_parser():
     parser = config.stage_parser(__doc__)
     parser.add_argument("--data", default="data/processed",
@@ -821,6 +882,12 @@ def build_parser():
                              "(default: params.yaml generate.model)")
     parser.add_argument("--codebook", default="data/codebook",
                         help="the codebook stage's folder, for codebook models (default: "
+                             "%(default)s)")
+    parser.add_argument("--npy", default="data/interim/npy",
+                        help="the songs' audio (wav_to_npy's folder), to judge the songs new songs "
+                             "grow from (default: %(default)s)")
+    parser.add_argument("--manifest", default="data/interim/manifest.parquet",
+                        help="decode's table of the songs, for their file names (default: "
                              "%(default)s)")
     parser.add_argument("--out", default="data/generated", help="output folder (default: %(default)s)")
     parser.add_argument("--metrics", default="metrics/generate.json",

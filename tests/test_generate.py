@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 import yaml
-from stages import (audio, codebook, decode, fft_blocks, files, generate, layouts, model as netlib,
-                    wav_to_npy)
+from stages import (audio, codebook, decode, evaluate, fft_blocks, files, generate, layouts,
+                    model as netlib, wav_to_npy)
 from stages.batches import Normaliser
 from stages.config import AudioConfig, UserError
 from tests.conftest import (ROOT, assert_one_line_error, run, run_stage, save_tensors, set_params,
@@ -456,6 +456,67 @@ def test_songs_too_short_to_grow_a_new_song_from_seed_only_after_the_longer_ones
     assert "every song is shorter than 5 s, so all are drawn alike" in caplog.text
 
 
+def test_a_song_static_or_smear_through_most_of_its_length_seeds_only_after_those_that_pass(
+        tmp_path, caplog):
+    """generate.seed_songs: passing: the songs whose median window fails evaluate's static or
+    smear bar, judged on their audio, seed new songs after every song that passes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from stages import synth
+    from stages.tensors import INDEX_SCHEMA
+    frames, book = four_level_book()
+    x = np.array([[0, 1, 0, 1]] * 6, np.int16)
+    tensors, codes = codes_beside_frames(tmp_path, x, frames, book)
+    rows = [dict(split="train", seq=q, song_id="ABC"[q // 2], start_block=0, row=q % 2)
+            for q in range(6)]
+    pq.write_table(pa.Table.from_pylist(rows, schema=INDEX_SCHEMA), tensors.index_path)
+    rate, n = 22050, 22050 * 6
+    t = np.arange(n) / rate
+    bursts = np.random.default_rng(0).normal(0, 0.2, n) * (np.sin(2 * np.pi * t) > 0)
+    npy = tmp_path / "npy"
+    npy.mkdir()
+    for song, samples in (("A", synth.make_song(3, 6, rate).mean(axis=1)),     # music
+                          ("B", 0.3 * np.sin(2 * np.pi * 220 * t)),             # a drone
+                          ("C", bursts)):                                       # noise bursts
+        np.save(npy / f"{song}.npy", samples.astype(np.float32))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    th = evaluate.Thresholds.from_params(params)
+    judge = generate.source_judge(npy, rate, 2.0, th, {"B": "drone.ogg", "C": "bursts.ogg"})
+    with caplog.at_level("INFO", logger="rawtune"):
+        assert judge("A") == "" and judge("B").startswith("static") \
+            and judge("C").startswith("smear")
+    assert "generate.seed_songs: drone.ogg is static (the median of its windows breathes" in \
+        caplog.text and "bursts.ogg is smear (the median of its windows is 0.0" in caplog.text
+    reading = generate.Reading(Normaliser(np.zeros(frames.shape[1]), np.ones(frames.shape[1])),
+                               book)
+    audio_cfg = AudioConfig(rate, 32768, 1024, "frames", 256)
+
+    def songs_drawn(seed: int, n_songs: int, seed_songs: str) -> list[str]:
+        cfg = dataclasses.replace(generate.GenerateConfig.from_params(params), seconds=2.0,
+                                  n_songs=n_songs, seed_blocks=2, seed_source="train",
+                                  seed_songs=seed_songs)
+        judged = generate.source_judge(npy, rate, 2.0, th) if seed_songs == "passing" else None
+        where = generate.choose_seeds(cfg, codes, audio_cfg, reading,
+                                      np.random.default_rng(seed), tensors.index_path,
+                                      judge=judged)[1]
+        return [w["seed_song"] for w in where]
+
+    assert all(songs_drawn(s, 1, "passing") == ["A"] for s in range(8))
+    assert all(songs_drawn(s, 3, "passing")[0] == "A" for s in range(8))  # B, C when needed
+    assert {songs_drawn(s, 1, "any")[0] for s in range(12)} > {"A"}
+
+
+def test_songs_are_judged_in_the_draws_order_only_until_enough_pass():
+    judged = []
+
+    def judge(name):
+        judged.append(name)
+        return "static" if name == "b" else ""
+    order = generate.passing_first(np.array([0, 1, 2, 3]), list("abcd"), judge, 2)
+    assert order.tolist() == [0, 2, 1, 3] and judged == ["a", "b", "c"]
+    assert generate.passing_first(np.array([1, 0]), list("ba"), judge, 2).tolist() == [0, 1]
+
+
 @pytest.mark.parametrize("name, kwargs, layout", [
     ("seed.flac", dict(rate=44100, subtype="PCM_24"), "rfft"),
     ("seed stereo 48k.wav", dict(rate=48000, channels=2, subtype="PCM_16"), "rfft"),
@@ -581,6 +642,7 @@ def test_stale_tensors_are_refused_before_any_model_is_read(tmp_path):
      "'generate.cue_from' is 'chorus'; allowed values are 'song', 'louder_half'"),
     ("generate.seed_dynamics_db", -1, "'generate.seed_dynamics_db'"),
     ("generate.seed_min_length", "long", "'generate.seed_min_length' must be int or float"),
+    ("generate.seed_songs", "all", "'generate.seed_songs' is 'all'; allowed values are 'passing'"),
     ("generate.threads", -1, "'generate.threads'"),
     ("fft_blocks.fft", "dct", "'fft_blocks.fft' is 'dct'; allowed values are 'rfft', 'full', 'frames'"),
 ])
