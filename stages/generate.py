@@ -4,6 +4,10 @@ The trained network's own layers are stepped one block at a time carrying the re
 (each LSTM/GRU layer's cell, inside one `tf.function`), so a song of n blocks costs n steps; the
 seed re-predicted the whole growing sequence for every new block. The state is first warmed up
 on `seed_blocks` blocks of a training or validation sequence, or of the user's own audio file.
+Each new song's seed comes from another song while there are songs left; songs too short to grow
+a new song from without replaying them (`seed_min_length`), and songs whose typical stretch is
+`static` or a `smear` by `evaluate`'s own bars, judged on their audio (`seed_songs`), seed new
+songs only after the others.
 Predicted blocks are de-normalised with the training mean/variance, turned back into samples with
 the inverse of the data's layout (`stages/layouts.py`), joined (optionally cross-faded), clipped to [-1, 1] (the clipped
 fraction is logged; never an int16 wrap-around) and written as 16-bit WAV, atomically, with a
