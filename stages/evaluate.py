@@ -378,8 +378,7 @@ def add_sources(results: list[dict], real: list[dict], made: dict, npy: Path, ra
                       **vs_source(result, source))
         if source["song"] not in bodies:
             x = np.load(npy / f"{source['song']}.npy", mmap_mode="r", allow_pickle=False)
-            bodies[source["song"]] = source_body(np.asarray(x, np.float64), rate,
-                                                 float(made.get("seconds", 30.0)), th)
+            bodies[source["song"]] = source_body(x, rate, float(made.get("seconds", 30.0)), th)
         result.update(bodies[source["song"]])
         result["dynamics_db_vs_source_body"] = round(
             result["dynamics_db"] - result["grows_from_dynamics_db_median"], 2)

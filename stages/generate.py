@@ -397,7 +397,7 @@ def source_judge(npy: Path, rate: int, seconds: float, th: "evaluate.Thresholds"
         if song not in known:
             path = npy / f"{song}.npy"
             known[song] = "" if not path.is_file() else evaluate.typical_window_fails(
-                evaluate.source_body(np.asarray(np.load(path, mmap_mode="r"), np.float64), rate,
+                evaluate.source_body(np.load(path, mmap_mode="r", allow_pickle=False), rate,
                                      seconds, th), th)
             if known[song]:
                 log.info("generate.seed_songs: %s is %s; new songs grow from it only after every "

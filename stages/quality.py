@@ -29,6 +29,7 @@ FRAME, HOP = 2048, 1024
 N_MELS, FMIN, FMAX = 64, 30.0, 11000.0
 TEXTURE_FRAMES, COARSE = 43, 4
 PASSAGE_FRAMES = 22
+SLICE_FRAMES = 4096     # frames per slice of a whole song (~190 s: 64 MB of float64 frames)
 SILENT_DBFS = layouts.SILENT_DBFS
 EPS = 1e-10
 
@@ -41,6 +42,20 @@ def frames(x: np.ndarray, frame: int = FRAME, hop: int = HOP) -> np.ndarray:
     return np.lib.stride_tricks.sliding_window_view(x, frame)[::hop]
 
 
+def n_frames(x: np.ndarray, frame: int = FRAME, hop: int = HOP) -> int:
+    """How many frames `frames` cuts from x."""
+    return 1 if len(x) < frame else (len(x) - frame) // hop + 1
+
+
+def frame_slices(x: np.ndarray, size: int | None = None, frame: int = FRAME, hop: int = HOP):
+    """Consecutive stretches of x whose `frames` are x's own, `size` (SLICE_FRAMES) frames at a
+    time: a whole song's frame figures without all its frames in memory at once (an hour-long
+    song's frames are 1.2 GB of float64; x may be a float32 memory map)."""
+    n, size = n_frames(x, frame, hop), size or SLICE_FRAMES
+    for a in range(0, n, size):
+        yield x[a * hop:(min(n, a + size) - 1) * hop + frame]
+
+
 def power_frames(x: np.ndarray, frame: int = FRAME, hop: int = HOP) -> np.ndarray:
     """(n_frames, frame // 2 + 1) power spectra of Hann-windowed frames."""
     hann = np.hanning(frame + 1)[:-1]        # periodic, as scipy.signal's "hann" (not imported:
@@ -50,7 +65,8 @@ def power_frames(x: np.ndarray, frame: int = FRAME, hop: int = HOP) -> np.ndarra
 
 def frame_dbfs(x: np.ndarray, frame: int = FRAME, hop: int = HOP) -> np.ndarray:
     """RMS level of each frame in dBFS (a full-scale sine is -3 dBFS)."""
-    return 10 * np.log10((frames(x, frame, hop) ** 2).mean(axis=1) + EPS)
+    return np.concatenate([10 * np.log10((frames(part, frame, hop) ** 2).mean(axis=1) + EPS)
+                           for part in frame_slices(x, frame=frame, hop=hop)])
 
 
 def mel_filterbank(rate: int, n_fft: int = FRAME, n_mels: int = N_MELS, fmin: float = FMIN,
@@ -157,27 +173,32 @@ def tonal_chunks(x: np.ndarray, rate: int, seconds: float = 0.25, lo: float = 60
                  hi: float = 5000.0, db_above: float = 6.0, neighbourhood_hz: float = 200.0,
                  frame_db: np.ndarray | None = None) -> np.ndarray:
     """`tonal_fraction` of each ~0.25 s chunk in turn (nan where a chunk is all silence);
-    `frame_db`: `frame_dbfs(x)`, when the caller has it already."""
-    power = power_frames(x)
+    `frame_db`: `frame_dbfs(x)`, when the caller has it already. A whole song is taken a slice
+    of whole chunks at a time."""
     per = chunk_frames(rate, seconds)
     freqs = np.fft.rfftfreq(FRAME, 1 / rate)
     band = (freqs >= lo) & (freqs <= hi)
     width = max(3, int(neighbourhood_hz / (rate / FRAME)) | 1)
-    loud = (frame_dbfs(x) if frame_db is None else frame_db)[:len(power)] > SILENT_DBFS
-    fractions = np.full(max(0, (len(power) - per) // per + 1), np.nan)
-    for i, start in enumerate(range(0, len(power) - per + 1, per)):
-        if not loud[start:start + per].any():
-            continue
-        db = 10 * np.log10(power[start:start + per].mean(axis=0) + EPS)
-        local = median_filter(db, size=width, mode="nearest")
-        fractions[i] = float(((db - local) >= db_above)[band].mean())
+    n = n_frames(x)
+    loud = (frame_dbfs(x) if frame_db is None else frame_db)[:n] > SILENT_DBFS
+    fractions = np.full(max(0, (n - per) // per + 1), np.nan)
+    size = per * max(1, SLICE_FRAMES // per)
+    for first, part in zip(range(0, n, size), frame_slices(x, size)):
+        power = power_frames(part)
+        for start in range(first, first + len(power) - per + 1, per):
+            if not loud[start:start + per].any():
+                continue
+            db = 10 * np.log10(power[start - first:start - first + per].mean(axis=0) + EPS)
+            local = median_filter(db, size=width, mode="nearest")
+            fractions[start // per] = float(((db - local) >= db_above)[band].mean())
     return fractions
 
 
 def window_figures(x: np.ndarray, rate: int, seconds: float, step_s: float) -> dict:
     """Dynamics and tonal fraction of each `seconds`-long window of a whole song, one window
     every `step_s` (one window when the song is shorter): how the body of a song, not only its
-    start, would be judged. Returns {"dynamics_db": array, "tonal_fraction": array}."""
+    start, would be judged, a slice of its frames at a time (x may be a float32 memory map).
+    Returns {"dynamics_db": array, "tonal_fraction": array}."""
     db = frame_dbfs(x)
     chunks, per = tonal_chunks(x, rate, frame_db=db), chunk_frames(rate)
     width = max(1, int(seconds * rate / HOP))

@@ -261,6 +261,32 @@ def test_a_still_body_behind_a_lively_intro_is_seen_in_its_windows(thresholds):
         "; so are 4 of the 9 windows of song.ogg it grew from", False)     # not its typical stretch
     assert evaluate.like_its_source(dict(result, verdict="ok")) == ("", False)
     assert evaluate.like_its_source(dict(result, verdict="smear")) == ("", False)   # tonal windows
+    assert evaluate.typical_window_fails(body_fig, thresholds).startswith(
+        "static (the median of its windows breathes")
+
+
+def test_a_whole_songs_frame_figures_a_slice_at_a_time_are_those_of_all_at_once(monkeypatch):
+    """A whole song's levels and tonal chunks are computed a few thousand frames at a time (an
+    hour-long song's frames would be 1.2 GB); slices of 5 frames give the same numbers bit for
+    bit as one slice of the whole song, from float64 or from the float32 a memory map holds."""
+    rate = 8000
+    t = np.arange(50 * rate + 777) / rate
+    x = np.sin(2 * np.pi * 440 * t) * (1 + np.sin(2 * np.pi * 0.3 * t)) / 3
+    x[5 * rate:7 * rate] = 0                                        # a silent stretch
+    x32 = x.astype(np.float32)
+    monkeypatch.setattr(quality, "SLICE_FRAMES", 10 ** 9)
+    whole = (quality.frame_dbfs(x32), quality.tonal_chunks(x32, rate),
+             quality.window_figures(x32, rate, 10, 5))
+    monkeypatch.setattr(quality, "SLICE_FRAMES", 5)
+    for y in (x32, x32.astype(np.float64)):
+        assert np.array_equal(quality.frame_dbfs(y), whole[0])
+        assert len(whole[0]) == quality.n_frames(y) == (len(y) - quality.FRAME) // quality.HOP + 1
+        assert np.array_equal(quality.tonal_chunks(y, rate), whole[1], equal_nan=True)
+        assert np.isnan(whole[1]).any() and (whole[1][np.isfinite(whole[1])] > 0).all()
+        figures = quality.window_figures(y, rate, 10, 5)
+        assert all(np.array_equal(figures[k], whole[2][k]) for k in whole[2])
+    short = x32[:1000]                                               # shorter than one frame
+    assert quality.frame_dbfs(short).shape == (1,) and quality.n_frames(short) == 1
 
 
 def test_a_stretch_played_over_and_over_is_a_loop(reference, thresholds):
