@@ -51,7 +51,7 @@ class CodebookConfig:
 
     @classmethod
     def from_params(cls, params: dict) -> "CodebookConfig":
-        p = config.section(params, "codebook")
+        p = config.section(params, "codebook", cls)
         return cls(codes=p("codes", int, minimum=2, below=2 ** 15),     # stored as int16
                    frames_per_code=p("frames_per_code", int, minimum=1),
                    max_frames=p("max_frames", int, minimum=2),

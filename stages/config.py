@@ -75,8 +75,17 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def section(params: dict, name: str) -> Callable[..., Any]:
-    """`param` for the keys of one params.yaml section: section(params, "train")("epochs", int)."""
+def section(params: dict, name: str, fields_of: type | None = None) -> Callable[..., Any]:
+    """`param` for the keys of one params.yaml section: section(params, "train")("epochs", int).
+    With `fields_of`, a dataclass whose fields are the section's keys, every missing key is named
+    in one sentence at once (a params.yaml from before several keys existed), not one per run."""
+    node = params.get(name) if isinstance(params, dict) else None
+    if fields_of is not None and isinstance(node, dict):
+        missing = [f"'{name}.{f.name}'" for f in fields(fields_of) if f.name not in node]
+        if len(missing) > 1:
+            raise UserError(f"params.yaml has no values for {', '.join(missing[:-1])} and "
+                            f"{missing[-1]}; add them (README, \"Parameters that matter\", gives "
+                            "each one's default).")
     return lambda key, *args, **checks: param(params, f"{name}.{key}", *args, **checks)
 
 

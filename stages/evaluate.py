@@ -47,7 +47,7 @@ class Thresholds:
 
     @classmethod
     def from_params(cls, params: dict) -> "Thresholds":
-        p = config.section(params, "evaluate")
+        p = config.section(params, "evaluate", cls)
         return cls(**{k: float(p(k, (int, float))) for k in cls.__dataclass_fields__})
 
 

@@ -74,7 +74,7 @@ class GenerateConfig:
 
     @classmethod
     def from_params(cls, params: dict) -> "GenerateConfig":
-        p = config.section(params, "generate")
+        p = config.section(params, "generate", cls)
         seconds = p("seconds", (int, float), above=0)
         cfg = cls(model=p("model", str), seconds=float(seconds), n_songs=p("n_songs", int, minimum=1),
                   seed_source=p("seed_source", str, SEED_SOURCES), seed_file=p("seed_file", str),

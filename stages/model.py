@@ -140,7 +140,7 @@ class ModelConfig:
 
     @classmethod
     def from_params(cls, params: dict) -> "ModelConfig":
-        p = config.section(params, "train")
+        p = config.section(params, "train", cls)
         dropout = p("dropout", (int, float), minimum=0, below=1)
         lr = p("learning_rate", (int, float), above=0)
         return cls(family=p("family", str, FAMILIES), cell=p("cell", str, CELLS), hidden=p("hidden", int, minimum=1),

@@ -169,7 +169,7 @@ class TensorsConfig:
 
     @classmethod
     def from_params(cls, params: dict) -> "TensorsConfig":
-        p = config.section(params, "tensors")
+        p = config.section(params, "tensors", cls)
         val_fraction = p("val_fraction", (int, float), minimum=0, below=1)
         return cls(max_seq_len=p("max_seq_len", int, minimum=1), val_fraction=val_fraction,
                    split_seed=p("split_seed", int),

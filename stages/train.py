@@ -44,7 +44,7 @@ class TrainConfig:
 
     @classmethod
     def from_params(cls, params: dict) -> "TrainConfig":
-        p = config.section(params, "train")
+        p = config.section(params, "train", cls)
         return cls(batch_size=p("batch_size", int, minimum=1), epochs=p("epochs", int, minimum=1),
                    patience=p("patience", int, minimum=0),
                    shuffle_seed=p("shuffle_seed", int), seed=p("seed", int),

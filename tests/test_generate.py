@@ -655,6 +655,23 @@ def test_bad_generate_params_are_one_sentence(tmp_path, key, value, sentence):
     assert sentence in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_a_params_file_missing_several_keys_names_them_all_in_one_sentence(tmp_path):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for key in ("level_glide", "seed_songs", "seed_min_length"):      # added over time
+        del params["generate"][key]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = run_stage("generate", ["--params", str(path)], tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert ("params.yaml has no values for 'generate.seed_min_length', 'generate.seed_songs' and "
+            "'generate.level_glide'; add them") in proc.stderr
+    params["generate"]["seed_songs"], params["generate"]["seed_min_length"] = "passing", 2
+    path.write_text(yaml.safe_dump(params, sort_keys=False))        # one missing: as before
+    proc = run_stage("generate", ["--params", str(path)], tmp_path, check=False)
+    assert proc.stderr.strip() == "error: params.yaml has no value for 'generate.level_glide'."
+
+
 @pytest.mark.slow
 def test_no_trained_model_is_one_sentence_never_random_weights(trained, tmp_path):
     proc = run_stage("generate", ["--model", str(tmp_path / "missing.keras"),
