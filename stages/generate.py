@@ -869,10 +869,8 @@ def seed_judge(cfg: GenerateConfig, params: dict, args, audio_cfg: AudioConfig
     audio in `args.npy`, named by the manifest's file names; None for `any`."""
     if cfg.seed_songs != "passing":
         return None
-    manifest = Path(args.manifest)
-    names = ({r["id"]: Path(r["path"]).name for r in
-              files.read_parquet(manifest, ["id", "path"]).to_pylist()}
-             if manifest.is_file() else None)
+    names = {song: Path(path).name for song, path in
+             evaluate.song_names(Path(args.manifest)).items()}
     return source_judge(Path(args.npy), audio_cfg.sample_rate, cfg.seconds,
                         evaluate.Thresholds.from_params(params), names)
 
