@@ -5,8 +5,10 @@ sequence for each new block), side by side in one run, at the model and audio of
 
 Real-time factor = seconds of audio produced (all `generate.n_songs` songs of one call, made
 together as a batch) per wall second, with what `generate` does to make samples: the codebook's
-frames and Griffin-Lim phase reconstruction for frames, the inverse FFT for blocks. Weights are
-random: speed does not depend on them.
+frames and Griffin-Lim phase reconstruction for frames, the inverse FFT for blocks, and
+`generate.match_tonal` and `match_dynamics` as if every song had to be a third more tonal and
+breathe half as much again as it was drawn (`AsIf`). Weights are random: speed does not depend on
+them.
 
     python bench/generate.py                 # 30 s and 60 s ours, 60 s the seed's way
     python bench/generate.py --seed-seconds 0
@@ -27,11 +29,30 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stages import config, generate, layouts, model as netlib  # noqa: E402
+from stages import config, generate, layouts, model as netlib, quality  # noqa: E402
 
 
-def ours(src, seed: np.ndarray, seconds: float, gen) -> tuple[float, float]:
-    """(wall seconds, of which the network) for one call of generate's own path."""
+class AsIf:
+    """Stands in for generate's `SourceBodies`: every song's source half again as lively and a
+    third more tonal than the song, so that every song goes through `generate.match_dynamics`
+    and `match_tonal` (on real music about half the songs need one of them, most by less)."""
+
+    def __init__(self, songs: np.ndarray, rate: int):
+        self.figures = {str(i): dict(grows_from_tonal_median=1.3 * quality.tonal_fraction(x, rate),
+                                     grows_from_dynamics_db_median=1.5 * quality.dynamics_db(x))
+                        for i, x in enumerate(songs)}
+
+    def body(self, song: str) -> dict:
+        return self.figures[song]
+
+    def name(self, song: str) -> str:
+        return song
+
+
+def ours(src, seed: np.ndarray, seconds: float, gen, sources: dict | None = None
+         ) -> tuple[float, float, np.ndarray]:
+    """(wall seconds, of which the network, the songs) for one call of generate's own path;
+    `sources`: an `AsIf` per length, once the songs of that length are known."""
     t = time.perf_counter()
     rng = np.random.default_rng(0)
     palettes = silent = None
@@ -49,8 +70,11 @@ def ours(src, seed: np.ndarray, seconds: float, gen) -> tuple[float, float]:
                                     levels=None if book is None else generate.code_levels(
                                         src.reading), glide=gen.level_glide)
     network = time.perf_counter() - t
-    generate.to_samples(made, src, dataclasses.replace(gen, seconds=seconds), rng)
-    return time.perf_counter() - t, network
+    songs = generate.to_samples(made, src, dataclasses.replace(gen, seconds=seconds), rng)
+    if sources is not None and seconds in sources:     # as the stage: like the songs they grew from
+        generate.like_sources(songs, [dict(seed_song=str(i)) for i in range(len(songs))],
+                              sources[seconds], gen, src.audio.sample_rate)
+    return time.perf_counter() - t, network, songs
 
 
 def seeds_way(model, seed: np.ndarray, n_blocks: int, layout: str, block: int) -> float:
@@ -109,7 +133,8 @@ def main() -> None:
     keras.utils.set_random_seed(0)
     src, seed, model = random_source(cfg, audio, gen, n_feat)
 
-    cold, _ = ours(src, seed, args.seconds[0], gen)                     # traces the graphs
+    cold = ours(src, seed, args.seconds[0], gen)[0]                     # traces the graphs
+    sources = {s: AsIf(ours(src, seed, s, gen)[2], audio.sample_rate) for s in args.seconds}
     print(f"{cfg.family} model, {cfg.cell} {cfg.hidden} x {cfg.layers}, {n_feat} "
           f"{'codes' if cfg.family == 'codebook' else 'features'}, {layout} layout "
           f"({block} / hop {audio.hop} at {audio.sample_rate} Hz), {n_songs} songs per call, "
@@ -119,7 +144,7 @@ def main() -> None:
     rows, timings = {}, {s: [] for s in args.seconds}
     for _ in range(args.repeats):      # lengths interleaved: a busy moment hits each alike
         for s in args.seconds:
-            timings[s].append(ours(src, seed, s, gen))
+            timings[s].append(ours(src, seed, s, gen, sources)[:2])
     for s in args.seconds:
         wall, network = min(timings[s])
         rows[s] = dict(seconds=s, wall_s=round(wall, 3), network_s=round(network, 3),

@@ -7,7 +7,9 @@ on `seed_blocks` blocks of a training or validation sequence, or of the user's o
 Each new song's seed comes from another song while there are songs left; songs too short to grow
 a new song from without replaying them (`seed_min_length`), and songs whose typical stretch is
 `static` or a `smear` by `evaluate`'s own bars, judged on their audio (`seed_songs`), seed new
-songs only after the others.
+songs only after the others. A new song that breathes less than the song it grows from (its
+frame levels' p90 - p10 against that song's median stretch) is spread around its median level
+until it breathes as much (`match_dynamics`; an expander, its loud frames held under full scale).
 Predicted blocks are de-normalised with the training mean/variance, turned back into samples with
 the inverse of the data's layout (`stages/layouts.py`), joined (optionally cross-faded), clipped to [-1, 1] (the clipped
 fraction is logged; never an int16 wrap-around) and written as 16-bit WAV, atomically, with a
@@ -27,9 +29,10 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from scipy import ndimage, signal
 from tqdm import tqdm
 
-from stages import audio, config, evaluate, files, layouts, model as netlib
+from stages import audio, config, evaluate, files, layouts, model as netlib, quality
 from stages.batches import Normaliser
 from stages.config import AudioConfig, UserError
 from stages.tensor_files import Tensors
@@ -71,6 +74,8 @@ class GenerateConfig:
     seed_songs: str
     threads: int
     level_glide: float
+    match_dynamics: float
+    match_tonal: float
 
     @classmethod
     def from_params(cls, params: dict) -> "GenerateConfig":
@@ -95,7 +100,9 @@ class GenerateConfig:
                   seed_min_length=float(p("seed_min_length", (int, float), minimum=0)),
                   seed_songs=p("seed_songs", str, SEED_SONGS),
                   threads=p("threads", int, minimum=0),
-                  level_glide=float(p("level_glide", (int, float), minimum=0)))
+                  level_glide=float(p("level_glide", (int, float), minimum=0)),
+                  match_dynamics=float(p("match_dynamics", (int, float), minimum=0)),
+                  match_tonal=float(p("match_tonal", (int, float), minimum=0)))
         if cfg.top_p > 1:
             raise UserError(f"params.yaml 'generate.top_p' must be at most 1, got {cfg.top_p!r}.")
         if cfg.seed_source == "file" and not cfg.seed_file:
@@ -307,6 +314,136 @@ def peak_safe(samples: np.ndarray) -> tuple[np.ndarray, float]:
     return np.clip(samples, -1.0, 1.0).astype(np.float32), float(over.mean()) if len(samples) else 0.0
 
 
+MAX_STRETCH = 3.0     # generate.match_dynamics spreads a song's frame levels at most this much
+
+
+def breathe(samples: np.ndarray, target_db: float, db: np.ndarray | None = None
+            ) -> tuple[np.ndarray, float]:
+    """`samples` whose frame levels (evaluate's frames) spread at least `target_db` (p90 - p10):
+    each frame's level is moved away from the song's median level, k times as far as it was
+    (k <= MAX_STRETCH), by a gain gliding from frame centre to frame centre, like an expander.
+    No frame is raised past full scale (a limiter, so the song keeps its level; scaling the
+    whole song down instead cost up to 4 dB of level and moved its frames away from the real
+    songs'). Returns the samples and k (1.0: unchanged, the song already breathes that much)."""
+    f, hop = quality.FRAME, quality.HOP
+    db = quality.frame_dbfs(samples)
+    have = quality.spread_db(db)
+    if have >= target_db or len(db) < 2:
+        return samples, 1.0
+    centres = np.arange(len(db)) * hop + f / 2
+    t = np.arange(len(samples))
+    away = np.clip(db - np.median(db), -40.0, None)     # silence gets no quieter than this
+    # the most a frame may rise: its own peak to full scale. Between two frame centres the gain
+    # is between theirs, and both frames hold those samples, so none passes full scale.
+    room = np.maximum(-20 * np.log10(np.abs(quality.frames(samples)).max(axis=1) + 1e-9), 0.0)
+    out, k = samples, 1.0
+    for _ in range(8):    # the frames overlap, and the limiter holds the loud ones: k grows
+        k = min(MAX_STRETCH, k * target_db / max(have, 0.1))
+        gain_db = np.minimum((k - 1) * away, room[:len(away)])
+        out = samples * 10 ** (np.interp(t, centres, gain_db) / 20)
+        have = quality.spread_db(quality.frame_dbfs(out))
+        if have >= target_db - 0.05 or k >= MAX_STRETCH:
+            break
+    return out.astype(np.float32), float(k)
+
+
+MAX_SHARPEN = 1.0     # generate.match_tonal at most doubles a bin's distance from its neighbours
+NEIGHBOURHOOD_HZ = 200.0     # a bin is sharpened against the mean of this much spectrum around it
+
+
+def sharpen(samples: np.ndarray, rate: int, target: float, frame: int = 2048, hop: int = 512,
+            have: float | None = None) -> tuple[np.ndarray, float]:
+    """`samples` at least `target` tonal (evaluate's tonal fraction): in each frame, every bin's
+    log-magnitude moves a times further from the mean of its +-100 Hz neighbourhood (a <=
+    MAX_SHARPEN), so the peaks the song plays (notes, harmonics) stand further out of what lies
+    between them; the phases, the song's level and its notes stay. Returns the samples and a
+    (0.0: unchanged, the song is already that tonal, or silent). `have`: its tonal fraction,
+    where the caller has it."""
+    have = quality.tonal_fraction(samples, rate) if have is None else have
+    if have >= target or have <= 0:
+        return samples, 0.0
+    _, _, z = signal.stft(samples, nperseg=frame, noverlap=frame - hop)
+    mag = np.abs(z)
+    log_mag = np.log(mag + 1e-7)
+    width = max(3, int(NEIGHBOURHOOD_HZ / (rate / frame)) | 1)
+    contrast = log_mag - ndimage.uniform_filter1d(log_mag, width, axis=0, mode="nearest")
+    phase = z / np.maximum(mag, 1e-12)
+    level = quality.level_dbfs(samples)
+
+    def made(a: float) -> np.ndarray:
+        y = signal.istft(np.exp(log_mag + a * contrast) * phase, nperseg=frame,
+                         noverlap=frame - hop)[1][:len(samples)]
+        y = np.pad(y, (0, len(samples) - len(y)))
+        return y * 10 ** ((level - quality.level_dbfs(y)) / 20)
+
+    tried, got = 0.0, have
+    # first guess: on real songs a = 0.25 made them about 1.5x as tonal; then secant steps, the
+    # tonal fraction rising about linearly with a
+    a = float(np.clip(0.45 * (target / have - 1), 0.05, MAX_SHARPEN))
+    for _ in range(4):
+        out = made(a)
+        now = quality.tonal_fraction(out, rate)
+        if now >= target or a >= MAX_SHARPEN:
+            break
+        slope = (now - got) / (a - tried)
+        tried, got = a, now
+        a = MAX_SHARPEN if slope <= 0 else min(MAX_SHARPEN, a + 1.05 * (target - now) / slope)
+    peak, ceiling = np.abs(out).max(), max(1.0, float(np.abs(samples).max()))
+    if peak > ceiling:
+        out = out * (ceiling / peak)
+    return out.astype(np.float32), float(a)
+
+
+def like_sources(songs: np.ndarray, seeds: list[dict], bodies: "SourceBodies | None",
+                 cfg: "GenerateConfig", rate: int, scale: float = 32768.0) -> list[dict]:
+    """Each song of `songs` (changed in place) made at least `cfg.match_tonal` times as tonal
+    as the median window of the song it grows from (`sharpen`), then spread to breathe at least
+    `cfg.match_dynamics` times as much (`breathe`); one summary per song of what was done ({}
+    where its source is not known, or neither is asked for). The songs are taken side by side,
+    one thread per core (the FFTs and most numpy work run outside Python's lock)."""
+    seed_file = cfg.seed_file if cfg.seed_source == "file" else ""
+    sources = []
+    for seed in seeds:              # read here, in order: each source once, logged once
+        if bodies is not None and "seed_song" in seed:
+            sources.append((bodies.body(seed["seed_song"]), bodies.name(seed["seed_song"])))
+        elif bodies is not None and seed_file:
+            sources.append((bodies.of_file(seed_file, scale), Path(seed_file).name))
+        else:
+            sources.append((None, None))
+
+    def one(i: int) -> dict:
+        body, name = sources[i]
+        if body is None or not (cfg.match_tonal > 0 or cfg.match_dynamics > 0):
+            return {}
+        summary = {}
+        if cfg.match_tonal > 0:
+            tonal = quality.tonal_fraction(songs[i], rate)
+            songs[i], a = sharpen(songs[i], rate, cfg.match_tonal * body["grows_from_tonal_median"],
+                                  have=tonal)
+            if a > 0:
+                log.info("song_%02d is %.3f tonal, %s %.3f (x%g): its peaks sharpened %.2f",
+                         i + 1, tonal, name, body["grows_from_tonal_median"], cfg.match_tonal, a)
+            summary.update(tonal_drawn=round(tonal, 4), sharpened=round(a, 3))
+        if cfg.match_dynamics > 0:
+            db = quality.frame_dbfs(songs[i])
+            before = quality.spread_db(db)
+            songs[i], k = breathe(songs[i], cfg.match_dynamics
+                                  * body["grows_from_dynamics_db_median"], db)
+            if k > 1:
+                log.info("song_%02d breathes %.1f dB, %s %.1f dB (x%g): its levels spread %.2fx",
+                         i + 1, before, name, body["grows_from_dynamics_db_median"],
+                         cfg.match_dynamics, k)
+            summary.update(dynamics_drawn_db=round(before, 2), dynamics_stretch=round(k, 3))
+        return summary
+
+    workers = min(len(seeds), config.usable_cores())
+    if workers <= 1:
+        return [one(i) for i in range(len(seeds))]
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(one, range(len(seeds))))
+
+
 # --- what the model reads and writes -------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -385,25 +522,57 @@ def passing_first(order: np.ndarray, names: list[str], judge: Callable[[str], st
     return np.array(passing + failing)
 
 
+class SourceBodies:
+    """The songs new songs grow from, as `evaluate` judges a source: each song's windows as long
+    as a new song (`evaluate.source_body`), its audio in `npy` read once, when first asked
+    about (None when it is not there)."""
+
+    def __init__(self, npy: Path, rate: int, seconds: float, th: "evaluate.Thresholds",
+                 names: dict[str, str] | None = None):
+        self.npy, self.rate, self.seconds, self.th = npy, rate, seconds, th
+        self.names = names or {}
+        self.known: dict[str, dict | None] = {}
+        self.verdicts: dict[str, str] = {}
+
+    def name(self, song: str) -> str:
+        return self.names.get(song, song)
+
+    def body(self, song: str) -> dict | None:
+        if song not in self.known:
+            path = self.npy / f"{song}.npy"
+            self.known[song] = None if not path.is_file() else self.of_samples(
+                np.load(path, mmap_mode="r", allow_pickle=False))
+        return self.known[song]
+
+    def of_samples(self, x: np.ndarray) -> dict:
+        return evaluate.source_body(x, self.rate, self.seconds, self.th)
+
+    def of_file(self, path: str, scale: float) -> dict:
+        """The body of the user's own seed file, decoded as training songs are."""
+        key = f"file:{path}"
+        if key not in self.known:
+            self.known[key] = self.of_samples(audio.decode_samples(path, self.rate, scale))
+        return self.known[key]
+
+    def judge(self, song: str) -> str:
+        """The check ("static ...", "smear ...") that the song's median window fails on
+        `evaluate`'s bars, "" when it passes (or its audio is not there): a new song grown from
+        anywhere in a song that is static through most of its length is static. A failing song
+        is logged once, by its file name."""
+        if song not in self.verdicts:
+            body = self.body(song)
+            self.verdicts[song] = "" if body is None else evaluate.typical_window_fails(body,
+                                                                                       self.th)
+            if self.verdicts[song]:
+                log.info("generate.seed_songs: %s is %s; new songs grow from it only after every "
+                         "song that passes", self.name(song), self.verdicts[song])
+        return self.verdicts[song]
+
+
 def source_judge(npy: Path, rate: int, seconds: float, th: "evaluate.Thresholds",
                  names: dict[str, str] | None = None) -> Callable[[str], str]:
-    """song id -> the check ("static ...", "smear ...") that its median window as long as a new
-    song fails on `evaluate`'s bars, "" when it passes (or its audio is not in `npy`): a new
-    song grown from anywhere in a song that is static through most of its length is static.
-    Each song is read once, when first asked about; a failing one is logged by its file name."""
-    known: dict[str, str] = {}
-
-    def judge(song: str) -> str:
-        if song not in known:
-            path = npy / f"{song}.npy"
-            known[song] = "" if not path.is_file() else evaluate.typical_window_fails(
-                evaluate.source_body(np.load(path, mmap_mode="r", allow_pickle=False), rate,
-                                     seconds, th), th)
-            if known[song]:
-                log.info("generate.seed_songs: %s is %s; new songs grow from it only after every "
-                         "song that passes", (names or {}).get(song, song), known[song])
-        return known[song]
-    return judge
+    """song id -> the check its median window fails, "" if none (`SourceBodies.judge`)."""
+    return SourceBodies(npy, rate, seconds, th, names).judge
 
 
 def louder_half(seqs: list[int], level: np.ndarray) -> list[int]:
@@ -702,6 +871,9 @@ def log_to_run(params: dict, summary: dict, out_dir: Path, train_metrics: Path) 
     tracker.log_changing_params({"generate": params["generate"]})
     metrics = {"generate_realtime_factor": summary["realtime_factor"],
                "generate_clipped_fraction": max(s["clipped_fraction"] for s in summary["songs"])}
+    stretch = [s["dynamics_stretch"] for s in summary["songs"] if "dynamics_stretch" in s]
+    if stretch:
+        metrics["generate_dynamics_stretch_max"] = max(stretch)
     if all("replayed_longest_s" in s for s in summary["songs"]):
         metrics["generate_replayed_longest_s"] = max(s["replayed_longest_s"]
                                                      for s in summary["songs"])
@@ -824,9 +996,10 @@ def main(args) -> None:
     rng = np.random.default_rng(cfg.random_seed)
     n_steps = steps_for(cfg.seconds, audio_cfg)
     section_steps, n_cues = sections_for(cfg, n_steps, audio_cfg)
+    bodies = source_bodies(cfg, params, args, audio_cfg)
     seed, seeds, plays, cues = choose_seeds(cfg, src.arrays, audio_cfg, src.reading, rng,
                                             tensors.index_path, n_cues,
-                                            seed_judge(cfg, params, args, audio_cfg))
+                                            bodies.judge if cfg.seed_songs == "passing" else None)
     palettes = plays > 0 if plays is not None and cfg.palette == "song" else None
     silent = None
     if src.reading.book is not None:        # the training songs' codes where no song is known
@@ -842,10 +1015,14 @@ def main(args) -> None:
                            code_levels(src.reading), glide=cfg.level_glide)
     network_s = time.perf_counter() - t0
     songs_samples = to_samples(made, src, cfg, rng)
+    matched = like_sources(songs_samples, seeds, bodies, cfg, audio_cfg.sample_rate,
+                           audio_cfg.scale)
     wall = time.perf_counter() - t0
 
     out_dir = Path(args.out)
     songs = write_songs(songs_samples, audio_cfg.sample_rate, cfg, out_dir, seeds)
+    for song, done in zip(songs, matched):
+        song.update(done)
     if src.reading.book is not None:
         for song, replay in zip(songs, replayed(made, src.arrays, audio_cfg,
                                                 tensors.index_path)):
@@ -863,15 +1040,13 @@ def main(args) -> None:
     log_to_run(params, summary, out_dir, Path(args.train_metrics))
 
 
-def seed_judge(cfg: GenerateConfig, params: dict, args, audio_cfg: AudioConfig
-               ) -> Callable[[str], str] | None:
-    """The judge of the songs new songs may grow from (`generate.seed_songs: passing`): their
-    audio in `args.npy`, named by the manifest's file names; None for `any`."""
-    if cfg.seed_songs != "passing":
-        return None
+def source_bodies(cfg: GenerateConfig, params: dict, args, audio_cfg: AudioConfig
+                  ) -> SourceBodies:
+    """The songs new songs may grow from, judged on their audio in `args.npy` and named by the
+    manifest's file names (`generate.seed_songs`, `generate.match_dynamics`)."""
     names = {song: Path(path).name for song, path in
              evaluate.song_names(Path(args.manifest)).items()}
-    return source_judge(Path(args.npy), audio_cfg.sample_rate, cfg.seconds,
+    return SourceBodies(Path(args.npy), audio_cfg.sample_rate, cfg.seconds,
                         evaluate.Thresholds.from_params(params), names)
 
 

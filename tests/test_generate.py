@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 from stages import (audio, codebook, decode, evaluate, fft_blocks, files, generate, layouts,
-                    model as netlib, wav_to_npy)
+                    model as netlib, quality, wav_to_npy)
 from stages.batches import Normaliser
 from stages.config import AudioConfig, UserError
 from tests.conftest import (ROOT, assert_one_line_error, run, run_stage, save_tensors, set_params,
@@ -517,6 +517,102 @@ def test_songs_are_judged_in_the_draws_order_only_until_enough_pass():
     assert generate.passing_first(np.array([1, 0]), list("ba"), judge, 2).tolist() == [0, 1]
 
 
+def tremolo(depth_db: float, seconds: float = 6.0, rate: int = 22050) -> np.ndarray:
+    """A 330 Hz tone whose level swells by `depth_db` twice a second."""
+    t = np.arange(int(seconds * rate)) / rate
+    swell = 10 ** (depth_db / 2 * np.sin(2 * np.pi * 2 * t) / 20)
+    return (0.2 * swell * np.sin(2 * np.pi * 330 * t)).astype(np.float32)
+
+
+def test_a_song_that_breathes_less_than_asked_is_spread_around_its_median_level():
+    flat = tremolo(3.0)
+    before = quality.frame_dbfs(flat)
+    out, k = generate.breathe(flat, 6.0)
+    after = quality.frame_dbfs(out)
+    assert quality.spread_db(before) < 3.5 and 6.0 - 0.05 <= quality.spread_db(after) <= 6.5
+    assert 1.5 < k < generate.MAX_STRETCH
+    assert abs(np.median(after) - np.median(before)) < 0.5       # the song's level stays
+    # louder frames louder, quieter ones quieter: the same swell, wider, never a new one
+    assert np.corrcoef(before, after)[0, 1] > 0.99
+    assert np.abs(np.diff(out)).max() < 2 * np.abs(np.diff(flat)).max()    # no step, no click
+    # a song that already breathes that much is left as it is, to the bit
+    lively = tremolo(12.0)
+    same, k = generate.breathe(lively, 6.0)
+    assert k == 1.0 and same is lively
+    # a song already near full scale keeps its level: its loud frames are held at their peak
+    # and its quiet ones go down instead
+    loud = tremolo(3.0) * 3.5            # peaks at 0.83: 1.6 dB of room
+    out, k = generate.breathe(loud, 6.0)
+    assert quality.dynamics_db(out) >= 5.95 and np.abs(out).max() <= 1.0
+    assert quality.level_dbfs(out) > quality.level_dbfs(loud) - 1.0
+    # never more than MAX_STRETCH, and never over full scale
+    out, k = generate.breathe(tremolo(1.0) * 4.5, 30.0)
+    assert k == generate.MAX_STRETCH and np.abs(out).max() <= 1.0
+
+
+def test_each_song_breathes_at_least_as_the_song_it_grows_from(tmp_path, caplog):
+    """generate.match_dynamics: a new song is spread to the median window of its source song
+    (evaluate's `grows_from_dynamics_db_median`), times the factor; a song of unknown source is
+    left alone."""
+    rate = 22050
+    npy = tmp_path / "npy"
+    npy.mkdir()
+    np.save(npy / "L.npy", tremolo(10.0, 12.0))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    bodies = generate.SourceBodies(npy, rate, 4.0, evaluate.Thresholds.from_params(params),
+                                   {"L": "lively.ogg"})
+    source = bodies.body("L")["grows_from_dynamics_db_median"]
+    cfg = dataclasses.replace(generate.GenerateConfig.from_params(params), match_tonal=0.0,
+                              match_dynamics=1.0)
+    songs = np.stack([tremolo(4.5, 4.0)] * 3)
+    seeds = [dict(seed="train sequence 0", seed_song="L"), dict(seed="train sequence 1",
+             seed_song="L"), dict(seed="train sequence 9", seed_song="gone")]
+    with caplog.at_level("INFO", logger="rawtune"):
+        done = generate.like_sources(songs, seeds, bodies, cfg, rate)
+    assert quality.dynamics_db(songs[0]) >= source - 0.05
+    drawn = quality.dynamics_db(tremolo(4.5, 4.0))
+    assert done[0]["dynamics_stretch"] > 1 and done[0]["dynamics_drawn_db"] == round(drawn, 2)
+    assert f"song_01 breathes {drawn:.1f} dB, lively.ogg {source:.1f} dB (x1)" in caplog.text
+    assert done[2] == {} and quality.dynamics_db(songs[2]) == drawn     # no audio for "gone"
+    half = np.stack([tremolo(2.0, 4.0)])
+    generate.like_sources(half, seeds[:1], bodies, dataclasses.replace(cfg, match_dynamics=0.5),
+                          rate)
+    assert source / 2 - 0.05 <= quality.dynamics_db(half[0]) < source - 1
+    off = np.stack([tremolo(2.0, 4.0)])
+    assert generate.like_sources(off, seeds[:1], bodies, dataclasses.replace(
+        cfg, match_dynamics=0.0), rate) == [{}] and np.array_equal(off[0], tremolo(2.0, 4.0))
+
+
+def chord_in_hiss(hiss: float, seconds: float = 4.0, rate: int = 22050) -> np.ndarray:
+    """Three notes and their harmonics under white noise `hiss` times as loud as each note."""
+    t = np.arange(int(seconds * rate)) / rate
+    notes = sum(np.sin(2 * np.pi * f * h * t) / h for f in (220, 277, 330) for h in (1, 2, 3))
+    noise = np.random.default_rng(0).normal(0, hiss, len(t))
+    return (0.05 * (notes + noise)).astype(np.float32)
+
+
+def test_a_song_less_tonal_than_asked_has_its_notes_sharpened_not_new_ones_added():
+    rate = 22050
+    smeared = chord_in_hiss(3.0)
+    before = quality.tonal_fraction(smeared, rate)
+    clean = quality.tonal_fraction(chord_in_hiss(0.0), rate)
+    out, a = generate.sharpen(smeared, rate, 2 * before)
+    assert 0 < a <= generate.MAX_SHARPEN
+    assert 2 * before <= quality.tonal_fraction(out, rate) <= clean + 0.01
+    assert abs(quality.level_dbfs(out) - quality.level_dbfs(smeared)) < 0.1    # same level
+    # the peaks are the song's own: the same notes, nothing new
+    spectrum = lambda x: 10 * np.log10(np.abs(np.fft.rfft(x)) ** 2 + 1e-9)
+    freqs = np.fft.rfftfreq(len(out), 1 / rate)
+    notes = np.isin(np.round(freqs), [f * h for f in (220, 277, 330) for h in (1, 2, 3)])
+    gain = spectrum(out) - spectrum(smeared)
+    assert gain[notes].mean() > gain[~notes & (freqs < 5000)].mean() + 3
+    # already that tonal, or silent: left as it is
+    same, a = generate.sharpen(smeared, rate, before)
+    assert a == 0.0 and same is smeared
+    silence = np.zeros(rate * 2, np.float32)
+    assert generate.sharpen(silence, rate, 0.1)[1] == 0.0
+
+
 @pytest.mark.parametrize("name, kwargs, layout", [
     ("seed.flac", dict(rate=44100, subtype="PCM_24"), "rfft"),
     ("seed stereo 48k.wav", dict(rate=48000, channels=2, subtype="PCM_16"), "rfft"),
@@ -644,6 +740,8 @@ def test_stale_tensors_are_refused_before_any_model_is_read(tmp_path):
     ("generate.seed_min_length", "long", "'generate.seed_min_length' must be int or float"),
     ("generate.seed_songs", "all", "'generate.seed_songs' is 'all'; allowed values are 'passing'"),
     ("generate.threads", -1, "'generate.threads'"),
+    ("generate.match_dynamics", "loud", "'generate.match_dynamics' must be int or float"),
+    ("generate.match_tonal", -0.5, "'generate.match_tonal'"),
     ("fft_blocks.fft", "dct", "'fft_blocks.fft' is 'dct'; allowed values are 'rfft', 'full', 'frames'"),
 ])
 def test_bad_generate_params_are_one_sentence(tmp_path, key, value, sentence):
@@ -711,12 +809,22 @@ def test_repro_generate_writes_songs_and_attaches_them_to_the_training_run(train
     song_of = {f"{r['split']} sequence {r['seq']}": r["song_id"] for r in index}
     assert [s["seed_song"] for s in summary["songs"]] == [song_of[s["seed"]]
                                                            for s in summary["songs"]]
+    # each song breathes at least as the median 2 s of the song it grows from (match_dynamics)
+    th = evaluate.Thresholds.from_params(yaml.safe_load((trained / "params.yaml").read_text()))
+    for i, s in enumerate(summary["songs"]):
+        src = np.load(trained / "data/interim/npy" / f"{s['seed_song']}.npy")
+        wanted = evaluate.source_body(src, 44100, 2, th)["grows_from_dynamics_db_median"]
+        made = quality.dynamics_db(audio.read_mono(out / f"song_{i + 1:02d}.wav", "float32")[0])
+        assert s["dynamics_stretch"] >= 1 and s["dynamics_drawn_db"] > 0
+        assert made >= min(wanted, s["dynamics_drawn_db"] * generate.MAX_STRETCH) - 0.1
     from mlflow import MlflowClient
     run_id = json.loads((trained / "metrics/train.json").read_text())["mlflow_run_id"]
     c = MlflowClient(f"sqlite:///{trained / 'mlflow.db'}")
     files = {a.path for a in c.list_artifacts(run_id, "generated")}
     assert {"generated/song_01.wav", "generated/song_01.png", "generated/song_02.wav"} <= files
     data = c.get_run(run_id).data        # a value changed since the first generate is a tag
+    assert data.metrics["generate_dynamics_stretch_max"] == max(s["dynamics_stretch"]
+                                                                for s in summary["songs"])
     assert data.metrics["generate_replayed_longest_s"] == max(s["replayed_longest_s"]
                                                               for s in summary["songs"])
     assert data.tags.get("generate.n_songs", data.params["generate.n_songs"]) == "2"
