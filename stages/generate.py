@@ -7,9 +7,11 @@ on `seed_blocks` blocks of a training or validation sequence, or of the user's o
 Each new song's seed comes from another song while there are songs left; songs too short to grow
 a new song from without replaying them (`seed_min_length`), and songs whose typical stretch is
 `static` or a `smear` by `evaluate`'s own bars, judged on their audio (`seed_songs`), seed new
-songs only after the others. A new song that breathes less than the song it grows from (its
-frame levels' p90 - p10 against that song's median stretch) is spread around its median level
-until it breathes as much (`match_dynamics`; an expander, its loud frames held under full scale).
+songs only after the others. A new song less tonal than the song it grows from (against that
+song's median stretch) has its notes sharpened until it is as tonal (`match_tonal`: each bin
+further from the mean of its neighbourhood, each frame keeping its loudness), and one that
+breathes less (p90 - p10 of its frame levels) is spread around its median level until it
+breathes as much (`match_dynamics`: an expander, its loud frames held under full scale).
 Predicted blocks are de-normalised with the training mean/variance, turned back into samples with
 the inverse of the data's layout (`stages/layouts.py`), joined (optionally cross-faded), clipped to [-1, 1] (the clipped
 fraction is logged; never an int16 wrap-around) and written as 16-bit WAV, atomically, with a
@@ -356,7 +358,9 @@ def sharpen(samples: np.ndarray, rate: int, target: float, frame: int = 2048, ho
     """`samples` at least `target` tonal (evaluate's tonal fraction): in each frame, every bin's
     log-magnitude moves a times further from the mean of its +-100 Hz neighbourhood (a <=
     MAX_SHARPEN), so the peaks the song plays (notes, harmonics) stand further out of what lies
-    between them; the phases, the song's level and its notes stay. Returns the samples and a
+    between them; the phases, each frame's loudness (so the song's dynamics: one loudness for
+    the whole song had let a quiet lone note rise over a loud chord) and the notes stay.
+    Returns the samples and a
     (0.0: unchanged, the song is already that tonal, or silent). `have`: its tonal fraction,
     where the caller has it."""
     have = quality.tonal_fraction(samples, rate) if have is None else have
@@ -370,9 +374,12 @@ def sharpen(samples: np.ndarray, rate: int, target: float, frame: int = 2048, ho
     phase = z / np.maximum(mag, 1e-12)
     level = quality.level_dbfs(samples)
 
+    energy = (mag ** 2).sum(axis=0)
+
     def made(a: float) -> np.ndarray:
-        y = signal.istft(np.exp(log_mag + a * contrast) * phase, nperseg=frame,
-                         noverlap=frame - hop)[1][:len(samples)]
+        sharp = np.exp(log_mag + a * contrast)
+        sharp *= np.sqrt(energy / np.maximum((sharp ** 2).sum(axis=0), 1e-20))  # each frame's own
+        y = signal.istft(sharp * phase, nperseg=frame, noverlap=frame - hop)[1][:len(samples)]
         y = np.pad(y, (0, len(samples) - len(y)))
         return y * 10 ** ((level - quality.level_dbfs(y)) / 20)
 
@@ -394,13 +401,40 @@ def sharpen(samples: np.ndarray, rate: int, target: float, frame: int = 2048, ho
     return out.astype(np.float32), float(a)
 
 
+def match_song(x: np.ndarray, body: dict, name: str, number: int, cfg: "GenerateConfig",
+               rate: int) -> tuple[np.ndarray, dict]:
+    """One new song made at least `cfg.match_tonal` times as tonal as the median window of the
+    song it grows from (`body`, `SourceBodies`; `sharpen`), then spread to breathe at least
+    `cfg.match_dynamics` times as much (`breathe`) and, when sharpened, at least as much as it
+    was drawn (on one corpus sharpening alone had taken 1.1 dB off the median song's
+    dynamics). Returns the song and what was done."""
+    db = quality.frame_dbfs(x)
+    drawn = quality.spread_db(db)
+    summary, a = dict(dynamics_drawn_db=round(drawn, 2)), 0.0
+    if cfg.match_tonal > 0:
+        tonal = quality.tonal_fraction(x, rate)
+        x, a = sharpen(x, rate, cfg.match_tonal * body["grows_from_tonal_median"], have=tonal)
+        if a > 0:
+            log.info("song_%02d is %.3f tonal, %s %.3f (x%g): its peaks sharpened %.2f", number,
+                     tonal, name, body["grows_from_tonal_median"], cfg.match_tonal, a)
+            db = quality.frame_dbfs(x)
+        summary.update(tonal_drawn=round(tonal, 4), sharpened=round(a, 3))
+    source = body["grows_from_dynamics_db_median"]
+    x, k = breathe(x, max(drawn if a > 0 else 0.0, cfg.match_dynamics * source), db)
+    if k > 1:
+        log.info("song_%02d breathes %.1f dB%s, %s %.1f dB (x%g): its levels spread %.2fx",
+                 number, quality.spread_db(db), f" ({drawn:.1f} dB before sharpening)"
+                 if a > 0 else "", name, source, cfg.match_dynamics, k)
+    summary.update(dynamics_stretch=round(k, 3))
+    return x, summary
+
+
 def like_sources(songs: np.ndarray, seeds: list[dict], bodies: "SourceBodies | None",
                  cfg: "GenerateConfig", rate: int, scale: float = 32768.0) -> list[dict]:
-    """Each song of `songs` (changed in place) made at least `cfg.match_tonal` times as tonal
-    as the median window of the song it grows from (`sharpen`), then spread to breathe at least
-    `cfg.match_dynamics` times as much (`breathe`); one summary per song of what was done ({}
-    where its source is not known, or neither is asked for). The songs are taken side by side,
-    one thread per core (the FFTs and most numpy work run outside Python's lock)."""
+    """Each song of `songs` (changed in place) as tonal and as lively as the song it grows from
+    (`match_song`); one summary per song of what was done ({} where its source is not known,
+    or neither is asked for). The songs are taken side by side, one thread per core (the FFTs
+    and most numpy work run outside Python's lock)."""
     seed_file = cfg.seed_file if cfg.seed_source == "file" else ""
     sources = []
     for seed in seeds:              # read here, in order: each source once, logged once
@@ -415,25 +449,7 @@ def like_sources(songs: np.ndarray, seeds: list[dict], bodies: "SourceBodies | N
         body, name = sources[i]
         if body is None or not (cfg.match_tonal > 0 or cfg.match_dynamics > 0):
             return {}
-        summary = {}
-        if cfg.match_tonal > 0:
-            tonal = quality.tonal_fraction(songs[i], rate)
-            songs[i], a = sharpen(songs[i], rate, cfg.match_tonal * body["grows_from_tonal_median"],
-                                  have=tonal)
-            if a > 0:
-                log.info("song_%02d is %.3f tonal, %s %.3f (x%g): its peaks sharpened %.2f",
-                         i + 1, tonal, name, body["grows_from_tonal_median"], cfg.match_tonal, a)
-            summary.update(tonal_drawn=round(tonal, 4), sharpened=round(a, 3))
-        if cfg.match_dynamics > 0:
-            db = quality.frame_dbfs(songs[i])
-            before = quality.spread_db(db)
-            songs[i], k = breathe(songs[i], cfg.match_dynamics
-                                  * body["grows_from_dynamics_db_median"], db)
-            if k > 1:
-                log.info("song_%02d breathes %.1f dB, %s %.1f dB (x%g): its levels spread %.2fx",
-                         i + 1, before, name, body["grows_from_dynamics_db_median"],
-                         cfg.match_dynamics, k)
-            summary.update(dynamics_drawn_db=round(before, 2), dynamics_stretch=round(k, 3))
+        songs[i], summary = match_song(songs[i], body, name, i + 1, cfg, rate)
         return summary
 
     workers = min(len(seeds), config.usable_cores())

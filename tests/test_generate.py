@@ -606,6 +606,14 @@ def test_a_song_less_tonal_than_asked_has_its_notes_sharpened_not_new_ones_added
     notes = np.isin(np.round(freqs), [f * h for f in (220, 277, 330) for h in (1, 2, 3)])
     gain = spectrum(out) - spectrum(smeared)
     assert gain[notes].mean() > gain[~notes & (freqs < 5000)].mean() + 3
+    # each frame keeps its loudness, so the song its dynamics: a quiet lone note between loud
+    # bursts of noise does not rise to them (with one loudness for the whole song: 23 -> 4 dB)
+    t = np.arange(rate // 2) / rate
+    noise = np.random.default_rng(1).normal(0, 0.2, (8, len(t)))
+    bursts = np.concatenate([np.r_[n, 0.02 * np.sin(2 * np.pi * 440 * t)] for n in noise])
+    out, a = generate.sharpen(bursts.astype(np.float32), rate,
+                              2 * quality.tonal_fraction(bursts, rate))
+    assert a > 0 and abs(quality.dynamics_db(out) - quality.dynamics_db(bursts)) < 0.5
     # already that tonal, or silent: left as it is
     same, a = generate.sharpen(smeared, rate, before)
     assert a == 0.0 and same is smeared
