@@ -424,7 +424,8 @@ def match_song(x: np.ndarray, body: dict, name: str, number: int, cfg: "Generate
     if k > 1:
         log.info("song_%02d breathes %.1f dB%s, %s %.1f dB (x%g): its levels spread %.2fx",
                  number, quality.spread_db(db), f" ({drawn:.1f} dB before sharpening)"
-                 if a > 0 else "", name, source, cfg.match_dynamics, k)
+                 if abs(drawn - quality.spread_db(db)) >= 0.05 else "", name, source,
+                 cfg.match_dynamics, k)
     summary.update(dynamics_stretch=round(k, 3))
     return x, summary
 

@@ -583,6 +583,22 @@ def test_each_song_breathes_at_least_as_the_song_it_grows_from(tmp_path, caplog)
         cfg, match_dynamics=0.0), rate) == [{}] and np.array_equal(off[0], tremolo(2.0, 4.0))
 
 
+def test_a_song_grown_from_the_users_file_is_measured_against_that_file(tmp_path):
+    rate = 22050
+    src = write_song(tmp_path / "mine.flac", 4, 12.0, rate=44100)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    cfg = dataclasses.replace(generate.GenerateConfig.from_params(params), seed_source="file",
+                              seed_file=str(src), seconds=2.0)
+    bodies = generate.SourceBodies(tmp_path / "no npy", rate, 2.0,
+                                   evaluate.Thresholds.from_params(params))
+    body = bodies.of_file(str(src), 32768)
+    assert body["grows_from_windows"] >= 2 and body["grows_from_dynamics_db_median"] > 3
+    songs = np.stack([tremolo(3.0, 2.0)])
+    done = generate.like_sources(songs, [dict(seed=str(src))], bodies, cfg, rate)
+    assert 1 < done[0]["dynamics_stretch"] < generate.MAX_STRETCH
+    assert quality.dynamics_db(songs[0]) >= body["grows_from_dynamics_db_median"] - 0.05
+
+
 def chord_in_hiss(hiss: float, seconds: float = 4.0, rate: int = 22050) -> np.ndarray:
     """Three notes and their harmonics under white noise `hiss` times as loud as each note."""
     t = np.arange(int(seconds * rate)) / rate
