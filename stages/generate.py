@@ -326,9 +326,10 @@ def breathe(samples: np.ndarray, target_db: float, db: np.ndarray | None = None
     (k <= MAX_STRETCH), by a gain gliding from frame centre to frame centre, like an expander.
     No frame is raised past full scale (a limiter, so the song keeps its level; scaling the
     whole song down instead cost up to 4 dB of level and moved its frames away from the real
-    songs'). Returns the samples and k (1.0: unchanged, the song already breathes that much)."""
+    songs'). Returns the samples and k (1.0: unchanged, the song already breathes that much).
+    `db`: its frames' levels (`quality.frame_dbfs`), where the caller has them."""
     f, hop = quality.FRAME, quality.HOP
-    db = quality.frame_dbfs(samples)
+    db = quality.frame_dbfs(samples) if db is None else db
     have = quality.spread_db(db)
     if have >= target_db or len(db) < 2:
         return samples, 1.0
@@ -360,9 +361,8 @@ def sharpen(samples: np.ndarray, rate: int, target: float, frame: int = 2048, ho
     MAX_SHARPEN), so the peaks the song plays (notes, harmonics) stand further out of what lies
     between them; the phases, each frame's loudness (so the song's dynamics: one loudness for
     the whole song had let a quiet lone note rise over a loud chord) and the notes stay.
-    Returns the samples and a
-    (0.0: unchanged, the song is already that tonal, or silent). `have`: its tonal fraction,
-    where the caller has it."""
+    Returns the samples and a (0.0: unchanged, the song is already that tonal, or silent).
+    `have`: its tonal fraction, where the caller has it."""
     have = quality.tonal_fraction(samples, rate) if have is None else have
     if have >= target or have <= 0:
         return samples, 0.0
@@ -373,7 +373,6 @@ def sharpen(samples: np.ndarray, rate: int, target: float, frame: int = 2048, ho
     contrast = log_mag - ndimage.uniform_filter1d(log_mag, width, axis=0, mode="nearest")
     phase = z / np.maximum(mag, 1e-12)
     level = quality.level_dbfs(samples)
-
     energy = (mag ** 2).sum(axis=0)
 
     def made(a: float) -> np.ndarray:
