@@ -214,13 +214,27 @@ def count_verdicts(results: list[dict]) -> dict:
                                                                          for r in results})}
 
 
+def load_song(path: Path) -> np.ndarray:
+    """A song's samples as wav_to_npy wrote them (a read-only memory map); one sentence naming
+    the file when it cannot be read (cut short by a full disk, overwritten by hand)."""
+    try:
+        x = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise UserError(f"'{path}' is not a readable song array ({err}); run `dvc repro "
+                        "wav_to_npy` to write it again.") from err
+    if x.ndim != 1:
+        raise UserError(f"'{path}' holds an array of shape {x.shape}, not one song's samples; "
+                        "run `dvc repro wav_to_npy` to write it again.")
+    return x
+
+
 def read_songs(npy_dir: Path, ids: list[str], seconds: float, rate: int) -> list[np.ndarray]:
     n = int(seconds * rate)
     songs = []
     for song_id in ids:
         path = npy_dir / f"{song_id}.npy"
         if path.is_file():
-            songs.append(np.array(np.load(path, mmap_mode="r", allow_pickle=False)[:n], np.float64))
+            songs.append(np.array(load_song(path)[:n], np.float64))
     return songs
 
 
@@ -377,7 +391,7 @@ def add_sources(results: list[dict], real: list[dict], made: dict, npy: Path, ra
         result.update(grows_from=source["file"], grows_from_verdict=source["verdict"],
                       **vs_source(result, source))
         if source["song"] not in bodies:
-            x = np.load(npy / f"{source['song']}.npy", mmap_mode="r", allow_pickle=False)
+            x = load_song(npy / f"{source['song']}.npy")
             bodies[source["song"]] = source_body(x, rate, float(made.get("seconds", 30.0)), th)
         result.update(bodies[source["song"]])
         result["dynamics_db_vs_source_body"] = round(

@@ -556,8 +556,8 @@ class SourceBodies:
     def body(self, song: str) -> dict | None:
         if song not in self.known:
             path = self.npy / f"{song}.npy"
-            self.known[song] = None if not path.is_file() else self.of_samples(
-                np.load(path, mmap_mode="r", allow_pickle=False))
+            self.known[song] = (None if not path.is_file() else
+                                self.of_samples(evaluate.load_song(path)))
         return self.known[song]
 
     def of_samples(self, x: np.ndarray) -> dict:

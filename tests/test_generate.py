@@ -506,6 +506,22 @@ def test_a_song_static_or_smear_through_most_of_its_length_seeds_only_after_thos
     assert {songs_drawn(s, 1, "any")[0] for s in range(12)} > {"A"}
 
 
+@pytest.mark.parametrize("content", [b"",
+                                     b"\x93NUMPY\x01\x00v\x00{'descr': '<f4', 'fortran_order'"])
+def test_a_song_array_that_cannot_be_read_is_one_sentence_naming_it(tmp_path, content):
+    npy = tmp_path / "npy"
+    npy.mkdir()
+    (npy / "A.npy").write_bytes(content)                      # empty, or cut short in its header
+    np.save(npy / "B.npy", np.zeros((3, 2), np.float32))     # not one song's samples
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    bodies = generate.SourceBodies(npy, 22050, 2.0, evaluate.Thresholds.from_params(params))
+    with pytest.raises(UserError, match=r"'.*A\.npy' is not a readable song array \(.*\); run "
+                                        r"`dvc repro wav_to_npy` to write it again\."):
+        bodies.judge("A")
+    with pytest.raises(UserError, match=r"B\.npy' holds an array of shape \(3, 2\), not one song"):
+        bodies.body("B")
+
+
 def test_songs_are_judged_in_the_draws_order_only_until_enough_pass():
     judged = []
 
