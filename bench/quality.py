@@ -47,7 +47,8 @@ CONFIGS = {
 FIGURES = ("level_vs_train_db", "dynamics_db", "tonal_fraction", "clicks", "fd_frames",
            "fd_texture", "fd_frames_vs_source", "fd_texture_vs_source", "dynamics_db_vs_source",
            "dynamics_db_vs_source_body", "tonal_fraction_vs_source", "copy_score",
-           "replayed_longest_s", "replayed_share", "loop_score", "nearest_song_fd")
+           "replayed_longest_s", "replayed_share", "loop_score", "nearest_song_fd",
+           "sharpened", "dynamics_stretch")
 SHORT = dict(level_vs_train_db="level dB", dynamics_db="dyn dB", tonal_fraction="tonal",
              clicks="clicks", fd_frames="FD frames", fd_texture="FD texture",
              fd_frames_vs_source="FD frames / source's",
@@ -56,7 +57,8 @@ SHORT = dict(level_vs_train_db="level dB", dynamics_db="dyn dB", tonal_fraction=
              dynamics_db_vs_source_body="dyn dB - source's median window",
              tonal_fraction_vs_source="tonal / source's",
              copy_score="copy", replayed_longest_s="replayed s", replayed_share="replayed share",
-             loop_score="loop", nearest_song_fd="nearest song")
+             loop_score="loop", nearest_song_fd="nearest song",
+             sharpened="sharpened a", dynamics_stretch="spread k")    # generate's match step
 
 
 # each new song's source judged through its whole length (evaluate's windows as long as a song)
@@ -79,6 +81,7 @@ def run_config(name: str, corpus: Path, minutes: float, tmp: Path) -> dict:
         return dict(config=name, error=proc.stderr.strip().splitlines()[-1][:300])
     read = lambda f: json.loads((project / "metrics" / f).read_text())  # noqa: E731
     train, made, ev = read("train.json"), read("generate.json"), read("eval.json")
+    made_of = {s["file"]: s for s in made.get("songs", [])}   # what generate did to each song
     used = yaml.safe_load((project / "params.yaml").read_text())
     return dict(config=name, family=used["train"]["family"], layout=used["fft_blocks"]["fft"],
                 pipeline_s=round(wall, 1),
@@ -86,8 +89,9 @@ def run_config(name: str, corpus: Path, minutes: float, tmp: Path) -> dict:
                 budget_minutes=minutes, epochs_run=train["epochs_run"], stopped=train["stopped"],
                 val_loss=train["val_loss"], ratio_to_best_baseline=train["ratio_to_best_baseline"],
                 generate_rtf=made["realtime_factor"], calibration=ev["calibration"],
-                songs=[{k: s.get(k) for k in ("verdict", "reason", "grows_from",
-                                              "grows_from_verdict", *SOURCE_BODY, *FIGURES)}
+                songs=[{k: {**made_of.get(s["file"], {}), **s}.get(k)
+                        for k in ("verdict", "reason", "grows_from", "grows_from_verdict",
+                                  *SOURCE_BODY, *FIGURES)}
                        for s in ev["songs"]],
                 verdicts=ev["verdicts"], real_verdicts=ev.get("real_verdicts", {}),
                 real_songs=ev.get("real_songs", []))
