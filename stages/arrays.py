@@ -9,6 +9,7 @@ import numpy as np
 from numpy.lib.format import open_memmap
 
 from stages import files
+from stages.config import UserError
 
 
 class NpyWriter:
@@ -39,9 +40,17 @@ class NpyWriter:
         self._atomic.__exit__(*exc)
 
 
-def read(path: str | Path) -> np.ndarray:
-    """Open a .npy read-only and memory-mapped."""
-    return np.load(path, mmap_mode="r", allow_pickle=False)
+def read(path: str | Path, what: str = "array", stage: str = "") -> np.ndarray:
+    """Open a .npy read-only and memory-mapped; one sentence naming the file (`what` it should
+    hold, and the `stage` that writes it) when it cannot be read (cut short by a full disk,
+    replaced by hand)."""
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        if not Path(path).is_file():
+            raise                      # a missing file is each caller's own sentence
+        raise UserError(f"'{path}' is not a readable {what} ({err}); run `dvc repro"
+                        f"{' ' + stage if stage else ''}` to write it again.") from err
 
 
 def read_rows(path: str | Path, start: int, stop: int) -> np.ndarray:

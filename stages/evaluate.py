@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages import audio, config, files, quality
+from stages import arrays, audio, config, files, quality
 from stages.config import AudioConfig, UserError
 from stages.tensor_files import Tensors
 
@@ -217,11 +217,7 @@ def count_verdicts(results: list[dict]) -> dict:
 def load_song(path: Path) -> np.ndarray:
     """A song's samples as wav_to_npy wrote them (a read-only memory map); one sentence naming
     the file when it cannot be read (cut short by a full disk, overwritten by hand)."""
-    try:
-        x = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
-        raise UserError(f"'{path}' is not a readable song array ({err}); run `dvc repro "
-                        "wav_to_npy` to write it again.") from err
+    x = arrays.read(path, "song array", "wav_to_npy")
     if x.ndim != 1:
         raise UserError(f"'{path}' holds an array of shape {x.shape}, not one song's samples; "
                         "run `dvc repro wav_to_npy` to write it again.")

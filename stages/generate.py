@@ -411,7 +411,7 @@ def match_song(x: np.ndarray, body: dict, name: str, number: int, cfg: "Generate
     drawn = quality.spread_db(db)
     summary, a = dict(dynamics_drawn_db=round(drawn, 2)), 0.0
     if cfg.match_tonal > 0:
-        tonal = quality.tonal_fraction(x, rate)
+        tonal = quality.tonal_fraction(x, rate, frame_db=db)
         x, a = sharpen(x, rate, cfg.match_tonal * body["grows_from_tonal_median"], have=tonal)
         if a > 0:
             log.info("song_%02d is %.3f tonal, %s %.3f (x%g): its peaks sharpened %.2f", number,
@@ -435,6 +435,8 @@ def like_sources(songs: np.ndarray, seeds: list[dict], bodies: "SourceBodies | N
     (`match_song`); one summary per song of what was done ({} where its source is not known,
     or neither is asked for). The songs are taken side by side, one thread per core (the FFTs
     and most numpy work run outside Python's lock)."""
+    if not (cfg.match_tonal > 0 or cfg.match_dynamics > 0):
+        return [{} for _ in seeds]        # no source read, no thread started
     seed_file = cfg.seed_file if cfg.seed_source == "file" else ""
     sources = []
     for seed in seeds:              # read here, in order: each source once, logged once
@@ -447,7 +449,7 @@ def like_sources(songs: np.ndarray, seeds: list[dict], bodies: "SourceBodies | N
 
     def one(i: int) -> dict:
         body, name = sources[i]
-        if body is None or not (cfg.match_tonal > 0 or cfg.match_dynamics > 0):
+        if body is None:
             return {}
         songs[i], summary = match_song(songs[i], body, name, i + 1, cfg, rate)
         return summary
@@ -583,12 +585,6 @@ class SourceBodies:
                 log.info("generate.seed_songs: %s is %s; new songs grow from it only after every "
                          "song that passes", self.name(song), self.verdicts[song])
         return self.verdicts[song]
-
-
-def source_judge(npy: Path, rate: int, seconds: float, th: "evaluate.Thresholds",
-                 names: dict[str, str] | None = None) -> Callable[[str], str]:
-    """song id -> the check its median window fails, "" if none (`SourceBodies.judge`)."""
-    return SourceBodies(npy, rate, seconds, th, names).judge
 
 
 def louder_half(seqs: list[int], level: np.ndarray) -> list[int]:

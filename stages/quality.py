@@ -152,11 +152,13 @@ def click_ratio(x: np.ndarray, rate: int, block_size: int, min_hz: float = 4000.
 
 
 def tonal_fraction(x: np.ndarray, rate: int, seconds: float = 0.25, lo: float = 60.0,
-                   hi: float = 5000.0, db_above: float = 6.0, neighbourhood_hz: float = 200.0) -> float:
+                   hi: float = 5000.0, db_above: float = 6.0, neighbourhood_hz: float = 200.0,
+                   frame_db: np.ndarray | None = None) -> float:
     """Share of 60 Hz-5 kHz bins standing >= 6 dB above the median of their +-100 Hz
     neighbourhood, in spectra averaged over ~0.25 s: notes and harmonics (real music 0.1-0.28)
-    against a smear or noise (~0)."""
-    return mean_of_loud(tonal_chunks(x, rate, seconds, lo, hi, db_above, neighbourhood_hz))
+    against a smear or noise (~0). `frame_db`: `frame_dbfs(x)`, when the caller has it."""
+    return mean_of_loud(tonal_chunks(x, rate, seconds, lo, hi, db_above, neighbourhood_hz,
+                                     frame_db))
 
 
 def mean_of_loud(fractions: np.ndarray) -> float:

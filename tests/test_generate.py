@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import yaml
-from stages import (audio, codebook, decode, evaluate, fft_blocks, files, generate, layouts,
+from stages import (arrays, audio, codebook, decode, evaluate, fft_blocks, files, generate, layouts,
                     model as netlib, quality, wav_to_npy)
 from stages.batches import Normaliser
 from stages.config import AudioConfig, UserError
@@ -481,7 +481,7 @@ def test_a_song_static_or_smear_through_most_of_its_length_seeds_only_after_thos
         np.save(npy / f"{song}.npy", samples.astype(np.float32))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     th = evaluate.Thresholds.from_params(params)
-    judge = generate.source_judge(npy, rate, 2.0, th, {"B": "drone.ogg", "C": "bursts.ogg"})
+    judge = generate.SourceBodies(npy, rate, 2.0, th, {"B": "drone.ogg", "C": "bursts.ogg"}).judge
     with caplog.at_level("INFO", logger="rawtune"):
         assert judge("A") == "" and judge("B").startswith("static") \
             and judge("C").startswith("smear")
@@ -495,7 +495,8 @@ def test_a_song_static_or_smear_through_most_of_its_length_seeds_only_after_thos
         cfg = dataclasses.replace(generate.GenerateConfig.from_params(params), seconds=2.0,
                                   n_songs=n_songs, seed_blocks=2, seed_source="train",
                                   seed_songs=seed_songs)
-        judged = generate.source_judge(npy, rate, 2.0, th) if seed_songs == "passing" else None
+        judged = (generate.SourceBodies(npy, rate, 2.0, th).judge if seed_songs == "passing"
+                  else None)
         where = generate.choose_seeds(cfg, codes, audio_cfg, reading,
                                       np.random.default_rng(seed), tensors.index_path,
                                       judge=judged)[1]
@@ -520,6 +521,12 @@ def test_a_song_array_that_cannot_be_read_is_one_sentence_naming_it(tmp_path, co
         bodies.judge("A")
     with pytest.raises(UserError, match=r"B\.npy' holds an array of shape \(3, 2\), not one song"):
         bodies.body("B")
+    # the one reader of every .npy says the same of any array it cannot read
+    with pytest.raises(UserError, match=r"A\.npy' is not a readable array \(.*\); run `dvc repro` "
+                                        r"to write it again\."):
+        arrays.read(npy / "A.npy")
+    with pytest.raises(FileNotFoundError):                     # a missing one is the caller's
+        arrays.read(npy / "gone.npy")
 
 
 def test_songs_are_judged_in_the_draws_order_only_until_enough_pass():
