@@ -78,6 +78,8 @@ class GenerateConfig:
     level_glide: float
     match_dynamics: float
     match_tonal: float
+    min_dynamics_db: float
+    min_tonal: float
 
     @classmethod
     def from_params(cls, params: dict) -> "GenerateConfig":
@@ -104,7 +106,9 @@ class GenerateConfig:
                   threads=p("threads", int, minimum=0),
                   level_glide=float(p("level_glide", (int, float), minimum=0)),
                   match_dynamics=float(p("match_dynamics", (int, float), minimum=0)),
-                  match_tonal=float(p("match_tonal", (int, float), minimum=0)))
+                  match_tonal=float(p("match_tonal", (int, float), minimum=0)),
+                  min_dynamics_db=float(p("min_dynamics_db", (int, float), minimum=0)),
+                  min_tonal=float(p("min_tonal", (int, float), minimum=0)))
         if cfg.top_p > 1:
             raise UserError(f"params.yaml 'generate.top_p' must be at most 1, got {cfg.top_p!r}.")
         if cfg.seed_source == "file" and not cfg.seed_file:
@@ -339,13 +343,17 @@ def breathe(samples: np.ndarray, target_db: float, db: np.ndarray | None = None
     # the most a frame may rise: its own peak to full scale. Between two frame centres the gain
     # is between theirs, and both frames hold those samples, so none passes full scale.
     room = np.maximum(-20 * np.log10(np.abs(quality.frames(samples)).max(axis=1) + 1e-9), 0.0)
-    out, k = samples, 1.0
+    out, k, aim = samples, 1.0, target_db + 0.1      # aimed a little over
+    was_k, was = 1.0, have
     for _ in range(8):    # the frames overlap, and the limiter holds the loud ones: k grows
-        k = min(MAX_STRETCH, k * target_db / max(have, 0.1))
+        # the first step as if the spread grew with k, then secant steps on what it did
+        step = k * aim / max(have, 0.1) if k == 1.0 else k + (aim - have) * (k - was_k) / max(
+            have - was, 1e-3)
+        was_k, was, k = k, have, float(np.clip(step, k, MAX_STRETCH))
         gain_db = np.minimum((k - 1) * away, room[:len(away)])
         out = samples * 10 ** (np.interp(t, centres, gain_db) / 20)
         have = quality.spread_db(quality.frame_dbfs(out))
-        if have >= target_db - 0.05 or k >= MAX_STRETCH:
+        if have >= target_db or k >= MAX_STRETCH:
             break
     return out.astype(np.float32), float(k)
 
@@ -400,31 +408,42 @@ def sharpen(samples: np.ndarray, rate: int, target: float, frame: int = 2048, ho
     return out.astype(np.float32), float(a)
 
 
+UNKNOWN_SOURCE = dict(grows_from_tonal_median=0.0, grows_from_dynamics_db_median=0.0)
+
+
 def match_song(x: np.ndarray, body: dict, name: str, number: int, cfg: "GenerateConfig",
                rate: int) -> tuple[np.ndarray, dict]:
     """One new song made at least `cfg.match_tonal` times as tonal as the median window of the
     song it grows from (`body`, `SourceBodies`; `sharpen`), then spread to breathe at least
     `cfg.match_dynamics` times as much (`breathe`) and, when sharpened, at least as much as it
     was drawn (on one corpus sharpening alone had taken 1.1 dB off the median song's
-    dynamics). Returns the song and what was done."""
+    dynamics). Every song is also made at least `cfg.min_tonal` tonal and to breathe at least
+    `cfg.min_dynamics_db`, whatever its source. Returns the song and what was done."""
     db = quality.frame_dbfs(x)
     drawn = quality.spread_db(db)
     summary, a = dict(dynamics_drawn_db=round(drawn, 2)), 0.0
-    if cfg.match_tonal > 0:
+    if cfg.match_tonal > 0 or cfg.min_tonal > 0:
         tonal = quality.tonal_fraction(x, rate, frame_db=db)
-        x, a = sharpen(x, rate, cfg.match_tonal * body["grows_from_tonal_median"], have=tonal)
+        x, a = sharpen(x, rate, max(cfg.match_tonal * body["grows_from_tonal_median"],
+                                    cfg.min_tonal), have=tonal)
         if a > 0:
-            log.info("song_%02d is %.3f tonal, %s %.3f (x%g): its peaks sharpened %.2f", number,
-                     tonal, name, body["grows_from_tonal_median"], cfg.match_tonal, a)
+            floor = (f", at least {cfg.min_tonal:g} asked" if cfg.min_tonal > cfg.match_tonal
+                     * body["grows_from_tonal_median"] else "")
+            log.info("song_%02d is %.3f tonal, %s %.3f (x%g)%s: its peaks sharpened %.2f",
+                     number, tonal, name, body["grows_from_tonal_median"], cfg.match_tonal,
+                     floor, a)
             db = quality.frame_dbfs(x)
         summary.update(tonal_drawn=round(tonal, 4), sharpened=round(a, 3))
     source = body["grows_from_dynamics_db_median"]
-    x, k = breathe(x, max(drawn if a > 0 else 0.0, cfg.match_dynamics * source), db)
+    x, k = breathe(x, max(drawn if a > 0 else 0.0, cfg.match_dynamics * source,
+                          cfg.min_dynamics_db), db)
     if k > 1:
-        log.info("song_%02d breathes %.1f dB%s, %s %.1f dB (x%g): its levels spread %.2fx",
+        floor = (f", at least {cfg.min_dynamics_db:g} dB asked"
+                 if cfg.min_dynamics_db > cfg.match_dynamics * source else "")
+        log.info("song_%02d breathes %.1f dB%s, %s %.1f dB (x%g)%s: its levels spread %.2fx",
                  number, quality.spread_db(db), f" ({drawn:.1f} dB before sharpening)"
                  if abs(drawn - quality.spread_db(db)) >= 0.05 else "", name, source,
-                 cfg.match_dynamics, k)
+                 cfg.match_dynamics, floor, k)
     summary.update(dynamics_stretch=round(k, 3))
     return x, summary
 
@@ -432,10 +451,12 @@ def match_song(x: np.ndarray, body: dict, name: str, number: int, cfg: "Generate
 def like_sources(songs: np.ndarray, seeds: list[dict], bodies: "SourceBodies | None",
                  cfg: "GenerateConfig", rate: int, scale: float = 32768.0) -> list[dict]:
     """Each song of `songs` (changed in place) as tonal and as lively as the song it grows from
-    (`match_song`); one summary per song of what was done ({} where its source is not known,
-    or neither is asked for). The songs are taken side by side, one thread per core (the FFTs
+    (`match_song`), and at least as tonal and as lively as the floors `cfg.min_tonal` and
+    `cfg.min_dynamics_db`; one summary per song of what was done ({} where nothing is asked
+    for, or its source is not known and no floor is set). The songs are taken side by side, one thread per core (the FFTs
     and most numpy work run outside Python's lock)."""
-    if not (cfg.match_tonal > 0 or cfg.match_dynamics > 0):
+    if not (cfg.match_tonal > 0 or cfg.match_dynamics > 0 or cfg.min_dynamics_db > 0
+            or cfg.min_tonal > 0):
         return [{} for _ in seeds]        # no source read, no thread started
     seed_file = cfg.seed_file if cfg.seed_source == "file" else ""
     sources = []
@@ -449,8 +470,10 @@ def like_sources(songs: np.ndarray, seeds: list[dict], bodies: "SourceBodies | N
 
     def one(i: int) -> dict:
         body, name = sources[i]
-        if body is None:
-            return {}
+        if body is None:        # a source not known: only the floors hold
+            if not (cfg.min_tonal > 0 or cfg.min_dynamics_db > 0):
+                return {}
+            body, name = UNKNOWN_SOURCE, "its source (not known)"
         songs[i], summary = match_song(songs[i], body, name, i + 1, cfg, rate)
         return summary
 

@@ -573,20 +573,28 @@ def test_a_song_that_breathes_less_than_asked_is_spread_around_its_median_level(
     assert k == generate.MAX_STRETCH and np.abs(out).max() <= 1.0
 
 
+def one_source(tmp_path, song: str, file_name: str, samples: np.ndarray, rate: int):
+    """`SourceBodies` of one song (its array in tmp_path/npy, new songs of 4 s) and params.yaml's
+    generate settings with every match step and floor off."""
+    npy = tmp_path / "npy"
+    npy.mkdir()
+    np.save(npy / f"{song}.npy", samples)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    bodies = generate.SourceBodies(npy, rate, 4.0, evaluate.Thresholds.from_params(params),
+                                   {song: file_name})
+    cfg = dataclasses.replace(generate.GenerateConfig.from_params(params), match_tonal=0.0,
+                              match_dynamics=0.0, min_dynamics_db=0.0, min_tonal=0.0)
+    return bodies, cfg
+
+
 def test_each_song_breathes_at_least_as_the_song_it_grows_from(tmp_path, caplog):
     """generate.match_dynamics: a new song is spread to the median window of its source song
     (evaluate's `grows_from_dynamics_db_median`), times the factor; a song of unknown source is
     left alone."""
     rate = 22050
-    npy = tmp_path / "npy"
-    npy.mkdir()
-    np.save(npy / "L.npy", tremolo(10.0, 12.0))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    bodies = generate.SourceBodies(npy, rate, 4.0, evaluate.Thresholds.from_params(params),
-                                   {"L": "lively.ogg"})
+    bodies, cfg = one_source(tmp_path, "L", "lively.ogg", tremolo(10.0, 12.0), rate)
     source = bodies.body("L")["grows_from_dynamics_db_median"]
-    cfg = dataclasses.replace(generate.GenerateConfig.from_params(params), match_tonal=0.0,
-                              match_dynamics=1.0)
+    cfg = dataclasses.replace(cfg, match_dynamics=1.0)
     songs = np.stack([tremolo(4.5, 4.0)] * 3)
     seeds = [dict(seed="train sequence 0", seed_song="L"), dict(seed="train sequence 1",
              seed_song="L"), dict(seed="train sequence 9", seed_song="gone")]
@@ -601,9 +609,21 @@ def test_each_song_breathes_at_least_as_the_song_it_grows_from(tmp_path, caplog)
     generate.like_sources(half, seeds[:1], bodies, dataclasses.replace(cfg, match_dynamics=0.5),
                           rate)
     assert source / 2 - 0.05 <= quality.dynamics_db(half[0]) < source - 1
+    # generate.min_dynamics_db: a floor for every song, above what its source breathes
+    floor = np.stack([tremolo(6.0, 4.0)])
+    done = generate.like_sources(floor, seeds[:1], bodies, dataclasses.replace(
+        cfg, min_dynamics_db=source + 3), rate)
+    assert source + 3 - 0.05 <= quality.dynamics_db(floor[0]) < source + 4
+    assert done[0]["dynamics_stretch"] > 1
     off = np.stack([tremolo(2.0, 4.0)])
     assert generate.like_sources(off, seeds[:1], bodies, dataclasses.replace(
-        cfg, match_dynamics=0.0), rate) == [{}] and np.array_equal(off[0], tremolo(2.0, 4.0))
+        cfg, match_dynamics=0.0, min_dynamics_db=0.0), rate) == [{}]
+    assert np.array_equal(off[0], tremolo(2.0, 4.0))
+    # a song whose source is not known still gets the floor, and only the floor
+    lost = np.stack([tremolo(2.0, 4.0)])
+    done = generate.like_sources(lost, seeds[2:], bodies, dataclasses.replace(
+        cfg, min_dynamics_db=4.5), rate)
+    assert 4.5 - 0.05 <= quality.dynamics_db(lost[0]) < 5.0 and done[0]["dynamics_stretch"] > 1
 
 
 def test_a_song_grown_from_the_users_file_is_measured_against_that_file(tmp_path):
@@ -611,7 +631,8 @@ def test_a_song_grown_from_the_users_file_is_measured_against_that_file(tmp_path
     src = write_song(tmp_path / "mine.flac", 4, 12.0, rate=44100)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     cfg = dataclasses.replace(generate.GenerateConfig.from_params(params), seed_source="file",
-                              seed_file=str(src), seconds=2.0)
+                              seed_file=str(src), seconds=2.0, min_dynamics_db=0.0,
+                              min_tonal=0.0)
     bodies = generate.SourceBodies(tmp_path / "no npy", rate, 2.0,
                                    evaluate.Thresholds.from_params(params))
     body = bodies.of_file(str(src), 32768)
@@ -658,6 +679,34 @@ def test_a_song_less_tonal_than_asked_has_its_notes_sharpened_not_new_ones_added
     assert a == 0.0 and same is smeared
     silence = np.zeros(rate * 2, np.float32)
     assert generate.sharpen(silence, rate, 0.1)[1] == 0.0
+
+
+def test_each_song_is_as_tonal_as_its_source_and_at_least_min_tonal(tmp_path, caplog):
+    """generate.match_tonal against the source's median window; generate.min_tonal a floor for
+    every song, its source known or not."""
+    rate = 22050
+    bodies, cfg = one_source(tmp_path, "C", "chords.ogg", chord_in_hiss(1.0, 12.0), rate)
+    source = bodies.body("C")["grows_from_tonal_median"]
+    cfg = dataclasses.replace(cfg, match_tonal=1.0)
+    drawn = quality.tonal_fraction(chord_in_hiss(3.0), rate)
+    assert drawn < source
+    songs = np.stack([chord_in_hiss(3.0)] * 2)
+    seeds = [dict(seed_song="C"), dict(seed_song="gone")]
+    with caplog.at_level("INFO", logger="rawtune"):
+        done = generate.like_sources(songs, seeds, bodies, cfg, rate)
+    assert quality.tonal_fraction(songs[0], rate) >= source
+    assert done[0]["tonal_drawn"] == round(drawn, 4) and done[0]["sharpened"] > 0
+    assert f"song_01 is {drawn:.3f} tonal, chords.ogg {source:.3f} (x1): its peaks" in caplog.text
+    assert done[1] == {} and np.array_equal(songs[1], chord_in_hiss(3.0))   # no audio, no floor
+    # the floor: above what the source plays, and for a song whose source is not known
+    floor = (drawn + source) / 2 + 0.02
+    songs = np.stack([chord_in_hiss(3.0)] * 2)
+    with caplog.at_level("INFO", logger="rawtune"):
+        done = generate.like_sources(songs, seeds, bodies, dataclasses.replace(
+            cfg, match_tonal=0.0, min_tonal=floor), rate)
+    assert all(quality.tonal_fraction(x, rate) >= floor for x in songs)
+    assert all(d["sharpened"] > 0 for d in done)
+    assert f"at least {floor:g} asked: its peaks sharpened" in caplog.text
 
 
 @pytest.mark.parametrize("name, kwargs, layout", [
@@ -789,6 +838,8 @@ def test_stale_tensors_are_refused_before_any_model_is_read(tmp_path):
     ("generate.threads", -1, "'generate.threads'"),
     ("generate.match_dynamics", "loud", "'generate.match_dynamics' must be int or float"),
     ("generate.match_tonal", -0.5, "'generate.match_tonal'"),
+    ("generate.min_dynamics_db", "8 dB", "'generate.min_dynamics_db' must be int or float"),
+    ("generate.min_tonal", -0.1, "'generate.min_tonal'"),
     ("fft_blocks.fft", "dct", "'fft_blocks.fft' is 'dct'; allowed values are 'rfft', 'full', 'frames'"),
 ])
 def test_bad_generate_params_are_one_sentence(tmp_path, key, value, sentence):
@@ -856,14 +907,20 @@ def test_repro_generate_writes_songs_and_attaches_them_to_the_training_run(train
     song_of = {f"{r['split']} sequence {r['seq']}": r["song_id"] for r in index}
     assert [s["seed_song"] for s in summary["songs"]] == [song_of[s["seed"]]
                                                            for s in summary["songs"]]
-    # each song breathes at least as the median 2 s of the song it grows from (match_dynamics)
-    th = evaluate.Thresholds.from_params(yaml.safe_load((trained / "params.yaml").read_text()))
+    # each song breathes at least as the median 2 s of the song it grows from (match_dynamics),
+    # and at least generate.min_dynamics_db
+    used = yaml.safe_load((trained / "params.yaml").read_text())
+    th, floor = evaluate.Thresholds.from_params(used), used["generate"]["min_dynamics_db"]
     for i, s in enumerate(summary["songs"]):
         src = np.load(trained / "data/interim/npy" / f"{s['seed_song']}.npy")
         wanted = evaluate.source_body(src, 44100, 2, th)["grows_from_dynamics_db_median"]
-        made = quality.dynamics_db(audio.read_mono(out / f"song_{i + 1:02d}.wav", "float32")[0])
+        song = audio.read_mono(out / f"song_{i + 1:02d}.wav", "float32")[0]
+        made = quality.dynamics_db(song)
         assert s["dynamics_stretch"] >= 1 and s["dynamics_drawn_db"] > 0
-        assert made >= min(wanted, s["dynamics_drawn_db"] * generate.MAX_STRETCH) - 0.1
+        assert made >= min(max(wanted, floor), s["dynamics_drawn_db"] * generate.MAX_STRETCH) - 0.1
+        # and at least generate.min_tonal, unless sharpened as far as it goes
+        assert (quality.tonal_fraction(song, 44100) >= used["generate"]["min_tonal"] - 0.005
+                or s["sharpened"] == generate.MAX_SHARPEN)
     from mlflow import MlflowClient
     run_id = json.loads((trained / "metrics/train.json").read_text())["mlflow_run_id"]
     c = MlflowClient(f"sqlite:///{trained / 'mlflow.db'}")
