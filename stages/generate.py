@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from scipy import ndimage, signal
+from scipy import ndimage
 from tqdm import tqdm
 
 from stages import audio, config, evaluate, files, layouts, model as netlib, quality
@@ -374,20 +374,19 @@ def sharpen(samples: np.ndarray, rate: int, target: float, frame: int = 2048, ho
     have = quality.tonal_fraction(samples, rate) if have is None else have
     if have >= target or have <= 0:
         return samples, 0.0
-    _, _, z = signal.stft(samples, nperseg=frame, noverlap=frame - hop)
-    mag = np.abs(z)
+    z = layouts.stft(samples, frame, hop, workers=1)     # the songs are on one thread each
+    mag = np.abs(z).T                                    # (bins, frames)
     log_mag = np.log(mag + 1e-7)
     width = max(3, int(NEIGHBOURHOOD_HZ / (rate / frame)) | 1)
     contrast = log_mag - ndimage.uniform_filter1d(log_mag, width, axis=0, mode="nearest")
-    phase = z / np.maximum(mag, 1e-12)
+    phase = z.T / np.maximum(mag, 1e-12)
     level = quality.level_dbfs(samples)
     energy = (mag ** 2).sum(axis=0)
 
     def made(a: float) -> np.ndarray:
         sharp = np.exp(log_mag + a * contrast)
         sharp *= np.sqrt(energy / np.maximum((sharp ** 2).sum(axis=0), 1e-20))  # each frame's own
-        y = signal.istft(sharp * phase, nperseg=frame, noverlap=frame - hop)[1][:len(samples)]
-        y = np.pad(y, (0, len(samples) - len(y)))
+        y = layouts.istft((sharp * phase).T, frame, hop, len(samples), workers=1)
         return y * 10 ** ((level - quality.level_dbfs(y)) / 20)
 
     tried, got = 0.0, have

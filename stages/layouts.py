@@ -64,14 +64,33 @@ def song_frames(read, n_samples: int, first: int, stop: int, n_fft: int, hop: in
     return np.log(np.abs(spec) + LOG_FLOOR).astype(np.float32)
 
 
-def stft(samples: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
-    """(..., n_samples) -> (..., n_frames, n_fft // 2 + 1) complex64, centred Hann frames."""
+def stft(samples: np.ndarray, n_fft: int, hop: int, workers: int = -1) -> np.ndarray:
+    """(..., n_samples) -> (..., n_frames, n_fft // 2 + 1) complex64, centred Hann frames
+    (`workers`: threads of the FFT, -1 = every core)."""
     pad = [(0, 0)] * (samples.ndim - 1) + [(n_fft // 2, n_fft // 2 + hop)]
     padded = np.pad(samples.astype(np.float32, copy=False), pad)
     count = n_frames(samples.shape[-1], hop)
     rows = np.lib.stride_tricks.sliding_window_view(padded, n_fft, axis=-1)[..., ::hop, :][..., :count, :]
     import scipy.fft
-    return scipy.fft.rfft(rows * window(n_fft), axis=-1, workers=-1)
+    return scipy.fft.rfft(rows * window(n_fft), axis=-1, workers=workers)
+
+
+def istft(spec: np.ndarray, n_fft: int, hop: int, n_samples: int, workers: int = -1
+          ) -> np.ndarray:
+    """The inverse of `stft` for one song: (n_frames, bins) -> (n_samples,) float32, by windowed
+    overlap-add (each sample divided by the sum of the squared windows over it), so that
+    istft(stft(x)) is x to float precision. `hop` must divide `n_fft`."""
+    import scipy.fft
+    w = window(n_fft)
+    rows = scipy.fft.irfft(spec, n=n_fft, axis=-1, workers=workers).astype(np.float32) * w
+    n, parts = len(rows), n_fft // hop
+    out = np.zeros((n + parts - 1) * hop, np.float32)
+    norm = np.zeros_like(out)
+    for j in range(parts):          # the j-th hop of every frame, laid end to end
+        out[j * hop:(j + n) * hop] += rows[:, j * hop:(j + 1) * hop].reshape(-1)
+        norm[j * hop:(j + n) * hop] += np.tile(w[j * hop:(j + 1) * hop] ** 2, n)
+    start = n_fft // 2
+    return out[start:start + n_samples] / np.maximum(norm[start:start + n_samples], 1e-8)
 
 
 PHASE_INITS = ("locked", "random")

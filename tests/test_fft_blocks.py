@@ -101,6 +101,18 @@ def test_frames_stream_chunks_into_the_song_s_log_magnitude_stft(tmp_path):
                                atol=1e-4)
 
 
+@pytest.mark.parametrize("n, n_fft, hop", [(22050 * 2 + 123, 2048, 512), (1000, 256, 64),
+                                            (100, 256, 128)])
+def test_istft_undoes_stft(n, n_fft, hop):
+    song = np.random.default_rng(5).uniform(-1, 1, n).astype(np.float32)
+    spec = layouts.stft(song, n_fft, hop)
+    back = layouts.istft(spec, n_fft, hop, n)
+    assert back.shape == song.shape and back.dtype == np.float32
+    np.testing.assert_allclose(back, song, atol=1e-5)
+    # a change made to the frames is heard: half the magnitude, half the samples
+    np.testing.assert_allclose(layouts.istft(spec / 2, n_fft, hop, n), song / 2, atol=1e-5)
+
+
 def test_griffin_lim_rebuilds_audio_with_the_frames_magnitudes():
     rate, n_fft, hop = 8000, 256, 64
     t = np.arange(2 * rate) / rate
