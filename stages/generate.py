@@ -452,8 +452,8 @@ def like_sources(songs: np.ndarray, seeds: list[dict], bodies: "SourceBodies | N
     """Each song of `songs` (changed in place) as tonal and as lively as the song it grows from
     (`match_song`), and at least as tonal and as lively as the floors `cfg.min_tonal` and
     `cfg.min_dynamics_db`; one summary per song of what was done ({} where nothing is asked
-    for, or its source is not known and no floor is set). The songs are taken side by side, one thread per core (the FFTs
-    and most numpy work run outside Python's lock)."""
+    for, or its source is not known and no floor is set). The songs are taken side by side,
+    one thread per core (the FFTs and most numpy work run outside Python's lock)."""
     if not (cfg.match_tonal > 0 or cfg.match_dynamics > 0 or cfg.min_dynamics_db > 0
             or cfg.min_tonal > 0):
         return [{} for _ in seeds]        # no source read, no thread started
