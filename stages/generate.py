@@ -410,6 +410,11 @@ def sharpen(samples: np.ndarray, rate: int, target: float, frame: int = 2048, ho
 UNKNOWN_SOURCE = dict(grows_from_tonal_median=0.0, grows_from_dynamics_db_median=0.0)
 
 
+def floor_asked(floor: float, matched: float, unit: str) -> str:
+    """The log's clause when a `min_*` floor, not the source, set a song's target."""
+    return f", at least {floor:g}{unit} asked" if floor > matched else ""
+
+
 def match_song(x: np.ndarray, body: dict, name: str, number: int, cfg: "GenerateConfig",
                rate: int) -> tuple[np.ndarray, dict]:
     """One new song made at least `cfg.match_tonal` times as tonal as the median window of the
@@ -426,23 +431,21 @@ def match_song(x: np.ndarray, body: dict, name: str, number: int, cfg: "Generate
         x, a = sharpen(x, rate, max(cfg.match_tonal * body["grows_from_tonal_median"],
                                     cfg.min_tonal), have=tonal)
         if a > 0:
-            floor = (f", at least {cfg.min_tonal:g} asked" if cfg.min_tonal > cfg.match_tonal
-                     * body["grows_from_tonal_median"] else "")
             log.info("song_%02d is %.3f tonal, %s %.3f (x%g)%s: its peaks sharpened %.2f",
                      number, tonal, name, body["grows_from_tonal_median"], cfg.match_tonal,
-                     floor, a)
+                     floor_asked(cfg.min_tonal, cfg.match_tonal * body["grows_from_tonal_median"],
+                                 ""), a)
             db = quality.frame_dbfs(x)
         summary.update(tonal_drawn=round(tonal, 4), sharpened=round(a, 3))
     source = body["grows_from_dynamics_db_median"]
     x, k = breathe(x, max(drawn if a > 0 else 0.0, cfg.match_dynamics * source,
                           cfg.min_dynamics_db), db)
     if k > 1:
-        floor = (f", at least {cfg.min_dynamics_db:g} dB asked"
-                 if cfg.min_dynamics_db > cfg.match_dynamics * source else "")
         log.info("song_%02d breathes %.1f dB%s, %s %.1f dB (x%g)%s: its levels spread %.2fx",
                  number, quality.spread_db(db), f" ({drawn:.1f} dB before sharpening)"
                  if abs(drawn - quality.spread_db(db)) >= 0.05 else "", name, source,
-                 cfg.match_dynamics, floor, k)
+                 cfg.match_dynamics, floor_asked(cfg.min_dynamics_db, cfg.match_dynamics * source,
+                                                 " dB"), k)
     summary.update(dynamics_stretch=round(k, 3))
     return x, summary
 

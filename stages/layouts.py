@@ -14,6 +14,8 @@ Layouts (`fft_blocks.fft`), each block of `block_size` samples (the last one zer
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from stages import config
@@ -81,16 +83,28 @@ def istft(spec: np.ndarray, n_fft: int, hop: int, n_samples: int, workers: int =
     overlap-add (each sample divided by the sum of the squared windows over it), so that
     istft(stft(x)) is x to float precision. `hop` must divide `n_fft`."""
     import scipy.fft
-    w = window(n_fft)
-    rows = scipy.fft.irfft(spec, n=n_fft, axis=-1, workers=workers).astype(np.float32) * w
+    rows = scipy.fft.irfft(spec, n=n_fft, axis=-1, workers=workers).astype(np.float32)
+    rows *= window(n_fft)
     n, parts = len(rows), n_fft // hop
     out = np.zeros((n + parts - 1) * hop, np.float32)
-    norm = np.zeros_like(out)
     for j in range(parts):          # the j-th hop of every frame, laid end to end
         out[j * hop:(j + n) * hop] += rows[:, j * hop:(j + 1) * hop].reshape(-1)
-        norm[j * hop:(j + n) * hop] += np.tile(w[j * hop:(j + 1) * hop] ** 2, n)
     start = n_fft // 2
-    return out[start:start + n_samples] / np.maximum(norm[start:start + n_samples], 1e-8)
+    return out[start:start + n_samples] * overlap_gain(n_fft, hop, n)[start:start + n_samples]
+
+
+@functools.lru_cache(maxsize=4)
+def overlap_gain(n_fft: int, hop: int, n_frames: int) -> np.ndarray:
+    """1 / the sum of the squared windows over each sample of n_frames overlapping frames (what
+    `istft` multiplies by); cached, as one song is often turned back to audio several times."""
+    w2 = np.square(window(n_fft))
+    parts = n_fft // hop
+    norm = np.zeros((n_frames + parts - 1) * hop, np.float32)
+    for j in range(parts):
+        norm[j * hop:(j + n_frames) * hop] += np.tile(w2[j * hop:(j + 1) * hop], n_frames)
+    gain = 1.0 / np.maximum(norm, 1e-8)
+    gain.setflags(write=False)
+    return gain
 
 
 PHASE_INITS = ("locked", "random")
