@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,17 @@ def verdict(fig: dict, ref: dict, th: Thresholds) -> tuple[str, str]:
                   + (f", copy score {fig['copy_score']:.2f}" if "copy_score" in fig else ""))
 
 
+def real_distances(val_mel: list[np.ndarray], train_mel: list[np.ndarray],
+                   distances: Callable) -> list:
+    """The real songs' distances that calibrate a generated song's: each validation song against
+    the other validation songs (when there are two or more), then every training song against
+    the validation songs. `distances(mel, against=None)`: a song's log-mel frames against those
+    of the songs `against` (None: every validation song)."""
+    real = [distances(m, val_mel[:i] + val_mel[i + 1:])
+            for i, m in enumerate(val_mel)] if len(val_mel) >= 2 else []
+    return real + [distances(m) for m in train_mel]
+
+
 class Reference:
     """The validation and training songs' features, computed once per run."""
 
@@ -127,9 +139,7 @@ class Reference:
         after any of them; up to `max_train` of them for the figures that cost more than a
         distance). Their median distance is the real calibration point; the farthest real
         song's is as far as real music goes here (what `noise` must be farther than)."""
-        real = [self.distances(m, self.val_mel[:i] + self.val_mel[i + 1:])
-                for i, m in enumerate(self.val_mel)] if len(val) >= 2 else []
-        real += [self.distances(m) for m in self.train_mel]
+        real = real_distances(self.val_mel, self.train_mel, self.distances)
         real_songs = (val if len(val) >= 2 else []) + train[:max_train]
         if not real:             # one validation song and no training song: itself
             real, real_songs = [self.distances(self.val_mel[0])], val

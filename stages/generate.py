@@ -6,8 +6,9 @@ seed re-predicted the whole growing sequence for every new block. The state is f
 on `seed_blocks` blocks of a training or validation sequence, or of the user's own audio file.
 Each new song's seed comes from another song while there are songs left; songs too short to grow
 a new song from without replaying them (`seed_min_length`), and songs whose typical stretch is
-`static` or a `smear` by `evaluate`'s own bars, judged on their audio (`seed_songs`), seed new
-songs only after the others. A new song less tonal than the song it grows from (against that
+`static` or a `smear` by `evaluate`'s own bars, judged on their audio (`seed_songs`), or unlike
+the album's other songs (`seed_max_fd`: farther from the validation songs than the real songs
+are, on `evaluate`'s frame Fréchet distance), seed new songs only after the others. A new song less tonal than the song it grows from (against that
 song's median stretch) has its notes sharpened until it is as tonal (`match_tonal`: each bin
 further from the mean of its neighbourhood, each frame keeping its loudness), and one that
 breathes less (p90 - p10 of its frame levels) is spread around its median level until it
@@ -74,6 +75,7 @@ class GenerateConfig:
     seed_dynamics_db: float
     seed_min_length: float
     seed_songs: str
+    seed_max_fd: float
     threads: int
     level_glide: float
     match_dynamics: float
@@ -103,6 +105,7 @@ class GenerateConfig:
                   seed_dynamics_db=float(p("seed_dynamics_db", (int, float), minimum=0)),
                   seed_min_length=float(p("seed_min_length", (int, float), minimum=0)),
                   seed_songs=p("seed_songs", str, SEED_SONGS),
+                  seed_max_fd=float(p("seed_max_fd", (int, float), minimum=0)),
                   threads=p("threads", int, minimum=0),
                   level_glide=float(p("level_glide", (int, float), minimum=0)),
                   match_dynamics=float(p("match_dynamics", (int, float), minimum=0)),
@@ -565,15 +568,63 @@ def passing_first(order: np.ndarray, names: list[str], judge: Callable[[str], st
     return np.array(passing + failing)
 
 
+class Album:
+    """How far a song's frames lie from the validation songs (frame Fréchet distance, as
+    `evaluate` measures a new song's), against how far the real songs lie (`evaluate`'s
+    calibration: its median, on the first `reference_seconds` of each song), computed when
+    first asked for. A song farther than `max_vs_real` x that median is unlike the rest of
+    the album: a jingle, a song in another style, whose new songs are as far."""
+
+    def __init__(self, npy: Path, rate: int, train_ids: list[str], val_ids: list[str],
+                 reference_seconds: float, max_vs_real: float):
+        self.npy, self.rate, self.max_vs_real = npy, rate, max_vs_real
+        self.train_ids, self.val_ids, self.seconds = train_ids, val_ids, reference_seconds
+        self.reference: tuple[list[str], list[np.ndarray], float] | None = None
+
+    def calibrate(self) -> tuple[list[str], list[np.ndarray], float]:
+        if self.reference is None:
+            def read(ids: list[str]) -> tuple[list[str], list[np.ndarray]]:
+                there = [i for i in ids if (self.npy / f"{i}.npy").is_file()]
+                songs = evaluate.read_songs(self.npy, there, self.seconds, self.rate)
+                return there, [quality.log_mel(x, self.rate) for x in songs]
+
+            val_ids, val_mel = read(self.val_ids)
+            train_mel = read(self.train_ids)[1]
+            median = float("nan")
+            if val_mel:
+                frames = np.concatenate(val_mel)
+                real = evaluate.real_distances(val_mel, train_mel, lambda m, against=None: (
+                    quality.frechet(m, frames if against is None else np.concatenate(against))))
+                median = float(np.nanmedian(real)) if real else median
+            if not np.isfinite(median):
+                log.info("generate.seed_max_fd: no validation songs to measure the songs "
+                         "against, so none is judged unlike the others")
+            self.reference = val_ids, val_mel, median
+        return self.reference
+
+    def unlike(self, song: str, x: np.ndarray) -> str:
+        """Why the song (its samples x) is unlike the album's songs, "" when it is not."""
+        val_ids, val_mel, median = self.calibrate()
+        if not np.isfinite(median) or median <= 0:
+            return ""
+        others = [m for i, m in zip(val_ids, val_mel) if i != song] or val_mel
+        fd = quality.frechet(quality.log_mel(x, self.rate), np.concatenate(others))
+        if not fd > self.max_vs_real * median:          # nan (a song under 2 frames): alike
+            return ""
+        return (f"unlike the others (frame Fréchet distance {fd:.1f} to the validation songs, "
+                f"{fd / median:.1f}x the real songs' median {median:.1f} > {self.max_vs_real:g}x)")
+
+
 class SourceBodies:
     """The songs new songs grow from, as `evaluate` judges a source: each song's windows as long
     as a new song (`evaluate.source_body`), its audio in `npy` read once, when first asked
-    about (None when it is not there)."""
+    about (None when it is not there); with an `album`, how far each song lies from the others
+    (`Album`)."""
 
     def __init__(self, npy: Path, rate: int, seconds: float, th: "evaluate.Thresholds",
-                 names: dict[str, str] | None = None):
+                 names: dict[str, str] | None = None, album: Album | None = None):
         self.npy, self.rate, self.seconds, self.th = npy, rate, seconds, th
-        self.names = names or {}
+        self.names, self.album = names or {}, album
         self.known: dict[str, dict | None] = {}
         self.verdicts: dict[str, str] = {}
 
@@ -599,13 +650,16 @@ class SourceBodies:
 
     def judge(self, song: str) -> str:
         """The check ("static ...", "smear ...") that the song's median window fails on
-        `evaluate`'s bars, "" when it passes (or its audio is not there): a new song grown from
-        anywhere in a song that is static through most of its length is static. A failing song
-        is logged once, by its file name."""
+        `evaluate`'s bars, or why it is unlike the album's other songs (`Album`), "" when it
+        passes (or its audio is not there): a new song grown from anywhere in a song that is
+        static through most of its length is static, and one grown from a jingle in another
+        style is as far from the album. A failing song is logged once, by its file name."""
         if song not in self.verdicts:
             body = self.body(song)
-            self.verdicts[song] = "" if body is None else evaluate.typical_window_fails(body,
-                                                                                       self.th)
+            fails = "" if body is None else evaluate.typical_window_fails(body, self.th)
+            if body is not None and not fails and self.album is not None:
+                fails = self.album.unlike(song, evaluate.load_song(self.npy / f"{song}.npy"))
+            self.verdicts[song] = fails
             if self.verdicts[song]:
                 log.info("generate.seed_songs: %s is %s; new songs grow from it only after every "
                          "song that passes", self.name(song), self.verdicts[song])
@@ -1033,7 +1087,7 @@ def main(args) -> None:
     rng = np.random.default_rng(cfg.random_seed)
     n_steps = steps_for(cfg.seconds, audio_cfg)
     section_steps, n_cues = sections_for(cfg, n_steps, audio_cfg)
-    bodies = source_bodies(cfg, params, args, audio_cfg)
+    bodies = source_bodies(cfg, params, args, audio_cfg, tensors)
     seed, seeds, plays, cues = choose_seeds(cfg, src.arrays, audio_cfg, src.reading, rng,
                                             tensors.index_path, n_cues,
                                             bodies.judge if cfg.seed_songs == "passing" else None)
@@ -1077,14 +1131,19 @@ def main(args) -> None:
     log_to_run(params, summary, out_dir, Path(args.train_metrics))
 
 
-def source_bodies(cfg: GenerateConfig, params: dict, args, audio_cfg: AudioConfig
-                  ) -> SourceBodies:
+def source_bodies(cfg: GenerateConfig, params: dict, args, audio_cfg: AudioConfig,
+                  tensors: Tensors) -> SourceBodies:
     """The songs new songs may grow from, judged on their audio in `args.npy` and named by the
-    manifest's file names (`generate.seed_songs`, `generate.match_dynamics`)."""
+    manifest's file names (`generate.seed_songs`, `seed_max_fd`, `match_dynamics`)."""
     names = {song: Path(path).name for song, path in
              evaluate.song_names(Path(args.manifest)).items()}
-    return SourceBodies(Path(args.npy), audio_cfg.sample_rate, cfg.seconds,
-                        evaluate.Thresholds.from_params(params), names)
+    th = evaluate.Thresholds.from_params(params)
+    album = None
+    if cfg.seed_max_fd > 0 and cfg.seed_songs == "passing" and cfg.seed_source != "file":
+        train_ids, val_ids = evaluate.song_ids(tensors)
+        album = Album(Path(args.npy), audio_cfg.sample_rate, train_ids, val_ids,
+                      th.reference_seconds, cfg.seed_max_fd)
+    return SourceBodies(Path(args.npy), audio_cfg.sample_rate, cfg.seconds, th, names, album)
 
 
 def build_parser():

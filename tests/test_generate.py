@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -507,6 +508,51 @@ def test_a_song_static_or_smear_through_most_of_its_length_seeds_only_after_thos
     assert {songs_drawn(s, 1, "any")[0] for s in range(12)} > {"A"}
 
 
+def test_a_song_unlike_the_rest_of_the_album_seeds_only_after_those_like_it(tmp_path, caplog):
+    """generate.seed_max_fd: a song whose frames lie farther from the validation songs than
+    that many times the real songs' median (evaluate's calibration) is judged like a static
+    one: new songs grow from it only after every song that passes."""
+    from stages import synth
+    rate, n = 22050, 22050 * 6
+    npy = tmp_path / "npy"
+    npy.mkdir()
+    for i, song in enumerate(["V1", "V2", "A", "B", "C"]):        # one album: drums, bass, chords
+        np.save(npy / f"{song}.npy", synth.make_song(i + 1, 6, rate).mean(axis=1))
+    t = np.arange(n) / rate                 # lively and tonal, but only high partials: a whistle
+    whistles = sum(np.sin(2 * np.pi * f * t) for f in np.linspace(3000, 7000, 24)) / 24
+    np.save(npy / "J.npy", (whistles * (0.55 + 0.45 * np.sin(3 * np.pi * t))).astype(np.float32))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    th = evaluate.Thresholds.from_params(params)
+
+    def judged(max_vs_real: float, val: list[str]) -> generate.SourceBodies:
+        album = generate.Album(npy, rate, ["A", "B", "C", "J"], val, th.reference_seconds,
+                               max_vs_real)
+        return generate.SourceBodies(npy, rate, 2.0, th, {"J": "whistles.ogg"}, album)
+
+    bodies = judged(1.5, ["V1", "V2"])
+    with caplog.at_level("INFO", logger="rawtune"):
+        assert [bodies.judge(s) for s in "ABC"] == ["", "", ""]
+        why = bodies.judge("J")
+    assert bodies.body("J")["grows_from_tonal_median"] > th.smear_tonal       # not a smear
+    figures = re.fullmatch(r"unlike the others \(frame Fréchet distance ([\d.]+) to the validation "
+                           r"songs, ([\d.]+)x the real songs' median ([\d.]+) > 1.5x\)", why)
+    assert figures, why
+    fd, times, median = map(float, figures.groups())
+    assert times > 1.5 and fd == pytest.approx(times * median, rel=0.05)
+    # the median is evaluate's own calibration of these songs, the same figure it reports
+    songs = {s: evaluate.read_songs(npy, [s], th.reference_seconds, rate)[0]
+             for s in ["V1", "V2", "A", "B", "C", "J"]}
+    ref = evaluate.Reference([songs["V1"], songs["V2"]], [songs[s] for s in "ABCJ"], rate, 1024)
+    assert median == pytest.approx(ref.figures["fd_frames_real"], abs=0.1)
+    assert "generate.seed_songs: whistles.ogg is unlike the others" in caplog.text
+    # as far as a song may be asked, or no validation songs to measure against: all alike
+    assert judged(times + 1, ["V1", "V2"]).judge("J") == ""
+    caplog.clear()
+    with caplog.at_level("INFO", logger="rawtune"):
+        assert judged(1.5, []).judge("J") == ""
+    assert "no validation songs to measure the songs against" in caplog.text
+
+
 @pytest.mark.parametrize("content", [b"",
                                      b"\x93NUMPY\x01\x00v\x00{'descr': '<f4', 'fortran_order'"])
 def test_a_song_array_that_cannot_be_read_is_one_sentence_naming_it(tmp_path, content):
@@ -840,6 +886,7 @@ def test_stale_tensors_are_refused_before_any_model_is_read(tmp_path):
     ("generate.match_tonal", -0.5, "'generate.match_tonal'"),
     ("generate.min_dynamics_db", "8 dB", "'generate.min_dynamics_db' must be int or float"),
     ("generate.min_tonal", -0.1, "'generate.min_tonal'"),
+    ("generate.seed_max_fd", "far", "'generate.seed_max_fd' must be int or float"),
     ("fft_blocks.fft", "dct", "'fft_blocks.fft' is 'dct'; allowed values are 'rfft', 'full', 'frames'"),
 ])
 def test_bad_generate_params_are_one_sentence(tmp_path, key, value, sentence):
