@@ -31,7 +31,8 @@ BLOCKS = {"decode.sample_rate": 44100, "fft_blocks.fft": "rfft", "fft_blocks.blo
           "train.optimizer": "rmsprop", "train.learning_rate": 0.002, "train.batch_size": 16,
           "train.normalise": True, "generate.temperature": 0.0, "generate.seed_blocks": 8,
           "generate.match_dynamics": 0, "generate.match_tonal": 0,
-          "generate.min_dynamics_db": 0, "generate.min_tonal": 0}    # the seed's way: as drawn
+          "generate.min_dynamics_db": 0, "generate.min_tonal": 0,
+          "generate.min_copy": 0}                                     # the seed's way: as drawn
 FRAMES = {"decode.sample_rate": 22050, "fft_blocks.fft": "frames", "fft_blocks.block_size": 2048,
           "fft_blocks.hop": 512, "tensors.max_seq_len": 128, "train.optimizer": "adam",
           "train.learning_rate": 0.001, "train.batch_size": 32, "train.normalise": True,

@@ -101,6 +101,27 @@ def real_distances(val_mel: list[np.ndarray], train_mel: list[np.ndarray],
     return real + [distances(m) for m in train_mel]
 
 
+class Copies:
+    """The copy score: how far a song's passages (0.5 s of log-mel frames, every other frame)
+    lie from the nearest passage of any training song, against how far the validation songs'
+    lie (so a real song new to the model scores about 1, a stretch of a training song ~0.35)."""
+
+    def __init__(self, val_mel: list[np.ndarray], train_mel: list[np.ndarray]):
+        self.train = (np.concatenate([quality.passages(m) for m in train_mel]) if train_mel
+                      else None)
+        self.val_to_train = (quality.nearest_distance(
+            np.concatenate([quality.passages(m, step=2) for m in val_mel]), self.train)
+            if train_mel and val_mel else float("nan"))
+
+    def score(self, mel: np.ndarray) -> float:
+        """The copy score of a song's log-mel frames; nan with no training songs, or for a song
+        shorter than a passage."""
+        if not self.val_to_train > 0:                               # False for nan
+            return float("nan")
+        return quality.nearest_distance(quality.passages(mel, step=2),
+                                        self.train) / self.val_to_train
+
+
 class Reference:
     """The validation and training songs' features, computed once per run."""
 
@@ -116,13 +137,9 @@ class Reference:
         self.train_mel = [quality.log_mel(x, rate) for x in train]
         self.val_frames = np.concatenate(self.val_mel)
         self.val_texture = np.concatenate([quality.texture(m) for m in self.val_mel])
-        self.train_passages = (np.concatenate([quality.passages(m) for m in self.train_mel])
-                               if train else None)
+        self.copies = Copies(self.val_mel, self.train_mel)
         self.train_level = float(np.mean([quality.level_dbfs(x) for x in train or val]))
         self.val_level = float(np.mean([quality.level_dbfs(x) for x in val]))
-        self.val_to_train = (quality.nearest_distance(       # nan: no copy score
-            np.concatenate([quality.passages(m, step=2) for m in self.val_mel]),
-            self.train_passages) if train else float("nan"))
         self.figures = self.calibrate(val, train)
 
     def distances(self, mel: np.ndarray, against: list[np.ndarray] | None = None) -> dict:
@@ -187,11 +204,9 @@ class Reference:
             noise = ref[f"{key}_noise"]
             fig[f"{key}_closer_to"] = ("real" if d[key] <= real
                                        or abs(d[key] - real) <= abs(d[key] - noise) else "noise")
-        if copy and self.val_to_train > 0:                      # False for nan
-            score = quality.nearest_distance(quality.passages(mel, step=2),
-                                             self.train_passages) / self.val_to_train
-            if np.isfinite(score):                              # nan: shorter than a passage
-                fig["copy_score"] = round(score, 4)
+        score = self.copies.score(mel) if copy else float("nan")
+        if np.isfinite(score):                                  # nan: no copy score
+            fig["copy_score"] = round(score, 4)
         return fig
 
 

@@ -24,6 +24,8 @@ scale, block size or layout is refused in one sentence naming each difference.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import math
 import time
@@ -82,6 +84,7 @@ class GenerateConfig:
     match_tonal: float
     min_dynamics_db: float
     min_tonal: float
+    min_copy: float
 
     @classmethod
     def from_params(cls, params: dict) -> "GenerateConfig":
@@ -111,7 +114,8 @@ class GenerateConfig:
                   match_dynamics=float(p("match_dynamics", (int, float), minimum=0)),
                   match_tonal=float(p("match_tonal", (int, float), minimum=0)),
                   min_dynamics_db=float(p("min_dynamics_db", (int, float), minimum=0)),
-                  min_tonal=float(p("min_tonal", (int, float), minimum=0)))
+                  min_tonal=float(p("min_tonal", (int, float), minimum=0)),
+                  min_copy=float(p("min_copy", (int, float), minimum=0)))
         if cfg.top_p > 1:
             raise UserError(f"params.yaml 'generate.top_p' must be at most 1, got {cfg.top_p!r}.")
         if cfg.seed_source == "file" and not cfg.seed_file:
@@ -454,12 +458,14 @@ def match_song(x: np.ndarray, body: dict, name: str, number: int, cfg: "Generate
 
 
 def like_sources(songs: np.ndarray, seeds: list[dict], bodies: "SourceBodies | None",
-                 cfg: "GenerateConfig", rate: int, scale: float = 32768.0) -> list[dict]:
+                 cfg: "GenerateConfig", rate: int, scale: float = 32768.0,
+                 numbers: list[int] | None = None) -> list[dict]:
     """Each song of `songs` (changed in place) as tonal and as lively as the song it grows from
     (`match_song`), and at least as tonal and as lively as the floors `cfg.min_tonal` and
     `cfg.min_dynamics_db`; one summary per song of what was done ({} where nothing is asked
     for, or its source is not known and no floor is set). The songs are taken side by side,
-    one thread per core (the FFTs and most numpy work run outside Python's lock)."""
+    one thread per core (the FFTs and most numpy work run outside Python's lock). `numbers`:
+    the songs' numbers in the log (default 1, 2, ...)."""
     if not (cfg.match_tonal > 0 or cfg.match_dynamics > 0 or cfg.min_dynamics_db > 0
             or cfg.min_tonal > 0):
         return [{} for _ in seeds]        # no source read, no thread started
@@ -479,7 +485,8 @@ def like_sources(songs: np.ndarray, seeds: list[dict], bodies: "SourceBodies | N
             if not (cfg.min_tonal > 0 or cfg.min_dynamics_db > 0):
                 return {}
             body, name = UNKNOWN_SOURCE, "its source (not known)"
-        songs[i], summary = match_song(songs[i], body, name, i + 1, cfg, rate)
+        songs[i], summary = match_song(songs[i], body, name,
+                                       i + 1 if numbers is None else numbers[i], cfg, rate)
         return summary
 
     workers = min(len(seeds), config.usable_cores())
@@ -569,44 +576,56 @@ def passing_first(order: np.ndarray, names: list[str], judge: Callable[[str], st
 
 
 class Album:
-    """How far a song's frames lie from the validation songs (frame Fréchet distance, as
-    `evaluate` measures a new song's), against how far the real songs lie (`evaluate`'s
-    calibration: its median, on the first `reference_seconds` of each song), computed when
-    first asked for. A song farther than `max_vs_real` x that median is unlike the rest of
-    the album: a jingle, a song in another style, whose new songs are as far."""
+    """The album's real songs as `evaluate` measures a new song against them (the first
+    `reference_seconds` of each), read when first needed. How far a song's frames lie from the
+    validation songs (frame Fréchet distance) against how far the real songs lie (`evaluate`'s
+    calibration, its median): a song farther than `max_vs_real` x that median is unlike the rest
+    of the album (a jingle, a song in another style, whose new songs are as far). And a new
+    song's copy score (`evaluate.Copies`)."""
 
     def __init__(self, npy: Path, rate: int, train_ids: list[str], val_ids: list[str],
                  reference_seconds: float, max_vs_real: float):
         self.npy, self.rate, self.max_vs_real = npy, rate, max_vs_real
         self.train_ids, self.val_ids, self.seconds = train_ids, val_ids, reference_seconds
-        self.reference: tuple[list[str], list[np.ndarray], float] | None = None
 
-    def calibrate(self) -> tuple[list[str], list[np.ndarray], float]:
-        if self.reference is None:
-            def read(ids: list[str]) -> tuple[list[str], list[np.ndarray]]:
-                there = [i for i in ids if (self.npy / f"{i}.npy").is_file()]
-                songs = evaluate.read_songs(self.npy, there, self.seconds, self.rate)
-                return there, [quality.log_mel(x, self.rate) for x in songs]
+    def read(self, ids: list[str]) -> tuple[list[str], list[np.ndarray]]:
+        there = [i for i in ids if (self.npy / f"{i}.npy").is_file()]
+        songs = evaluate.read_songs(self.npy, there, self.seconds, self.rate)
+        return there, [quality.log_mel(x, self.rate) for x in songs]
 
-            val_ids, val_mel = read(self.val_ids)
-            train_mel = read(self.train_ids)[1]
-            median = float("nan")
-            if val_mel:
-                frames = np.concatenate(val_mel)
-                real = evaluate.real_distances(val_mel, train_mel, lambda m, against=None: (
-                    quality.frechet(m, frames if against is None else np.concatenate(against))))
-                median = float(np.nanmedian(real)) if real else median
-            if not np.isfinite(median):
-                log.info("generate.seed_max_fd: no validation songs to measure the songs "
-                         "against, so none is judged unlike the others")
-            self.reference = val_ids, val_mel, median
-        return self.reference
+    @functools.cached_property
+    def mels(self) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
+        """(the validation songs there, their log-mel frames, the training songs' frames)."""
+        return (*self.read(self.val_ids), self.read(self.train_ids)[1])
+
+    @functools.cached_property
+    def median_fd(self) -> float:
+        val_ids, val_mel, train_mel = self.mels
+        median = float("nan")
+        if val_mel:
+            frames = np.concatenate(val_mel)
+            real = evaluate.real_distances(val_mel, train_mel, lambda m, against=None: (
+                quality.frechet(m, frames if against is None else np.concatenate(against))))
+            median = float(np.nanmedian(real)) if real else median
+        if not np.isfinite(median):
+            log.info("generate.seed_max_fd: no validation songs to measure the songs against, "
+                     "so none is judged unlike the others")
+        return median
+
+    @functools.cached_property
+    def copies(self) -> evaluate.Copies:
+        return evaluate.Copies(self.mels[1], self.mels[2])
+
+    def copy_score(self, x: np.ndarray) -> float:
+        """A new song's copy score, as `evaluate` will report it (nan: none to compute)."""
+        return self.copies.score(quality.log_mel(x, self.rate))
 
     def unlike(self, song: str, x: np.ndarray) -> str:
         """Why the song (its samples x) is unlike the album's songs, "" when it is not."""
-        val_ids, val_mel, median = self.calibrate()
-        if not np.isfinite(median) or median <= 0:
+        if self.max_vs_real <= 0 or not self.median_fd > 0:         # False for nan
             return ""
+        val_ids, val_mel, _ = self.mels
+        median = self.median_fd
         others = [m for i, m in zip(val_ids, val_mel) if i != song] or val_mel
         fd = quality.frechet(quality.log_mel(x, self.rate), np.concatenate(others))
         if not fd > self.max_vs_real * median:          # nan (a song under 2 frames): alike
@@ -630,6 +649,10 @@ class SourceBodies:
 
     def name(self, song: str) -> str:
         return self.names.get(song, song)
+
+    def source_name(self, where: dict) -> str:
+        """The file a new song grew from (`choose_seeds`' record of it), or its seed."""
+        return self.name(where["seed_song"]) if "seed_song" in where else where["seed"]
 
     def body(self, song: str) -> dict | None:
         if song not in self.known:
@@ -854,6 +877,129 @@ def choose_seeds(cfg: GenerateConfig, tensors, audio_cfg: AudioConfig, reading: 
     where = [dict(seed=f"{cfg.seed_source} sequence {i}", **({"seed_song": songs[i]} if known
                                                              else {})) for i in picks]
     return seed, where, plays, cues
+
+
+@dataclass
+class Grown:
+    """What new songs grow from, one row per song: the seed as the model reads it, where it
+    came from, the codes each may draw (None: any), the codes that count as silence for it
+    (one row for every song, or None) and its later sections' cues (or None)."""
+    seed: np.ndarray
+    where: list[dict]
+    palettes: np.ndarray | None
+    silent: np.ndarray | None
+    cues: np.ndarray | None
+
+    def rows(self, pick: slice) -> "Grown":
+        def cut(a: np.ndarray | None, shared: bool = False) -> np.ndarray | None:
+            return a if a is None or shared and len(a) == 1 else a[pick]
+        return Grown(self.seed[pick], self.where[pick], cut(self.palettes),
+                     cut(self.silent, shared=True), cut(self.cues))
+
+
+def seeds_for(cfg: GenerateConfig, n_rows: int, src: "Source", audio_cfg: AudioConfig,
+              rng: np.random.Generator, index_path: Path, n_cues: int,
+              bodies: "SourceBodies") -> Grown:
+    """`n_rows` songs' seeds (`choose_seeds`), palettes (`generate.palette`) and silent codes."""
+    seed, where, plays, cues = choose_seeds(
+        dataclasses.replace(cfg, n_songs=n_rows), src.arrays, audio_cfg, src.reading, rng,
+        index_path, n_cues, bodies.judge if cfg.seed_songs == "passing" else None)
+    palettes = plays > 0 if plays is not None and cfg.palette == "song" else None
+    silent = None
+    if src.reading.book is not None:        # the training songs' codes where no song is known
+        if plays is None or cfg.palette == "all":
+            plays = code_counts(src.arrays.read("x"), src.arrays.n_codes)[None]
+        silent = silent_codes(src.reading.book, plays, audio_cfg.block_size, cfg.silence_db)
+    return Grown(seed, where, palettes, silent, cues)
+
+
+@dataclass
+class Grower:
+    """Everything that turns seeds into finished songs, for one run."""
+    src: "Source"
+    cfg: GenerateConfig
+    audio_cfg: AudioConfig
+    n_steps: int
+    section_steps: int
+    bodies: "SourceBodies"
+    rng: np.random.Generator
+
+    def grow(self, rows: Grown, keep: list[int] | None = None, numbers: list[int] | None = None
+             ) -> tuple[np.ndarray, np.ndarray, list[dict], float]:
+        """Every row's song drawn in one batch (the batch as large as the first, so the graph
+        is not traced again), then the songs `keep` (default all) turned into audio and matched
+        to their sources, logged as songs `numbers` (default 1, 2, ...). Returns what the model
+        made, the audio (n_kept, n_samples), what matching did, and the network's seconds."""
+        cfg, src, t0 = self.cfg, self.src, time.perf_counter()
+        made = generate_blocks(src.stepper, rows.seed, self.n_steps, cfg.temperature, self.rng,
+                               cfg.top_k, cfg.top_p, rows.palettes, rows.silent,
+                               steps_in(cfg.max_silence_s, self.audio_cfg), rows.cues,
+                               self.section_steps, levels=None if src.reading.book is None else
+                               code_levels(src.reading), glide=cfg.level_glide)
+        network_s = time.perf_counter() - t0
+        keep = list(range(len(made))) if keep is None else keep
+        made = made[keep]
+        samples = to_samples(made, src, cfg, self.rng)
+        matched = like_sources(samples, [rows.where[i] for i in keep], self.bodies, cfg,
+                               self.audio_cfg.sample_rate, self.audio_cfg.scale,
+                               numbers=numbers)
+        return made, samples, matched, network_s
+
+
+def fewer_copies(songs: np.ndarray, made: np.ndarray, where: list[dict], matched: list[dict],
+                 spare: Grown, grower: Grower) -> list[dict]:
+    """`generate.min_copy`: each new song whose copy score (`evaluate`'s) is under it is drawn
+    once more, from its spare seed (another song of the same draw), and the less copied of the
+    two is kept: a song grown from a song that repeats itself tends to replay it. Changes the
+    songs, what was made, where they grew from and what matching did in place; returns each
+    song's copy figures."""
+    cfg, album = grower.cfg, grower.bodies.album
+    if cfg.min_copy <= 0 or album is None:
+        return [{} for _ in where]
+    scores = [album.copy_score(x) for x in songs]
+    copies = [dict(copy_score_drawn=round(c, 4)) if np.isfinite(c) else {} for c in scores]
+    low = [i for i, c in enumerate(scores) if c < cfg.min_copy]         # nan: never low
+    name = grower.bodies.source_name
+    pairs = spares_for(low, where, spare, grower)
+    for i in low:
+        if i not in pairs:
+            log.info("generate.min_copy: song_%02d copy score %.2f (grown from %s) < %g, and no "
+                     "other passing song is left to draw it again from", i + 1, scores[i],
+                     name(where[i]), cfg.min_copy)
+    if not pairs:
+        return copies
+    made2, songs2, matched2, _ = grower.grow(spare, keep=list(pairs.values()),
+                                             numbers=[i + 1 for i in pairs])
+    for k, (i, j) in enumerate(pairs.items()):
+        again = album.copy_score(songs2[k])
+        better = again > scores[i]
+        log.info("generate.min_copy: song_%02d copy score %.2f (grown from %s) < %g: drawn again "
+                 "from %s, %.2f; the %s kept", i + 1, scores[i], name(where[i]), cfg.min_copy,
+                 name(spare.where[j]), again, "new draw" if better else "first draw")
+        copies[i].update(copy_score_first=round(scores[i], 4), drawn_again=bool(better))
+        if better:
+            songs[i], made[i], where[i], matched[i] = songs2[k], made2[k], spare.where[j], \
+                matched2[k]
+            copies[i]["copy_score_drawn"] = round(again, 4)
+    return copies
+
+
+def spares_for(low: list[int], where: list[dict], spare: Grown, grower: Grower) -> dict[int, int]:
+    """For each song of `low`, a spare row to draw it again from, in the draw's order: one
+    grown from another song than it was, and (with `seed_songs: passing`) from a song that
+    passes the judge, each row used once."""
+    judge = (grower.bodies.judge if grower.cfg.seed_songs == "passing"
+             else lambda song: "")
+    free = [j for j, w in enumerate(spare.where)
+            if "seed_song" not in w or not judge(w["seed_song"])]
+    pairs = {}
+    for i in low:
+        j = next((j for j in free if spare.where[j].get("seed_song", "?") !=
+                  where[i].get("seed_song")), None)
+        if j is not None:
+            pairs[i] = j
+            free.remove(j)
+    return pairs
 
 
 # --- the stage ---------------------------------------------------------------------------------
@@ -1088,32 +1234,23 @@ def main(args) -> None:
     n_steps = steps_for(cfg.seconds, audio_cfg)
     section_steps, n_cues = sections_for(cfg, n_steps, audio_cfg)
     bodies = source_bodies(cfg, params, args, audio_cfg, tensors)
-    seed, seeds, plays, cues = choose_seeds(cfg, src.arrays, audio_cfg, src.reading, rng,
-                                            tensors.index_path, n_cues,
-                                            bodies.judge if cfg.seed_songs == "passing" else None)
-    palettes = plays > 0 if plays is not None and cfg.palette == "song" else None
-    silent = None
-    if src.reading.book is not None:        # the training songs' codes where no song is known
-        if plays is None or cfg.palette == "all":
-            plays = code_counts(src.arrays.read("x"), src.arrays.n_codes)[None]
-        silent = silent_codes(src.reading.book, plays, audio_cfg.block_size, cfg.silence_db)
-
-    say_plan(cfg, src.stepper.family, n_steps, audio_cfg.layout, threads, n_cues, palettes)
+    # with min_copy, a spare seed per song, from the next songs of the same draw
+    rows = seeds_for(cfg, cfg.n_songs * (2 if cfg.min_copy > 0 else 1), src, audio_cfg, rng,
+                     tensors.index_path, n_cues, bodies)
+    drawn, spare = rows.rows(slice(0, cfg.n_songs)), rows.rows(slice(cfg.n_songs, None))
+    say_plan(cfg, src.stepper.family, n_steps, audio_cfg.layout, threads, n_cues,
+             drawn.palettes)
+    grower = Grower(src, cfg, audio_cfg, n_steps, section_steps, bodies, rng)
     t0 = time.perf_counter()
-    made = generate_blocks(src.stepper, seed, n_steps, cfg.temperature, rng, cfg.top_k, cfg.top_p,
-                           palettes, silent, steps_in(cfg.max_silence_s, audio_cfg), cues,
-                           section_steps, levels=None if src.reading.book is None else
-                           code_levels(src.reading), glide=cfg.level_glide)
-    network_s = time.perf_counter() - t0
-    songs_samples = to_samples(made, src, cfg, rng)
-    matched = like_sources(songs_samples, seeds, bodies, cfg, audio_cfg.sample_rate,
-                           audio_cfg.scale)
+    made, songs_samples, matched, network_s = grower.grow(drawn)
     wall = time.perf_counter() - t0
+    copies = fewer_copies(songs_samples, made, drawn.where, matched, spare, grower)
+    checked = time.perf_counter() - t0 - wall
 
     out_dir = Path(args.out)
-    songs = write_songs(songs_samples, audio_cfg.sample_rate, cfg, out_dir, seeds)
-    for song, done in zip(songs, matched):
-        song.update(done)
+    songs = write_songs(songs_samples, audio_cfg.sample_rate, cfg, out_dir, drawn.where)
+    for song, done, copy in zip(songs, matched, copies):
+        song.update(done, **copy)
     if src.reading.book is not None:
         for song, replay in zip(songs, replayed(made, src.arrays, audio_cfg,
                                                 tensors.index_path)):
@@ -1122,12 +1259,14 @@ def main(args) -> None:
     summary = dict(songs=songs, n_songs=cfg.n_songs, seconds=cfg.seconds, blocks=n_steps,
                    family=src.stepper.family, generation_s=round(wall, 3),
                    network_s=round(network_s, 3), realtime_factor=round(audio_seconds / wall, 1),
-                   threads=threads,
-                   palette_codes=None if palettes is None else palettes.sum(axis=1).tolist(),
+                   copy_check_s=round(checked, 3), threads=threads,
+                   palette_codes=(None if drawn.palettes is None
+                                  else drawn.palettes.sum(axis=1).tolist()),
                    model=model_source, audio=src.audio.as_dict())
     files.write_json(args.metrics, summary)
     log.info("%d song(s) -> %s (%.1f s of audio in %.1f s, %.1f s of it the network: %.0fx real "
-             "time)", cfg.n_songs, out_dir, audio_seconds, wall, network_s, audio_seconds / wall)
+             "time%s)", cfg.n_songs, out_dir, audio_seconds, wall, network_s, audio_seconds / wall,
+             f"; then {checked:.1f} s for generate.min_copy" if cfg.min_copy > 0 else "")
     log_to_run(params, summary, out_dir, Path(args.train_metrics))
 
 
@@ -1138,11 +1277,11 @@ def source_bodies(cfg: GenerateConfig, params: dict, args, audio_cfg: AudioConfi
     names = {song: Path(path).name for song, path in
              evaluate.song_names(Path(args.manifest)).items()}
     th = evaluate.Thresholds.from_params(params)
-    album = None
-    if cfg.seed_max_fd > 0 and cfg.seed_songs == "passing" and cfg.seed_source != "file":
+    album, unlike = None, cfg.seed_max_fd if cfg.seed_songs == "passing" else 0.0
+    if unlike > 0 or cfg.min_copy > 0:
         train_ids, val_ids = evaluate.song_ids(tensors)
         album = Album(Path(args.npy), audio_cfg.sample_rate, train_ids, val_ids,
-                      th.reference_seconds, cfg.seed_max_fd)
+                      th.reference_seconds, unlike)
     return SourceBodies(Path(args.npy), audio_cfg.sample_rate, cfg.seconds, th, names, album)
 
 

@@ -182,10 +182,21 @@ def test_songs_of_a_model_made_for_other_audio_are_refused(tmp_path):
 @pytest.mark.slow
 def test_repro_evaluate_writes_eval_json_and_adds_to_the_training_run(trained):
     set_params(trained / "params.yaml", {"generate.seconds": 3, "generate.n_songs": 2,
-                                         "evaluate.reference_seconds": 10})
+                                         "evaluate.reference_seconds": 10,
+                                         "generate.min_copy": 9,    # every song drawn again
+                                         "generate.seed_max_fd": 0})  # from the other song
     proc = run(["dvc", "repro", "evaluate"], trained)
     assert "Traceback" not in proc.stderr and "calibration: frame FD real" in proc.stderr
     ev = json.loads((trained / "metrics/eval.json").read_text())
+    # generate.min_copy: each song was drawn again from the other song, and the less copied of
+    # its two draws kept; generate's copy score is evaluate's
+    made = json.loads((trained / "metrics/generate.json").read_text())
+    for i, (s, m) in enumerate(zip(ev["songs"], made["songs"])):
+        assert f"generate.min_copy: song_{i + 1:02d} copy score {m['copy_score_first']:.2f}" \
+            in proc.stderr
+        assert m["copy_score_drawn"] >= m["copy_score_first"]
+        assert m["drawn_again"] == (m["copy_score_drawn"] > m["copy_score_first"])
+        assert s["copy_score"] == pytest.approx(m["copy_score_drawn"], abs=0.02)
     assert [s["file"] for s in ev["songs"]] == ["song_01.wav", "song_02.wav"]
     verdicts = ("ok", "silent", "quiet", "noise", "static", "smear", "clicks", "copy", "loop",
                 "same")
@@ -220,7 +231,6 @@ def test_repro_evaluate_writes_eval_json_and_adds_to_the_training_run(trained):
         assert s["fails_like_its_source"] == (s["verdict"] == "static" and 2 * s[
             "grows_from_static_windows"] >= s["grows_from_windows"] or s["verdict"] == "smear"
             and 2 * s["grows_from_smear_windows"] >= s["grows_from_windows"])
-    made = json.loads((trained / "metrics/generate.json").read_text())   # generate's replay figures
     assert [(s["replayed_longest_s"], s["replayed_share"]) for s in ev["songs"]] == [
         (s["replayed_longest_s"], s["replayed_share"]) for s in made["songs"]]
     assert ev["mean_dynamics_db_vs_source"] == pytest.approx(

@@ -553,6 +553,36 @@ def test_a_song_unlike_the_rest_of_the_album_seeds_only_after_those_like_it(tmp_
     assert "no validation songs to measure the songs against" in caplog.text
 
 
+def test_a_copied_song_is_drawn_again_from_another_passing_song(tmp_path):
+    """generate.min_copy: a song under it is drawn again from a spare seed of the same draw,
+    never one grown from the same song or from a song the judge fails, each spare used once."""
+    from stages import synth
+    rate = 22050
+    npy = tmp_path / "npy"
+    npy.mkdir()
+    t = np.arange(rate * 6) / rate
+    for song, samples in (("A", synth.make_song(3, 6, rate).mean(axis=1)),
+                          ("B", 0.3 * np.sin(2 * np.pi * 220 * t)),            # a drone: static
+                          ("C", synth.make_song(2, 6, rate).mean(axis=1))):
+        np.save(npy / f"{song}.npy", samples.astype(np.float32))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    bodies = generate.SourceBodies(npy, rate, 2.0, evaluate.Thresholds.from_params(params))
+    cfg = generate.GenerateConfig.from_params(params)
+    spare = generate.Grown(np.zeros((4, 2)), [dict(seed_song=s) for s in "ABCA"], None, None,
+                           None)
+    where = [dict(seed_song=s) for s in "ACA"]
+
+    def pairs(seed_songs: str) -> dict[int, int]:
+        grower = generate.Grower(None, dataclasses.replace(cfg, seed_songs=seed_songs), None, 0,
+                                 0, bodies, np.random.default_rng(0))
+        return generate.spares_for([0, 1, 2], where, spare, grower)
+
+    # song 1 (from A) gets C's spare, song 2 (from C) the first A; the last A is left, and the
+    # third song, from A too, keeps its first draw
+    assert pairs("passing") == {0: 2, 1: 0}
+    assert pairs("any") == {0: 1, 1: 0, 2: 2}          # the drone may seed when all are alike
+
+
 @pytest.mark.parametrize("content", [b"",
                                      b"\x93NUMPY\x01\x00v\x00{'descr': '<f4', 'fortran_order'"])
 def test_a_song_array_that_cannot_be_read_is_one_sentence_naming_it(tmp_path, content):
@@ -887,6 +917,7 @@ def test_stale_tensors_are_refused_before_any_model_is_read(tmp_path):
     ("generate.min_dynamics_db", "8 dB", "'generate.min_dynamics_db' must be int or float"),
     ("generate.min_tonal", -0.1, "'generate.min_tonal'"),
     ("generate.seed_max_fd", "far", "'generate.seed_max_fd' must be int or float"),
+    ("generate.min_copy", -1, "'generate.min_copy'"),
     ("fft_blocks.fft", "dct", "'fft_blocks.fft' is 'dct'; allowed values are 'rfft', 'full', 'frames'"),
 ])
 def test_bad_generate_params_are_one_sentence(tmp_path, key, value, sentence):
