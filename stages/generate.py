@@ -1114,6 +1114,11 @@ def log_to_run(params: dict, summary: dict, out_dir: Path, train_metrics: Path) 
     if all("replayed_longest_s" in s for s in summary["songs"]):
         metrics["generate_replayed_longest_s"] = max(s["replayed_longest_s"]
                                                      for s in summary["songs"])
+    copies = [s["copy_score_drawn"] for s in summary["songs"] if "copy_score_drawn" in s]
+    if copies:                                      # generate.min_copy
+        metrics["generate_copy_score_min"] = min(copies)
+        metrics["generate_drawn_again"] = sum(bool(s.get("drawn_again"))
+                                              for s in summary["songs"])
     tracker.log_metrics(metrics)
     for s in summary["songs"]:
         tracker.log_artifact(out_dir / s["file"], "generated")

@@ -243,6 +243,9 @@ def test_repro_evaluate_writes_eval_json_and_adds_to_the_training_run(trained):
     assert r.data.metrics["eval_calibration_fd_frames_noise"] == pytest.approx(
         ev["calibration"]["fd_frames_noise"])
     assert "eval.song_01.wav" in r.data.tags
+    assert r.data.metrics["generate_copy_score_min"] == min(m["copy_score_drawn"]
+                                                            for m in made["songs"])
+    assert r.data.metrics["generate_drawn_again"] == sum(m["drawn_again"] for m in made["songs"])
     assert {a.path for a in c.list_artifacts(r.info.run_id, "evaluation")} == {
         "evaluation/eval.json"}
     shown = run(["dvc", "metrics", "show", "--json"], trained).stdout
